@@ -1,0 +1,15 @@
+//! One module per subcommand; each owns its clap arguments and its `run`.
+
+pub mod cluster;
+pub mod conformance;
+pub mod manifests;
+pub mod sources;
+
+#[cfg(feature = "cni")]
+pub mod cni;
+#[cfg(feature = "dns")]
+pub mod dns;
+#[cfg(feature = "overlay")]
+pub mod overlay;
+#[cfg(feature = "proxy")]
+pub mod proxy;

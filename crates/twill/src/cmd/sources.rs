@@ -1,0 +1,1 @@
+//! Reading manifest files, directories and stdin.

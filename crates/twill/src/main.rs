@@ -1,0 +1,82 @@
+//! `twill`: the one user-facing binary. It only wires sources, cores and appliers
+//! together; every behaviour lives in a library crate.
+//!
+//! It is also a multi-call binary: invoked as `twill-bridge` or `twill-host-local`
+//! (links made by `twill cni install`) it behaves as that CNI plugin.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+
+#[derive(Parser)]
+#[command(name = "twill", version, about = "Kubernetes node networking: pod network, services, cluster DNS, network policy, and a lab to see them work")]
+struct Cli {
+    /// Log filter (tracing-subscriber syntax), e.g. `info`, `twill_proxy=debug`.
+    #[arg(long, global = true, env = "TWILL_LOG", default_value = "warn")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load and validate manifests.
+    #[command(subcommand)]
+    Manifests(cmd::manifests::Command),
+    /// What the standalone control plane makes of manifests.
+    #[command(subcommand)]
+    Cluster(cmd::cluster::Command),
+    /// Run a conformance corpus (`N passed, N failed`, exit 1 on any failure).
+    #[command(subcommand)]
+    Conformance(cmd::conformance::Command),
+    /// CNI plugins: install them into a CNI bin dir.
+    #[cfg(feature = "cni")]
+    #[command(subcommand)]
+    Cni(cmd::cni::Command),
+    /// The overlay agent (flannel's job): subnet leases and vxlan/host-gw/udp routes.
+    #[cfg(feature = "overlay")]
+    Overlay(cmd::overlay::Args),
+    /// The service proxy (kube-proxy's job).
+    #[cfg(feature = "proxy")]
+    Proxy(cmd::proxy::Args),
+    /// The cluster DNS server (CoreDNS's job) and pod resolv.conf.
+    #[cfg(feature = "dns")]
+    Dns(cmd::dns::Args),
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn main() -> ExitCode {
+    #[cfg(feature = "cni")]
+    if let Some(code) = cmd::cni::dispatch_plugin() {
+        return code;
+    }
+    let cli = Cli::parse();
+    init_logging(&cli.log);
+    let result = match cli.command {
+        Command::Manifests(c) => cmd::manifests::run(c),
+        Command::Cluster(c) => cmd::cluster::run(c),
+        Command::Conformance(c) => cmd::conformance::run(c),
+        #[cfg(feature = "cni")]
+        Command::Cni(c) => cmd::cni::run(c),
+        #[cfg(feature = "overlay")]
+        Command::Overlay(a) => cmd::overlay::run(a),
+        #[cfg(feature = "proxy")]
+        Command::Proxy(a) => cmd::proxy::run(a),
+        #[cfg(feature = "dns")]
+        Command::Dns(a) => cmd::dns::run(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("twill: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
