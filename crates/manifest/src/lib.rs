@@ -1,1 +1,164 @@
+//! Kubernetes manifests → Twill model objects.
+//!
+//! Text plus a source name goes in; objects plus problems come out. One bad document or
+//! object never stops the others: the good ones load and every problem names where it
+//! is: `shop/web.yaml doc 2 (line 14): Service shop/web: spec.ports[0].port: 70000 is
+//! out of range 1-65535`.
+//!
+//! Accepted input: multi-document YAML, JSON (one value or several concatenated), and
+//! `kind: List` at any of those. Kinds: Namespace, Node, Pod, Service, EndpointSlice,
+//! Deployment, ReplicaSet, DaemonSet, NetworkPolicy; ConfigMaps are accepted and
+//! ignored; anything else is a warning.
+//!
+//! [`parse_str`] and [`decode_value`] are pure. [`files`] is the thin shell that reads
+//! paths and stdin.
 
+mod decode;
+pub mod files;
+mod split;
+
+use std::fmt;
+
+pub use decode::{Decoded, decode_value};
+pub use twill_model::k8s::FieldError;
+use twill_model::Object;
+
+/// Where a document sits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    /// The file as the user named it, or `<stdin>`.
+    pub source: String,
+    /// 1-based index of the document within the source (empty documents not counted).
+    pub doc: usize,
+    /// 1-based line where the document starts (or where a parse error was found).
+    pub line: usize,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} doc {} (line {})", self.source, self.doc, self.line)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    Warning,
+    Error,
+}
+
+/// One problem with the input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub severity: Severity,
+    pub location: Option<Location>,
+    /// `Service shop/web`, when the object could be identified.
+    pub object: Option<String>,
+    /// Field path (`spec.ports[0].port`); empty when the problem is not about one field.
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.severity == Severity::Warning {
+            f.write_str("warning: ")?;
+        }
+        if let Some(l) = &self.location {
+            write!(f, "{l}: ")?;
+        }
+        if let Some(o) = &self.object {
+            write!(f, "{o}: ")?;
+        }
+        if !self.path.is_empty() {
+            write!(f, "{}: ", self.path)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// An object and where it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Loaded {
+    pub object: Object,
+    pub location: Location,
+}
+
+/// What a load produced: the good objects, in input order, and every problem.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoadResult {
+    pub objects: Vec<Loaded>,
+    pub problems: Vec<Problem>,
+}
+
+impl LoadResult {
+    pub fn errors(&self) -> impl Iterator<Item = &Problem> {
+        self.problems.iter().filter(|p| p.severity == Severity::Error)
+    }
+    pub fn has_errors(&self) -> bool {
+        self.errors().next().is_some()
+    }
+    pub fn extend(&mut self, other: LoadResult) {
+        self.objects.extend(other.objects);
+        self.problems.extend(other.problems);
+    }
+    /// The objects alone.
+    pub fn into_objects(self) -> Vec<Object> {
+        self.objects.into_iter().map(|l| l.object).collect()
+    }
+}
+
+/// Parse one source's text (YAML or JSON, any number of documents).
+pub fn parse_str(source: &str, text: &str) -> LoadResult {
+    let mut out = LoadResult::default();
+    for doc in split::documents(source, text) {
+        let location = Location { source: source.to_string(), doc: doc.index, line: doc.line };
+        match doc.value {
+            Err((line, message)) => out.problems.push(Problem {
+                severity: Severity::Error,
+                location: Some(Location { line, ..location }),
+                object: None,
+                path: String::new(),
+                message,
+            }),
+            Ok(value) => decode_into(&value, "", &location, &mut out),
+        }
+    }
+    out
+}
+
+/// Decode one document's value (following `kind: List` items) into `out`.
+fn decode_into(value: &serde_json::Value, prefix: &str, location: &Location, out: &mut LoadResult) {
+    match decode_value(value) {
+        Ok(Decoded::Object(object)) => out.objects.push(Loaded { object, location: location.clone() }),
+        Ok(Decoded::Ignored { .. }) => {}
+        Ok(Decoded::List(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                decode_into(item, &format!("{prefix}items[{i}]."), location, out);
+            }
+        }
+        Err(e) => {
+            let severity = if e.unknown_kind { Severity::Warning } else { Severity::Error };
+            if e.errors.is_empty() {
+                out.problems.push(Problem {
+                    severity,
+                    location: Some(location.clone()),
+                    object: e.object.clone(),
+                    path: prefix.trim_end_matches('.').to_string(),
+                    message: e.message.clone(),
+                });
+            }
+            for f in &e.errors {
+                out.problems.push(Problem {
+                    severity,
+                    location: Some(location.clone()),
+                    object: e.object.clone(),
+                    path: format!("{prefix}{}", f.path).trim_end_matches('.').to_string(),
+                    message: f.message.clone(),
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,112 @@
+//! Splitting a source into documents, each with its index and first line.
+//!
+//! YAML streams are cut at `---` lines by hand rather than through the parser's
+//! multi-document API, because that API stops at the first broken document and skips
+//! empty ones silently; we need every document's own line number and one bad document
+//! must not hide the next. A `---` at column 0 can only be a document marker: block
+//! scalar content is always indented.
+
+pub(crate) struct Document {
+    pub index: usize,
+    pub line: usize,
+    /// The parsed value, or (line, message) of the parse error.
+    pub value: Result<serde_json::Value, (usize, String)>,
+}
+
+fn is_blank_or_comment(line: &str) -> bool {
+    let t = line.trim();
+    t.is_empty() || t.starts_with('#')
+}
+
+fn looks_like_json(text: &str) -> bool {
+    text.lines()
+        .find(|l| !is_blank_or_comment(l))
+        .is_some_and(|l| l.trim_start().starts_with('{') || l.trim_start().starts_with('['))
+}
+
+pub(crate) fn documents(source: &str, text: &str) -> Vec<Document> {
+    if source.ends_with(".json") || looks_like_json(text) {
+        json_documents(text)
+    } else {
+        yaml_documents(text)
+    }
+}
+
+fn line_of_offset(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1
+}
+
+fn json_documents(text: &str) -> Vec<Document> {
+    let mut out = Vec::new();
+    let mut stream = serde_json::Deserializer::from_str(text).into_iter::<serde_json::Value>();
+    loop {
+        let start = stream.byte_offset();
+        let skipped = text[start..].len() - text[start..].trim_start().len();
+        match stream.next() {
+            None => break,
+            Some(Ok(value)) => out.push(Document {
+                index: out.len() + 1,
+                line: line_of_offset(text, start + skipped),
+                value: Ok(value),
+            }),
+            Some(Err(e)) => {
+                // A JSON syntax error leaves the stream unusable; report it and stop.
+                out.push(Document {
+                    index: out.len() + 1,
+                    line: line_of_offset(text, start + skipped),
+                    value: Err((e.line(), format!("invalid JSON: {e}"))),
+                });
+                break;
+            }
+        }
+    }
+    out
+}
+
+fn is_marker(line: &str, marker: &str) -> bool {
+    line == marker || line.strip_prefix(marker).is_some_and(|r| r.starts_with([' ', '\t']))
+}
+
+fn yaml_documents(text: &str) -> Vec<Document> {
+    // (line number of the chunk's first line, chunk text)
+    let mut chunks: Vec<(usize, String)> = vec![(1, String::new())];
+    for (i, line) in text.lines().enumerate() {
+        let n = i + 1;
+        if is_marker(line, "---") {
+            // `--- {a: 1}` keeps content on the marker line.
+            let rest = line[3..].trim_start();
+            if rest.is_empty() || rest.starts_with('#') {
+                chunks.push((n + 1, String::new()));
+            } else {
+                chunks.push((n, format!("{rest}\n")));
+            }
+        } else if is_marker(line, "...") {
+            chunks.push((n + 1, String::new()));
+        } else {
+            let last = chunks.last_mut().expect("one chunk at least");
+            last.1.push_str(line);
+            last.1.push('\n');
+        }
+    }
+    let mut out = Vec::new();
+    for (start, chunk) in chunks {
+        if chunk.lines().all(is_blank_or_comment) {
+            continue;
+        }
+        let lead = chunk.lines().take_while(|l| is_blank_or_comment(l)).count();
+        let value = match serde_saphyr::from_str::<serde_json::Value>(&chunk) {
+            Ok(serde_json::Value::Null) => continue,
+            Ok(v) => Ok(v),
+            Err(e) => {
+                let line = e.location().map_or(start + lead, |l| start + l.line() as usize - 1);
+                Err((line, format!("invalid YAML: {}", first_line(&e.to_string()))))
+            }
+        };
+        out.push(Document { index: out.len() + 1, line: start + lead, value });
+    }
+    out
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or(s).trim()
+}
