@@ -107,6 +107,15 @@ fn yaml_documents(text: &str) -> Vec<Document> {
     out
 }
 
+/// The parser's message without its own position (which counts from the document, not
+/// the file; the problem's location already has the file line).
 fn first_line(s: &str) -> &str {
-    s.lines().next().unwrap_or(s).trim()
+    let line = s.lines().next().unwrap_or(s).trim();
+    let rest = line.strip_prefix("error: ").unwrap_or(line);
+    if rest.starts_with("line ")
+        && let Some((_, msg)) = rest.split_once(": ")
+    {
+        return msg;
+    }
+    rest
 }

@@ -137,10 +137,8 @@ impl ClusterState {
     }
 
     /// The slices labelled for `service`, in name order.
-    pub fn slices_for<'a>(
-        &'a self,
-        service: &'a ObjectKey,
-    ) -> impl Iterator<Item = &'a EndpointSlice> + 'a {
+    pub fn slices_for(&self, service: &ObjectKey) -> impl Iterator<Item = &EndpointSlice> + '_ {
+        let service = service.clone();
         self.endpoint_slices.values().filter(move |s| {
             s.key.namespace == service.namespace
                 && s.service_name.as_deref() == Some(service.name.as_str())
