@@ -3,7 +3,6 @@
 pub mod cluster;
 pub mod conformance;
 pub mod manifests;
-pub mod sources;
 
 #[cfg(feature = "cni")]
 pub mod cni;

@@ -1,1 +1,0 @@
-//! Reading manifest files, directories and stdin.

@@ -1,0 +1,132 @@
+//! The `twill` command as a user runs it: `manifests check` over the bad-input corpus,
+//! and `cluster render` over the shared examples and ours.
+//!
+//! Each file in `tests/bad-input/` carries its own expectations as comments:
+//! `# expect-exit: N`, `# expect-objects: N` and any number of `# expect: TEXT` lines,
+//! each of which must appear in one line of the output.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn twill() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_twill"))
+}
+
+fn here() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
+}
+
+#[test]
+fn bad_input_corpus_reports_every_problem_with_file_object_and_field() {
+    let dir = here().join("tests/bad-input");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    assert!(files.len() >= 8);
+    let mut failures = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        let meta = |key: &str| -> Vec<String> {
+            text.lines().filter_map(|l| l.strip_prefix(&format!("# {key}: ")).map(str::to_string)).collect()
+        };
+        // Run from the folder so messages name the file as the user typed it.
+        let name = f.file_name().unwrap().to_str().unwrap();
+        let out = twill().current_dir(&dir).args(["manifests", "check", "-f", name]).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let want_exit: i32 = meta("expect-exit")[0].parse().unwrap();
+        if out.status.code() != Some(want_exit) {
+            failures.push(format!("{name}: exit {:?}, want {want_exit}\n{stdout}", out.status.code()));
+        }
+        let want_objects = format!("{} objects loaded", meta("expect-objects")[0]);
+        if !stdout.contains(&want_objects) {
+            failures.push(format!("{name}: want {want_objects:?}\n{stdout}"));
+        }
+        for e in meta("expect") {
+            if !stdout.lines().any(|l| l.contains(&e)) {
+                failures.push(format!("{name}: no line contains {e:?}\n{stdout}"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n---\n"));
+}
+
+fn render(dirs: &[&Path]) -> String {
+    let mut cmd = twill();
+    cmd.args(["cluster", "render", "--simulate-ips", "--strict"]);
+    for d in dirs {
+        cmd.arg("-f").arg(d);
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "render failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// What render prints loads back cleanly and says what the control plane decided.
+fn check_rendered(yaml: &str) -> twill_model::ClusterState {
+    let r = twill_manifest::parse_str("render.yaml", yaml);
+    assert!(r.problems.is_empty(), "rendered YAML does not load back: {:?}", r.problems);
+    let state = twill_model::ClusterState::from_objects(r.into_objects());
+    for svc in state.services.values().filter(|s| s.is_proxied()) {
+        assert!(!svc.cluster_ips.is_empty(), "{} has no cluster IP", svc.key);
+        let ready: usize = state
+            .slices_for(&svc.key)
+            .flat_map(|s| &s.endpoints)
+            .filter(|e| e.conditions.is_ready())
+            .count();
+        let selected = state
+            .pods
+            .values()
+            .filter(|p| {
+                p.key.namespace == svc.key.namespace
+                    && svc.selector.as_ref().is_some_and(|sel| sel.iter().all(|(k, v)| p.labels.get(k) == Some(v)))
+            })
+            .count();
+        assert_eq!(ready, selected, "{}: every selected, simulated pod is a ready endpoint", svc.key);
+    }
+    for p in state.pods.values() {
+        assert!(p.spec.node_name.is_some() && !p.pod_ips.is_empty(), "{} not placed", p.key);
+    }
+    state
+}
+
+#[test]
+fn render_of_shared_examples_allocates_and_builds_endpoints() {
+    let shared = here().join("../../../shared/examples");
+    let yaml = render(&[&shared]);
+    let state = check_rendered(&yaml);
+    let web = state.services.get(&twill_model::ObjectKey::new("shop", "web")).unwrap();
+    assert_eq!(web.ports[0].node_port, Some(30080));
+    assert_eq!(state.pods.values().filter(|p| p.key.namespace == "shop").count(), 3);
+    assert_eq!(yaml, render(&[&shared]), "render is deterministic");
+}
+
+#[test]
+fn render_of_our_examples_allocates_and_builds_endpoints() {
+    let ours = here().join("../../examples");
+    let state = check_rendered(&render(&[&ours]));
+    assert!(state.services.len() >= 3);
+}
+
+#[test]
+fn render_reads_stdin_and_reports_problems_without_failing_unless_strict() {
+    use std::io::Write;
+    let input = "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {ports: [{port: 0}]}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n";
+    for (strict, code) in [(false, 0), (true, 1)] {
+        let mut cmd = twill();
+        cmd.args(["cluster", "render", "-f", "-"]);
+        if strict {
+            cmd.arg("--strict");
+        }
+        let mut child = cmd
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(code));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("<stdin> doc 1 (line 1): Service default/s: spec.ports[0].port: 0 is out of range 1-65535"), "{stderr}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("name: a"));
+    }
+}
