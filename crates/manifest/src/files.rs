@@ -66,3 +66,67 @@ pub fn load_paths<S: AsRef<str>>(paths: &[S]) -> LoadResult {
     }
     out
 }
+
+/// A manifest source that can be polled for changes, for daemons fed by files (the
+/// lab's control plane writes its state to a file each node agent watches).
+///
+/// Polling, not inotify: the files may be replaced by rename from another process and
+/// live on any filesystem; a `stat` per path per interval is cheap at the sizes we read.
+#[derive(Debug)]
+pub struct Watcher {
+    paths: Vec<String>,
+    stamp: Option<Vec<(PathBuf, Option<std::time::SystemTime>, u64)>>,
+    state: twill_model::ClusterState,
+}
+
+impl Watcher {
+    pub fn new<S: AsRef<str>>(paths: &[S]) -> Self {
+        Self {
+            paths: paths.iter().map(|p| p.as_ref().to_string()).collect(),
+            stamp: None,
+            state: twill_model::ClusterState::default(),
+        }
+    }
+
+    fn stamps(&self) -> Vec<(PathBuf, Option<std::time::SystemTime>, u64)> {
+        let mut files = Vec::new();
+        for p in &self.paths {
+            let path = Path::new(p);
+            if path.is_dir() {
+                let _ = walk(path, &mut files);
+            } else {
+                files.push(path.to_path_buf());
+            }
+        }
+        files
+            .into_iter()
+            .map(|f| {
+                let m = std::fs::metadata(&f).ok();
+                let modified = m.as_ref().and_then(|m| m.modified().ok());
+                let len = m.map_or(0, |m| m.len());
+                (f, modified, len)
+            })
+            .collect()
+    }
+
+    /// Events since the last poll (the first poll lists everything, then `Synced`),
+    /// plus the load problems of a changed source. Nothing when no file changed.
+    pub fn poll(&mut self) -> (Vec<twill_model::ObjectEvent>, Vec<Problem>) {
+        let stamps = self.stamps();
+        if self.stamp.as_ref() == Some(&stamps) {
+            return (Vec::new(), Vec::new());
+        }
+        self.stamp = Some(stamps);
+        let loaded = load_paths(&self.paths);
+        let problems = loaded.problems.clone();
+        let target = twill_model::ClusterState::from_objects(loaded.into_objects());
+        let events = self.state.diff_events(&target);
+        self.state = target;
+        (events, problems)
+    }
+
+    /// The state as of the last poll.
+    pub fn state(&self) -> &twill_model::ClusterState {
+        &self.state
+    }
+}

@@ -145,6 +145,26 @@ impl ClusterState {
         })
     }
 
+    /// The events that turn `self` into `target` (deletions first, then applies), in a
+    /// stable order; `Synced` is appended when `target` is synced and `self` is not.
+    pub fn diff_events(&self, target: &ClusterState) -> Vec<ObjectEvent> {
+        let index = |s: &ClusterState| -> BTreeMap<ObjectRef, Object> {
+            s.objects().into_iter().map(|o| (o.object_ref(), o)).collect()
+        };
+        let (old, new) = (index(self), index(target));
+        let mut out: Vec<ObjectEvent> =
+            old.keys().filter(|r| !new.contains_key(*r)).cloned().map(ObjectEvent::Deleted).collect();
+        out.extend(
+            new.into_iter()
+                .filter(|(r, o)| old.get(r) != Some(o))
+                .map(|(_, o)| ObjectEvent::Applied(o)),
+        );
+        if target.synced && !self.synced {
+            out.push(ObjectEvent::Synced);
+        }
+        out
+    }
+
     /// Every object, in a stable order (namespaces, nodes, workloads, pods, services,
     /// slices, policies).
     pub fn objects(&self) -> Vec<Object> {
@@ -189,6 +209,27 @@ mod tests {
         let r = svc("a", 81).object_ref();
         assert!(s.apply(ObjectEvent::Deleted(r.clone())));
         assert!(!s.apply(ObjectEvent::Deleted(r)));
+    }
+
+    #[test]
+    fn diff_events_replay_to_the_target() {
+        let mut a = ClusterState::default();
+        a.apply(ObjectEvent::Applied(svc("keep", 80)));
+        a.apply(ObjectEvent::Applied(svc("gone", 80)));
+        a.apply(ObjectEvent::Applied(svc("change", 80)));
+        let mut b = ClusterState::default();
+        b.apply(ObjectEvent::Applied(svc("keep", 80)));
+        b.apply(ObjectEvent::Applied(svc("change", 81)));
+        b.apply(ObjectEvent::Applied(svc("new", 80)));
+        b.apply(ObjectEvent::Synced);
+        let events = a.diff_events(&b);
+        assert_eq!(events.len(), 4, "{events:?}");
+        assert!(matches!(&events[0], ObjectEvent::Deleted(r) if r.key.name == "gone"));
+        for e in events {
+            a.apply(e);
+        }
+        assert_eq!(a, b);
+        assert!(b.diff_events(&b).is_empty());
     }
 
     #[test]
