@@ -15,8 +15,10 @@
 
 mod decode;
 pub mod files;
+mod render;
 mod split;
 
+pub use render::render_yaml;
 use std::fmt;
 
 pub use decode::{Decoded, decode_value};
@@ -81,6 +83,8 @@ impl fmt::Display for Problem {
 pub struct Loaded {
     pub object: Object,
     pub location: Location,
+    /// The object as written (for stores that keep what the user applied).
+    pub raw: serde_json::Value,
 }
 
 /// What a load produced: the good objects, in input order, and every problem.
@@ -129,7 +133,9 @@ pub fn parse_str(source: &str, text: &str) -> LoadResult {
 /// Decode one document's value (following `kind: List` items) into `out`.
 fn decode_into(value: &serde_json::Value, prefix: &str, location: &Location, out: &mut LoadResult) {
     match decode_value(value) {
-        Ok(Decoded::Object(object)) => out.objects.push(Loaded { object, location: location.clone() }),
+        Ok(Decoded::Object(object)) => {
+            out.objects.push(Loaded { object, location: location.clone(), raw: value.clone() })
+        }
         Ok(Decoded::Ignored { .. }) => {}
         Ok(Decoded::List(items)) => {
             for (i, item) in items.iter().enumerate() {

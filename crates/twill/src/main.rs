@@ -41,9 +41,15 @@ enum Command {
     /// The service proxy (kube-proxy's job).
     #[cfg(feature = "proxy")]
     Proxy(cmd::proxy::Args),
+    /// A multi-node cluster out of network namespaces, running ordinary manifests.
+    #[cfg(feature = "lab")]
+    Lab(cmd::lab::Args),
     /// The cluster DNS server (CoreDNS's job) and pod resolv.conf.
     #[cfg(feature = "dns")]
     Dns(cmd::dns::Args),
+    /// The NetworkPolicy enforcer for one node (iptables chains + ipsets).
+    #[cfg(feature = "netpol")]
+    Netpol(cmd::netpol::Args),
 }
 
 fn init_logging(filter: &str) {
@@ -71,6 +77,10 @@ fn main() -> ExitCode {
         Command::Proxy(a) => cmd::proxy::run(a),
         #[cfg(feature = "dns")]
         Command::Dns(a) => cmd::dns::run(a),
+        #[cfg(feature = "lab")]
+        Command::Lab(a) => cmd::lab::run(a),
+        #[cfg(feature = "netpol")]
+        Command::Netpol(a) => cmd::netpol::run(a),
     };
     match result {
         Ok(code) => code,

@@ -3,7 +3,6 @@
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use ipnet::IpNet;
 use twill_control::Settings;
 use twill_manifest::{LoadResult, Location, Problem, Severity};
@@ -120,34 +119,6 @@ pub fn load_and_reconcile(args: &ClusterArgs, simulate_pods: bool) -> Reconciled
     Reconciled { load, output, problems }
 }
 
-/// The state as multi-document YAML, in a stable order (k8s-openapi's field order:
-/// apiVersion, kind, metadata, spec, status).
-pub fn render_yaml(state: &ClusterState) -> anyhow::Result<String> {
-    use twill_model::k8s;
-    fn doc<T: serde::Serialize>(out: &mut String, v: &T) -> anyhow::Result<()> {
-        out.push_str("---\n");
-        out.push_str(&serde_saphyr::to_string(v).context("writing YAML")?);
-        Ok(())
-    }
-    let mut out = String::new();
-    for n in state.namespaces.values() {
-        doc(&mut out, &k8s::namespace_to_k8s(n))?;
-    }
-    for n in state.nodes.values() {
-        doc(&mut out, &k8s::node_to_k8s(n))?;
-    }
-    for s in state.services.values() {
-        doc(&mut out, &k8s::service_to_k8s(s))?;
-    }
-    for p in state.pods.values() {
-        doc(&mut out, &k8s::pod_to_k8s(p))?;
-    }
-    for s in state.endpoint_slices.values() {
-        doc(&mut out, &k8s::endpoint_slice_to_k8s(s))?;
-    }
-    Ok(out)
-}
-
 pub fn run(c: Command) -> anyhow::Result<ExitCode> {
     match c {
         Command::Render { cluster, simulate_ips, strict } => {
@@ -155,7 +126,7 @@ pub fn run(c: Command) -> anyhow::Result<ExitCode> {
             for p in &r.problems {
                 eprintln!("{p}");
             }
-            print!("{}", render_yaml(&r.output.state)?);
+            print!("{}", twill_manifest::render_yaml(&r.output.state));
             let errors = r.problems.iter().any(|p| p.severity == Severity::Error);
             Ok(if strict && errors { ExitCode::FAILURE } else { ExitCode::SUCCESS })
         }

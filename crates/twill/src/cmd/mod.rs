@@ -8,6 +8,10 @@ pub mod manifests;
 pub mod cni;
 #[cfg(feature = "dns")]
 pub mod dns;
+#[cfg(feature = "netpol")]
+pub mod netpol;
+#[cfg(feature = "lab")]
+pub mod lab;
 #[cfg(feature = "overlay")]
 pub mod overlay;
 #[cfg(feature = "proxy")]

@@ -1,0 +1,213 @@
+//! The lab's control plane and kubelet in one loop.
+//!
+//! Each tick: read what the user applied (`applied.json`), carry over what earlier
+//! ticks decided (cluster IPs, node ports, pod names, placements), run the standalone
+//! control loop, start pods that are scheduled and not running, stop pods that are no
+//! longer wanted, probe readiness, and write the cluster as the API server would hold
+//! it to `cluster.yaml`, which every node agent watches. Pod status (address, Ready)
+//! flows back into the next reconcile, so EndpointSlices follow pods as they start,
+//! become ready and go away.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::process::Child;
+use std::time::Duration;
+
+use twill_control::Settings;
+use twill_model::{ClusterState, Node, Object, ObjectEvent, ObjectKey, PodPhase};
+
+use crate::pod::{self, RunningPod};
+use crate::spec::{LabSpec, write_atomic};
+use crate::{LabError, dns, status};
+
+pub struct Controller {
+    spec: LabSpec,
+    settings: Settings,
+    watcher: twill_manifest::files::Watcher,
+    /// The last reconciled state (what the API server holds).
+    state: ClusterState,
+    running: BTreeMap<ObjectKey, RunningPod>,
+    children: Vec<Child>,
+    last_written: String,
+    pub problems: Vec<String>,
+}
+
+/// The lab's nodes as Node objects.
+pub fn node_objects(spec: &LabSpec) -> Vec<Node> {
+    spec.nodes
+        .iter()
+        .map(|n| Node {
+            name: n.name.clone(),
+            labels: [
+                ("kubernetes.io/hostname".to_string(), n.name.clone()),
+                ("kubernetes.io/os".to_string(), "linux".to_string()),
+            ]
+            .into(),
+            internal_ips: vec![IpAddr::V4(n.ip)],
+            pod_cidrs: vec![ipnet::IpNet::V4(n.pod_cidr)],
+            unschedulable: false,
+        })
+        .collect()
+}
+
+impl Controller {
+    pub fn new(spec: LabSpec) -> Self {
+        let settings = Settings {
+            service_cidrs: vec![spec.service_cidr_net()],
+            pod_cidr: ipnet::IpNet::V4(spec.pod_cidr),
+            load_balancer_pool: vec![ipnet::IpNet::V4(spec.lb_pool)],
+            ..Settings::default()
+        };
+        let applied = spec.dir.join("applied.json").display().to_string();
+        let system = spec.dir.join("system.yaml").display().to_string();
+        let running = status::load(&spec).unwrap_or_default().pods;
+        Self {
+            watcher: twill_manifest::files::Watcher::new(&[system, applied]),
+            settings,
+            state: ClusterState::default(),
+            running: running.into_iter().map(|p| (ObjectKey::new(p.namespace.clone(), p.name.clone()), p)).collect(),
+            children: Vec::new(),
+            last_written: String::new(),
+            spec,
+            problems: Vec::new(),
+        }
+    }
+
+    /// One pass; returns whether anything changed.
+    pub fn tick(&mut self) -> Result<bool, LabError> {
+        let (events, problems) = self.watcher.poll();
+        if !problems.is_empty() {
+            self.problems = problems.iter().map(ToString::to_string).collect();
+        }
+        let user = self.watcher.state();
+        // Start from what the user wants, then carry over earlier decisions.
+        let mut input = user.clone();
+        for n in node_objects(&self.spec) {
+            input.apply(ObjectEvent::Applied(Object::Node(n)));
+        }
+        for (key, svc) in input.services.iter_mut() {
+            if let Some(prev) = self.state.services.get(key) {
+                if svc.cluster_ips.is_empty() && !svc.headless {
+                    svc.cluster_ips = prev.cluster_ips.clone();
+                }
+                for p in svc.ports.iter_mut() {
+                    if p.node_port.is_none() {
+                        p.node_port = prev.ports.iter().find(|q| q.port == p.port && q.protocol == p.protocol).and_then(|q| q.node_port);
+                    }
+                }
+                if svc.load_balancer_ingress.is_empty() {
+                    svc.load_balancer_ingress = prev.load_balancer_ingress.clone();
+                }
+                if svc.health_check_node_port.is_none() {
+                    svc.health_check_node_port = prev.health_check_node_port;
+                }
+            }
+        }
+        for (key, pod) in &self.state.pods {
+            if pod.owner.is_some() && !input.pods.contains_key(key) {
+                input.pods.insert(key.clone(), pod.clone());
+            }
+        }
+        input.apply(ObjectEvent::Synced);
+        // Runtime status feeds the controllers.
+        for (key, r) in &self.running {
+            if let Some(p) = input.pods.get_mut(key) {
+                apply_status(p, r);
+            }
+        }
+        let mut out = twill_control::reconcile(&input, &self.settings);
+        if !out.problems.is_empty() {
+            self.problems.extend(out.problems.iter().map(ToString::to_string));
+            self.problems.sort();
+            self.problems.dedup();
+        }
+        let mut changed = !events.is_empty();
+
+        // Stop pods that are gone.
+        let gone: Vec<ObjectKey> = self.running.keys().filter(|k| !out.state.pods.contains_key(*k)).cloned().collect();
+        for key in gone {
+            if let Some(r) = self.running.remove(&key)
+                && let Some(node) = self.spec.node(&r.node)
+            {
+                if let Err(e) = pod::stop(&self.spec, node, &r) {
+                    tracing::warn!(pod = %key, error = %e, "stopping pod");
+                }
+                changed = true;
+            }
+        }
+        // Start pods that are placed and not running.
+        let to_start: Vec<twill_model::Pod> = out
+            .state
+            .pods
+            .values()
+            .filter(|p| !self.running.contains_key(&p.key) && p.spec.node_name.is_some())
+            .cloned()
+            .collect();
+        for p in to_start {
+            let Some(node) = p.spec.node_name.as_ref().and_then(|n| self.spec.node(n)).cloned() else { continue };
+            let resolv = dns::resolv_conf(&self.spec, &p);
+            let conflist = pod::node_conflist(&self.spec, &node);
+            match pod::start(&self.spec, &node, &p, &resolv, &conflist) {
+                Ok((r, children)) => {
+                    self.children.extend(children);
+                    self.running.insert(p.key.clone(), r);
+                    changed = true;
+                }
+                Err(e) => {
+                    let msg = format!("Pod {}: could not start: {e}", p.key);
+                    tracing::warn!("{msg}");
+                    if !self.problems.contains(&msg) {
+                        self.problems.push(msg);
+                    }
+                }
+            }
+        }
+        // Readiness.
+        for r in self.running.values_mut() {
+            let ready = pod::probe_ready(r);
+            if ready != r.ready {
+                r.ready = ready;
+                changed = true;
+            }
+        }
+        // Reap exited children so they do not linger as zombies.
+        self.children.retain_mut(|c| matches!(c.try_wait(), Ok(None)));
+
+        // Publish: status into pods, then the slices that follow from it.
+        for (key, r) in &self.running {
+            if let Some(p) = out.state.pods.get_mut(key) {
+                apply_status(p, r);
+            }
+        }
+        let out2 = twill_control::reconcile(&out.state, &self.settings);
+        out.state = out2.state;
+        self.state = out.state;
+        let text = twill_manifest::render_yaml(&self.state);
+        if text != self.last_written {
+            write_atomic(&self.spec.cluster_file(), text.as_bytes())?;
+            self.last_written = text;
+            changed = true;
+        }
+        if changed {
+            status::save(&self.spec, &status::Status { pods: self.running.values().cloned().collect(), problems: self.problems.clone() })?;
+        }
+        Ok(changed)
+    }
+
+    /// Run until `stop` returns true.
+    pub fn run(&mut self, interval: Duration, stop: impl Fn() -> bool) -> Result<(), LabError> {
+        while !stop() {
+            if let Err(e) = self.tick() {
+                tracing::error!(error = %e, "lab controller tick failed");
+            }
+            std::thread::sleep(interval);
+        }
+        Ok(())
+    }
+}
+
+fn apply_status(p: &mut twill_model::Pod, r: &RunningPod) {
+    p.pod_ips = r.ip.into_iter().collect();
+    p.phase = PodPhase::Running;
+    p.ready = r.ready;
+}

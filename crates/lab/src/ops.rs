@@ -1,0 +1,294 @@
+//! What the `twill lab` commands do: up, down, apply, delete, exec.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use twill_manifest::{LoadResult, Problem};
+
+use crate::agents::{self, Daemon};
+use crate::spec::{LabSpec, UpOptions, root, write_atomic};
+use crate::{LabError, dns, netns, status, topology};
+
+/// What `up` reports.
+#[derive(Debug)]
+pub struct UpReport {
+    pub spec: LabSpec,
+    pub problems: Vec<Problem>,
+    pub pods: usize,
+    pub ready: usize,
+    pub elapsed: Duration,
+}
+
+/// Whether anything of lab `name` exists (files or namespaces).
+pub fn exists(name: &str) -> bool {
+    root().join(name).join("lab.json").exists() || !netns::list(&format!("tl-{name}-")).is_empty()
+}
+
+/// Build a lab, start its control plane and agents, apply manifests, and wait up to
+/// `wait` for every pod to be Ready.
+pub fn up(
+    opts: &UpOptions,
+    twill: PathBuf,
+    manifests: &[String],
+    replace: bool,
+    agents_available: &[&str],
+    wait: Duration,
+) -> Result<UpReport, LabError> {
+    let started = Instant::now();
+    crate::spec::check_name(&opts.name)?;
+    if exists(&opts.name) {
+        if !replace {
+            return Err(LabError::Exists(opts.name.clone()));
+        }
+        down(&opts.name, true)?;
+    }
+    let spec = LabSpec::plan(opts, twill)?;
+    for d in [spec.dir.clone(), spec.pods_dir(), spec.cni_bin()] {
+        std::fs::create_dir_all(&d).map_err(|e| LabError::Io(d.display().to_string(), e))?;
+    }
+    spec.save()?;
+    let result = (|| {
+        topology::build(&spec)?;
+        install_cni(&spec)?;
+        write_system(&spec, agents_available)?;
+        write_atomic(&spec.dir.join("applied.json"), b"{\"apiVersion\":\"v1\",\"kind\":\"List\",\"items\":[]}\n")?;
+        let problems = apply(&spec, manifests)?.problems;
+        for node in &spec.nodes {
+            for d in agents::node_agents(&spec, node, agents_available) {
+                agents::start(&spec.node_dir(&node.name), Some(&node.netns), &d)?;
+            }
+        }
+        start_controller(&spec)?;
+        Ok(problems)
+    })();
+    let problems = match result {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = down(&spec.name, true);
+            return Err(e);
+        }
+    };
+    let (pods, ready) = wait_ready(&spec, wait);
+    Ok(UpReport { spec, problems, pods, ready, elapsed: started.elapsed() })
+}
+
+fn install_cni(spec: &LabSpec) -> Result<(), LabError> {
+    let out = std::process::Command::new(&spec.twill)
+        .args(["cni", "install", "--bin-dir"])
+        .arg(spec.cni_bin())
+        .output()
+        .map_err(|e| LabError::Io(format!("{} cni install", spec.twill.display()), e))?;
+    if !out.status.success() {
+        return Err(LabError::Command("twill cni install".into(), String::from_utf8_lossy(&out.stderr).trim().into()));
+    }
+    Ok(())
+}
+
+/// The objects the lab itself runs: cluster DNS behind `kube-system/kube-dns`.
+fn write_system(spec: &LabSpec, agents_available: &[&str]) -> Result<(), LabError> {
+    let mut items = vec![json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kube-system"}})];
+    if spec.dns && agents_available.contains(&"dns") {
+        items.push(json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "kube-dns", "namespace": "kube-system", "labels": {"k8s-app": "kube-dns"}},
+            "spec": {
+                "clusterIP": dns::cluster_dns(spec).to_string(),
+                "selector": {"k8s-app": "kube-dns"},
+                "ports": [
+                    {"name": "dns", "port": 53, "protocol": "UDP"},
+                    {"name": "dns-tcp", "port": 53, "protocol": "TCP"},
+                ]
+            }
+        }));
+        items.push(json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "coredns", "namespace": "kube-system", "labels": {"k8s-app": "kube-dns"}},
+            "spec": {
+                "replicas": 2,
+                "selector": {"matchLabels": {"k8s-app": "kube-dns"}},
+                "template": {
+                    "metadata": {"labels": {"k8s-app": "kube-dns"}},
+                    "spec": {
+                        "dnsPolicy": "Default",
+                        "containers": [{
+                            "name": "dns",
+                            "image": "twill",
+                            "command": [spec.twill.display().to_string(), "dns",
+                                "--zone", dns::CLUSTER_DOMAIN,
+                                "-f", spec.cluster_file().display().to_string(),
+                                "--listen", "0.0.0.0:53"],
+                            "ports": [
+                                {"name": "dns", "containerPort": 53, "protocol": "UDP"},
+                                {"name": "dns-tcp", "containerPort": 53, "protocol": "TCP"},
+                            ]
+                        }]
+                    }
+                }
+            }
+        }));
+    }
+    let list = json!({"apiVersion": "v1", "kind": "List", "items": items});
+    write_atomic(&spec.dir.join("system.yaml"), serde_json::to_string_pretty(&list).expect("json").as_bytes())
+}
+
+fn start_controller(spec: &LabSpec) -> Result<(), LabError> {
+    let d = Daemon {
+        name: "controller".into(),
+        argv: vec![spec.twill.display().to_string(), "lab".into(), "controller".into(), "--name".into(), spec.name.clone()],
+    };
+    agents::start(&spec.dir, None, &d).map(|_| ())
+}
+
+/// Wait until every pod the controller knows is Ready; returns (pods, ready).
+pub fn wait_ready(spec: &LabSpec, wait: Duration) -> (usize, usize) {
+    let deadline = Instant::now() + wait;
+    let mut last = (0, 0);
+    loop {
+        if let Ok(cluster) = std::fs::read_to_string(spec.cluster_file()) {
+            let state = twill_model::ClusterState::from_objects(twill_manifest::parse_str("cluster.yaml", &cluster).into_objects());
+            let total = state.pods.len();
+            let ready = state.pods.values().filter(|p| p.ready).count();
+            last = (total, ready);
+            if total > 0 && ready == total {
+                return last;
+            }
+        }
+        if Instant::now() >= deadline {
+            return last;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn applied(spec: &LabSpec) -> Result<Vec<Value>, LabError> {
+    let path = spec.dir.join("applied.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| LabError::Io(path.display().to_string(), e))?;
+    let v: Value = serde_json::from_str(&text).map_err(|e| LabError::Invalid(format!("{}: {e}", path.display())))?;
+    Ok(v["items"].as_array().cloned().unwrap_or_default())
+}
+
+fn save_applied(spec: &LabSpec, items: Vec<Value>) -> Result<(), LabError> {
+    let list = json!({"apiVersion": "v1", "kind": "List", "items": items});
+    write_atomic(&spec.dir.join("applied.json"), serde_json::to_string_pretty(&list).expect("json").as_bytes())
+}
+
+fn identity(v: &Value) -> String {
+    let kind = v["kind"].as_str().unwrap_or("");
+    let ns = v.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("default");
+    let name = v.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+    let ns = if matches!(kind, "Namespace" | "Node") { "" } else { ns };
+    format!("{kind}/{ns}/{name}")
+}
+
+/// Add or replace the valid objects of `files`; invalid ones are reported and skipped.
+pub fn apply(spec: &LabSpec, files: &[String]) -> Result<LoadResult, LabError> {
+    if files.is_empty() {
+        return Ok(LoadResult::default());
+    }
+    let loaded = twill_manifest::files::load_paths(files);
+    let mut items = applied(spec)?;
+    for l in &loaded.objects {
+        let id = identity(&l.raw);
+        items.retain(|v| identity(v) != id);
+        items.push(l.raw.clone());
+    }
+    save_applied(spec, items)?;
+    Ok(loaded)
+}
+
+/// Remove the objects named in `files`; returns the load result and how many were removed.
+pub fn delete(spec: &LabSpec, files: &[String]) -> Result<(LoadResult, usize), LabError> {
+    let loaded = twill_manifest::files::load_paths(files);
+    let ids: Vec<String> = loaded.objects.iter().map(|l| identity(&l.raw)).collect();
+    let mut items = applied(spec)?;
+    let before = items.len();
+    items.retain(|v| !ids.contains(&identity(v)));
+    let removed = before - items.len();
+    save_applied(spec, items)?;
+    Ok((loaded, removed))
+}
+
+/// Tear a lab down: controller, agents, pods, namespaces, files. With `force`, also
+/// whatever is left of a lab whose files are gone (found by the `tl-NAME-` prefix).
+pub fn down(name: &str, force: bool) -> Result<usize, LabError> {
+    crate::spec::check_name(name)?;
+    let dir = root().join(name);
+    let spec = LabSpec::load(name);
+    if spec.is_err() && !force && netns::list(&format!("tl-{name}-")).is_empty() {
+        return Err(LabError::NoSuchLab(name.to_string()));
+    }
+    agents::stop_all(&dir);
+    if let Ok(spec) = &spec {
+        for n in &spec.nodes {
+            agents::stop_all(&spec.node_dir(&n.name));
+        }
+        if let Ok(st) = status::load(spec) {
+            for p in st.pods {
+                for pid in p.pids {
+                    // SAFETY: kill(2) has no memory-safety preconditions.
+                    unsafe { libc::kill(-pid, libc::SIGKILL) };
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+        }
+    }
+    let removed = topology::destroy_namespaces(&format!("tl-{name}-"))?;
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(|e| LabError::Io(dir.display().to_string(), e))?;
+    }
+    Ok(removed)
+}
+
+/// The namespace of a target and, for a pod, the pid whose namespaces to join.
+pub enum ExecTarget {
+    Pod { namespace: String, name: String },
+    Node(String),
+    Host(String),
+}
+
+/// Run `argv` in the target's namespaces; returns the exit code.
+pub fn exec(spec: &LabSpec, target: &ExecTarget, argv: &[String]) -> Result<i32, LabError> {
+    if argv.is_empty() {
+        return Err(LabError::Invalid("nothing to run: give a command after --".into()));
+    }
+    let mut cmd = match target {
+        ExecTarget::Node(n) => {
+            let node = spec.node(n).ok_or_else(|| LabError::NotFound(format!("node {n:?} not found in lab {}", spec.name)))?;
+            netns::in_netns(&node.netns, &argv[0])
+        }
+        ExecTarget::Host(h) => {
+            let host = spec
+                .client
+                .as_ref()
+                .filter(|c| c.name == *h)
+                .ok_or_else(|| LabError::NotFound(format!("host {h:?} not found in lab {}", spec.name)))?;
+            netns::in_netns(&host.netns, &argv[0])
+        }
+        ExecTarget::Pod { namespace, name } => {
+            let st = status::load(spec)?;
+            let pod = st
+                .pods
+                .iter()
+                .find(|p| p.namespace == *namespace && p.name == *name)
+                .ok_or_else(|| LabError::NotFound(format!("pod {namespace}/{name} not found (is it running? twill lab get pods -n {namespace})")))?;
+            let pid = pod.pids.first().ok_or_else(|| LabError::NotFound(format!("pod {namespace}/{name} has no process")))?;
+            let mut c = std::process::Command::new("nsenter");
+            c.args(["-t", &pid.to_string(), "-n", "-u", "-m", "--"]).arg(&argv[0]);
+            c
+        }
+    };
+    cmd.args(&argv[1..]);
+    let status = cmd.status().map_err(|e| LabError::Io(argv[0].clone(), e))?;
+    Ok(status.code().unwrap_or(1))
+}
+
+/// A pod's log file.
+pub fn log_path(spec: &LabSpec, namespace: &str, name: &str) -> PathBuf {
+    crate::pod::pod_dir(spec, namespace, name).join("log")
+}
+
+/// Whether `path` looks like a lab state directory (used by `down --force` sweeps).
+pub fn is_lab_dir(path: &Path) -> bool {
+    path.join("lab.json").exists()
+}

@@ -1,0 +1,34 @@
+//! Model → YAML, for showing what the cluster looks like (`cluster render`, the lab's
+//! state file that node agents read).
+
+use twill_model::{ClusterState, k8s};
+
+fn doc<T: serde::Serialize>(out: &mut String, v: &T) {
+    out.push_str("---\n");
+    // Serialising k8s-openapi values cannot fail: no non-string map keys, no NaN.
+    out.push_str(&serde_saphyr::to_string(v).expect("k8s objects serialise"));
+}
+
+/// The state as multi-document YAML in a stable order, each object in k8s-openapi's
+/// field order (apiVersion, kind, metadata, spec, status). What it writes loads back
+/// through [`crate::parse_str`] into the same services, pods, slices, nodes and
+/// namespaces.
+pub fn render_yaml(state: &ClusterState) -> String {
+    let mut out = String::new();
+    for n in state.namespaces.values() {
+        doc(&mut out, &k8s::namespace_to_k8s(n));
+    }
+    for n in state.nodes.values() {
+        doc(&mut out, &k8s::node_to_k8s(n));
+    }
+    for s in state.services.values() {
+        doc(&mut out, &k8s::service_to_k8s(s));
+    }
+    for p in state.pods.values() {
+        doc(&mut out, &k8s::pod_to_k8s(p));
+    }
+    for s in state.endpoint_slices.values() {
+        doc(&mut out, &k8s::endpoint_slice_to_k8s(s));
+    }
+    out
+}

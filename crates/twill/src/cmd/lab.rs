@@ -1,0 +1,355 @@
+//! `twill lab`: a multi-node cluster out of network namespaces.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use ipnet::Ipv4Net;
+use twill_lab::kubectl::{self, Scope};
+use twill_lab::ops::{self, ExecTarget};
+use twill_lab::{Backend, LabSpec, UpOptions, status};
+use twill_model::ClusterState;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct LabName {
+    /// The lab's name (namespaces are prefixed `tl-NAME-`).
+    #[arg(long, default_value = "twill", env = "TWILL_LAB")]
+    name: String,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Build a lab: underlay switch, nodes, an outside host, agents, then apply manifests.
+    Up {
+        #[command(flatten)]
+        lab: LabName,
+        #[arg(long, default_value_t = 2)]
+        nodes: usize,
+        /// Cross-node backend: vxlan, host-gw or udp.
+        #[arg(long, default_value = "vxlan", value_parser = parse_backend)]
+        backend: Backend,
+        #[arg(long, default_value = "iptables")]
+        proxy_mode: String,
+        #[arg(long, default_value = "10.244.0.0/16")]
+        pod_cidr: Ipv4Net,
+        #[arg(long, default_value = "10.96.0.0/12")]
+        service_cidr: Ipv4Net,
+        /// The underlay network of the nodes (a /25 or wider).
+        #[arg(long, default_value = "192.168.50.0/24")]
+        underlay: Ipv4Net,
+        /// Do not create the outside host `client`.
+        #[arg(long)]
+        no_client: bool,
+        /// Do not run cluster DNS.
+        #[arg(long)]
+        no_dns: bool,
+        /// Replace a lab of the same name.
+        #[arg(long)]
+        replace: bool,
+        /// How long to wait for pods to become Ready, in seconds.
+        #[arg(long, default_value_t = 30)]
+        wait: u64,
+        #[arg(short = 'f', long = "filename")]
+        files: Vec<String>,
+    },
+    /// Tear a lab down: every namespace, process and file.
+    Down {
+        #[command(flatten)]
+        lab: LabName,
+        /// Also clean up after a crash (finds leftovers by the `tl-NAME-` prefix).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Create or update objects from manifests.
+    Apply {
+        #[command(flatten)]
+        lab: LabName,
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<String>,
+    },
+    /// Delete the objects named in manifests.
+    Delete {
+        #[command(flatten)]
+        lab: LabName,
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<String>,
+    },
+    /// List objects with kubectl's columns.
+    Get {
+        #[command(flatten)]
+        lab: LabName,
+        /// nodes, pods, svc, endpointslices or networkpolicies (kubectl's short names work).
+        resource: String,
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+        /// wide or yaml.
+        #[arg(short = 'o', long)]
+        output: Option<String>,
+    },
+    /// Run a command in a pod's namespaces, on a node, or on the outside host.
+    Exec {
+        #[command(flatten)]
+        lab: LabName,
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+        /// Run in this node's network namespace.
+        #[arg(long, conflicts_with = "host")]
+        node: Option<String>,
+        /// Run on this outside host (`client`).
+        #[arg(long)]
+        host: Option<String>,
+        /// The pod (unless --node or --host).
+        pod: Option<String>,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// A pod's output.
+    Logs {
+        #[command(flatten)]
+        lab: LabName,
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+        pod: String,
+    },
+    /// The lab's topology, agents and problems.
+    Status {
+        #[command(flatten)]
+        lab: LabName,
+    },
+    /// (internal) the lab's control plane loop.
+    #[command(hide = true)]
+    Controller {
+        #[command(flatten)]
+        lab: LabName,
+    },
+    /// (internal) the built-in responder that stands in for images that cannot run here.
+    #[command(hide = true)]
+    Responder {
+        #[arg(long)]
+        pod: String,
+        #[arg(long)]
+        namespace: String,
+        #[arg(long, default_value = "")]
+        ports: String,
+    },
+}
+
+fn parse_backend(s: &str) -> Result<Backend, String> {
+    Backend::parse(s).ok_or_else(|| format!("{s:?}: expected vxlan, host-gw or udp"))
+}
+
+/// The agents this build can run on a lab node.
+fn agents_available() -> Vec<&'static str> {
+    let mut v = Vec::new();
+    if cfg!(feature = "proxy") {
+        v.push("proxy");
+    }
+    if cfg!(feature = "dns") {
+        v.push("dns");
+    }
+    v
+}
+
+fn load_state(spec: &LabSpec) -> anyhow::Result<ClusterState> {
+    let text = std::fs::read_to_string(spec.cluster_file())
+        .with_context(|| format!("lab {} has no cluster state yet (is its controller running?)", spec.name))?;
+    let mut state = ClusterState::from_objects(twill_manifest::parse_str("cluster.yaml", &text).into_objects());
+    // Policies are not part of the rendered state; show what was applied.
+    let applied = twill_manifest::files::load_paths(&[spec.dir.join("applied.json").display().to_string()]);
+    for o in applied.into_objects() {
+        if let twill_model::Object::NetworkPolicy(p) = o {
+            state.network_policies.insert(p.key.clone(), p);
+        }
+    }
+    Ok(state)
+}
+
+fn lab_age(spec: &LabSpec) -> String {
+    let secs = std::fs::metadata(spec.dir.join("lab.json"))
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .map_or(0, |d| d.as_secs());
+    kubectl::age(secs)
+}
+
+fn print_problems(problems: &[twill_manifest::Problem]) {
+    for p in problems {
+        eprintln!("{p}");
+    }
+}
+
+pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let twill = std::env::current_exe().context("locating the twill binary")?;
+    match a.command {
+        Command::Up {
+            lab,
+            nodes,
+            backend,
+            proxy_mode,
+            pod_cidr,
+            service_cidr,
+            underlay,
+            no_client,
+            no_dns,
+            replace,
+            wait,
+            files,
+        } => {
+            let opts = UpOptions {
+                name: lab.name,
+                nodes,
+                backend,
+                proxy_mode,
+                pod_cidr,
+                service_cidr,
+                underlay,
+                with_client: !no_client,
+                dns: !no_dns,
+            };
+            let r = ops::up(&opts, twill, &files, replace, &agents_available(), Duration::from_secs(wait))?;
+            print_problems(&r.problems);
+            println!(
+                "lab {} is up: {} nodes ({} backend, {} proxy), {}/{} pods ready in {:.2}s",
+                r.spec.name,
+                r.spec.nodes.len(),
+                r.spec.backend.as_str(),
+                r.spec.proxy_mode,
+                r.ready,
+                r.pods,
+                r.elapsed.as_secs_f64()
+            );
+            Ok(if r.problems.iter().any(|p| p.severity == twill_manifest::Severity::Error) {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Down { lab, force } => {
+            let n = ops::down(&lab.name, force)?;
+            println!("lab {} is down ({n} namespaces removed)", lab.name);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Apply { lab, files } => {
+            let spec = LabSpec::load(&lab.name)?;
+            let r = ops::apply(&spec, &files)?;
+            print_problems(&r.problems);
+            for l in &r.objects {
+                println!("{} configured", l.object.object_ref());
+            }
+            Ok(if r.has_errors() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+        }
+        Command::Delete { lab, files } => {
+            let spec = LabSpec::load(&lab.name)?;
+            let (r, removed) = ops::delete(&spec, &files)?;
+            print_problems(&r.problems);
+            println!("{removed} objects deleted");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Get { lab, resource, namespace, all_namespaces, output } => {
+            let spec = LabSpec::load(&lab.name)?;
+            let state = load_state(&spec)?;
+            let scope = if all_namespaces { Scope::All } else { Scope::Namespace(&namespace) };
+            let wide = output.as_deref() == Some("wide");
+            let age = lab_age(&spec);
+            if output.as_deref() == Some("yaml") {
+                let mut filtered = ClusterState::default();
+                match resource.as_str() {
+                    "nodes" | "node" | "no" => filtered.nodes = state.nodes,
+                    "pods" | "pod" | "po" => filtered.pods = state.pods,
+                    "services" | "service" | "svc" => filtered.services = state.services,
+                    "endpointslices" | "endpointslice" => filtered.endpoint_slices = state.endpoint_slices,
+                    r => bail!("-o yaml is not supported for {r:?}"),
+                }
+                filtered.pods.retain(|k, _| scope_ok(&scope, &k.namespace));
+                filtered.services.retain(|k, _| scope_ok(&scope, &k.namespace));
+                filtered.endpoint_slices.retain(|k, _| scope_ok(&scope, &k.namespace));
+                print!("{}", twill_manifest::render_yaml(&filtered));
+                return Ok(ExitCode::SUCCESS);
+            }
+            let text = match resource.as_str() {
+                "nodes" | "node" | "no" => kubectl::nodes(&state, wide, &age),
+                "pods" | "pod" | "po" => kubectl::pods(&state, &status::load(&spec)?.pods, &scope, wide, &age),
+                "services" | "service" | "svc" => kubectl::services(&state, &scope, wide, &age),
+                "endpointslices" | "endpointslice" => kubectl::endpoint_slices(&state, &scope, &age),
+                "networkpolicies" | "networkpolicy" | "netpol" => kubectl::network_policies(&state, &scope, &age),
+                r => bail!("unknown resource {r:?} (nodes, pods, svc, endpointslices, networkpolicies)"),
+            };
+            print!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Exec { lab, namespace, node, host, pod, command } => {
+            let spec = LabSpec::load(&lab.name)?;
+            let target = match (node, host, pod) {
+                (Some(n), _, _) => ExecTarget::Node(n),
+                (_, Some(h), _) => ExecTarget::Host(h),
+                (None, None, Some(p)) => ExecTarget::Pod { namespace, name: p },
+                (None, None, None) => bail!("name a pod, or --node NODE, or --host client"),
+            };
+            let code = ops::exec(&spec, &target, &command)?;
+            Ok(ExitCode::from(code.clamp(0, 255) as u8))
+        }
+        Command::Logs { lab, namespace, pod } => {
+            let spec = LabSpec::load(&lab.name)?;
+            let path = ops::log_path(&spec, &namespace, &pod);
+            let text = std::fs::read_to_string(&path).with_context(|| format!("pod {namespace}/{pod} has no log"))?;
+            print!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { lab } => {
+            let spec = LabSpec::load(&lab.name)?;
+            println!("lab {} ({}): {} backend, {} proxy, state in {}", spec.name, lab_age(&spec), spec.backend.as_str(), spec.proxy_mode, spec.dir.display());
+            println!("controller: {}", if twill_lab::agents::alive(&spec.dir.join("controller.pid")) { "running" } else { "NOT running" });
+            for n in &spec.nodes {
+                let agents: Vec<String> = std::fs::read_dir(spec.node_dir(&n.name))
+                    .map(|d| {
+                        d.flatten()
+                            .filter(|e| e.path().extension().is_some_and(|x| x == "pid"))
+                            .map(|e| {
+                                let name = e.path().file_stem().unwrap_or_default().to_string_lossy().into_owned();
+                                let up = twill_lab::agents::alive(&e.path());
+                                format!("{name}={}", if up { "running" } else { "DOWN" })
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                println!("node {} {} netns {} pods {} agents [{}]", n.name, n.ip, n.netns, n.pod_cidr, agents.join(" "));
+            }
+            if let Some(c) = &spec.client {
+                println!("host {} {} netns {}", c.name, c.ip, c.netns);
+            }
+            println!("load balancer pool {}", spec.lb_pool);
+            let st = status::load(&spec)?;
+            for p in &st.problems {
+                println!("problem: {p}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Controller { lab } => {
+            let spec = LabSpec::load(&lab.name)?;
+            let mut c = twill_lab::controller::Controller::new(spec);
+            c.run(Duration::from_millis(100), || false)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Responder { pod, namespace, ports } => {
+            let ports = twill_lab::responder::parse_ports(&ports).map_err(anyhow::Error::msg)?;
+            twill_lab::responder::run(&pod, &namespace, &ports)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn scope_ok(scope: &Scope<'_>, ns: &str) -> bool {
+    match scope {
+        Scope::Namespace(n) => *n == ns,
+        Scope::All => true,
+    }
+}
