@@ -1,8 +1,55 @@
 #!/usr/bin/env bash
-# The main job: build Twill and show what it makes of the example manifests.
+# The main job: build Twill, bring up a two-node lab running examples/, and take a
+# short guided tour with real output. The lab stays up afterwards to explore.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
+echo "== building twill (release)"
 cargo build --release --quiet -p twill
-echo "# twill cluster render -f examples/ --simulate-ips --lb-pool 192.168.0.240/28"
-./target/release/twill cluster render -f examples/ --simulate-ips --lb-pool 192.168.0.240/28
+TWILL=$PWD/target/release/twill
+LAB=${TWILL_LAB:-demo}
+export TWILL_LAB=$LAB
+
+run() {
+  echo
+  echo "\$ $*"
+  "$@"
+}
+
+run "$TWILL" lab up --name "$LAB" --nodes 2 --backend vxlan --replace -f examples/
+run "$TWILL" lab get nodes -o wide
+run "$TWILL" lab get pods -A -o wide
+run "$TWILL" lab get svc -A
+
+echo
+echo "# Ten requests from the client pod to the hostnames ClusterIP service; each answer"
+echo "# starts with the name of the pod that served it:"
+echo "\$ for i in \$(seq 10); do $TWILL lab exec -n shop client -- curl -s http://hostnames.default/; done"
+for _ in $(seq 10); do
+  "$TWILL" lab exec -n shop client -- curl -s -m 2 http://hostnames.default/ || echo "(no answer)"
+done | awk '{print $1}' | sort | uniq -c | awk '{printf "  %s answered %d of 10\n", $2, $1}'
+
+echo
+echo "# The NodePort service web answers on port 30080 of every node, from the outside host:"
+for ip in $("$TWILL" lab get nodes -o wide | awk 'NR>1 {print $6}'); do
+  run "$TWILL" lab exec --host client -- curl -s -m 2 "http://$ip:30080/" || echo "(no answer)"
+done
+
+run "$TWILL" lab exec -n shop client -- nslookup web.shop.svc.cluster.local || true
+
+echo
+echo "# The iptables chains that carried the ClusterIP traffic on node-1 (kube-proxy's layout):"
+echo "\$ $TWILL lab exec --node node-1 -- iptables-save -t nat | grep -E 'default/hostnames'"
+"$TWILL" lab exec --node node-1 -- iptables-save -t nat | grep -E 'default/hostnames' || true
+
+cat <<TXT
+
+The lab "$LAB" is still up. Explore it:
+  $TWILL lab get pods -A -o wide
+  $TWILL lab exec -n shop client -- curl -s http://web.shop:8080/
+  $TWILL lab exec --node node-1 -- ip route
+  $TWILL lab exec --host client -- curl -s http://$(echo 192.168.50.11):30080/
+  $TWILL lab status
+Tear it down:
+  $TWILL lab down --name $LAB
+TXT

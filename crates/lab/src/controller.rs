@@ -29,6 +29,8 @@ pub struct Controller {
     running: BTreeMap<ObjectKey, RunningPod>,
     children: Vec<Child>,
     last_written: String,
+    /// Underlay service addresses and the node holding each.
+    vips: BTreeMap<std::net::Ipv4Addr, String>,
     pub problems: Vec<String>,
 }
 
@@ -68,6 +70,7 @@ impl Controller {
             running: running.into_iter().map(|p| (ObjectKey::new(p.namespace.clone(), p.name.clone()), p)).collect(),
             children: Vec::new(),
             last_written: String::new(),
+            vips: BTreeMap::new(),
             spec,
             problems: Vec::new(),
         }
@@ -182,6 +185,7 @@ impl Controller {
         let out2 = twill_control::reconcile(&out.state, &self.settings);
         out.state = out2.state;
         self.state = out.state;
+        self.sync_vips();
         let text = twill_manifest::render_yaml(&self.state);
         if text != self.last_written {
             write_atomic(&self.spec.cluster_file(), text.as_bytes())?;
@@ -203,6 +207,32 @@ impl Controller {
             std::thread::sleep(interval);
         }
         Ok(())
+    }
+}
+
+impl Controller {
+    /// Move underlay service addresses to the nodes that should hold them.
+    fn sync_vips(&mut self) {
+        let nodes: Vec<String> = self.spec.nodes.iter().map(|n| n.name.clone()).collect();
+        let want = crate::vip::plan(&self.state, &nodes, self.spec.underlay);
+        for (ip, node) in &self.vips {
+            if want.get(ip) != Some(node)
+                && let Some(n) = self.spec.node(node)
+            {
+                let _ = crate::netns::batch(&n.netns, &format!("addr del {ip}/32 dev eth0\n"));
+            }
+        }
+        for (ip, node) in &want {
+            if self.vips.get(ip) != Some(node)
+                && let Some(n) = self.spec.node(node)
+            {
+                // `replace` is idempotent (a restarted controller finds it there).
+                if let Err(e) = crate::netns::batch(&n.netns, &format!("addr replace {ip}/32 dev eth0\n")) {
+                    tracing::warn!(%ip, node = %node, error = %e, "announcing service address");
+                }
+            }
+        }
+        self.vips = want;
     }
 }
 

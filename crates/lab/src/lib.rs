@@ -27,6 +27,7 @@ pub mod responder;
 pub mod spec;
 pub mod status;
 pub mod topology;
+pub mod vip;
 
 pub use spec::{Backend, LabSpec, UpOptions};
 
