@@ -5,8 +5,8 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use twill_model::{
-    ClusterState, IpFamily, IpFamilyPolicy, Kind, LoadBalancerIngress, ObjectKey, ObjectRef, Service,
-    ServiceType, TrafficPolicy,
+    ClusterState, IpFamily, IpFamilyPolicy, Kind, LoadBalancerIngress, ObjectKey, ObjectRef,
+    Service, ServiceType, TrafficPolicy,
 };
 
 use crate::names::hash64;
@@ -18,7 +18,11 @@ use crate::{Problem, Settings};
 fn lower_band(size: u128) -> u128 {
     const MIN: u128 = 16;
     const MAX: u128 = 256;
-    if size < MIN { 0 } else { (size / 16).clamp(MIN, MAX) }
+    if size < MIN {
+        0
+    } else {
+        (size / 16).clamp(MIN, MAX)
+    }
 }
 
 /// Allocation inside a range of `size` slots with upstream's banding; slots are offsets.
@@ -30,7 +34,10 @@ struct Bands {
 
 impl Bands {
     fn new(size: u128) -> Self {
-        Self { size, used: BTreeSet::new() }
+        Self {
+            size,
+            used: BTreeSet::new(),
+        }
     }
 
     fn reserve(&mut self, offset: u128) -> bool {
@@ -77,7 +84,10 @@ impl IpAllocator {
             // is never handed out.
             (1u128 << host_bits.min(20)) - 1
         };
-        Self { cidr: cidr.trunc(), bands: Bands::new(size) }
+        Self {
+            cidr: cidr.trunc(),
+            bands: Bands::new(size),
+        }
     }
 
     pub fn cidr(&self) -> IpNet {
@@ -104,7 +114,9 @@ impl IpAllocator {
             (IpAddr::V6(b), IpAddr::V6(i)) => (u128::from(b), u128::from(i)),
             _ => return None,
         };
-        (ip > base).then(|| ip - base - 1).filter(|o| *o < self.bands.size)
+        (ip > base)
+            .then(|| ip - base - 1)
+            .filter(|o| *o < self.bands.size)
     }
 
     /// Whether `ip` is an address this range can hand out.
@@ -138,7 +150,10 @@ pub struct PortAllocator {
 impl PortAllocator {
     pub fn new(range: (u16, u16)) -> Self {
         let (lo, hi) = range;
-        Self { lo, bands: Bands::new(u128::from(hi.saturating_sub(lo)) + u128::from(hi >= lo)) }
+        Self {
+            lo,
+            bands: Bands::new(u128::from(hi.saturating_sub(lo)) + u128::from(hi >= lo)),
+        }
     }
     pub fn contains(&self, port: u16) -> bool {
         port >= self.lo && u128::from(port - self.lo) < self.bands.size
@@ -152,13 +167,26 @@ impl PortAllocator {
 }
 
 fn problem(key: &ObjectKey, path: impl Into<String>, message: impl Into<String>) -> Problem {
-    Problem { object: ObjectRef { kind: Kind::Service, key: key.clone() }, path: path.into(), message: message.into() }
+    Problem {
+        object: ObjectRef {
+            kind: Kind::Service,
+            key: key.clone(),
+        },
+        path: path.into(),
+        message: message.into(),
+    }
 }
 
 /// Give nodes without a pod CIDR the next free subnet, in name order.
 pub(crate) fn assign_node_subnets(state: &mut ClusterState, settings: &Settings) {
-    let taken: BTreeSet<IpNet> = state.nodes.values().flat_map(|n| n.pod_cidrs.iter().copied()).collect();
-    let Ok(subnets) = settings.pod_cidr.subnets(settings.node_subnet_len) else { return };
+    let taken: BTreeSet<IpNet> = state
+        .nodes
+        .values()
+        .flat_map(|n| n.pod_cidrs.iter().copied())
+        .collect();
+    let Ok(subnets) = settings.pod_cidr.subnets(settings.node_subnet_len) else {
+        return;
+    };
     let mut free = subnets.filter(|s| !taken.iter().any(|t| t.contains(s) || s.contains(t)));
     for node in state.nodes.values_mut() {
         if node.pod_cidrs.is_empty()
@@ -171,14 +199,20 @@ pub(crate) fn assign_node_subnets(state: &mut ClusterState, settings: &Settings)
 
 /// Default `ipFamilies` the way the API server does for this cluster; `Err` explains why
 /// the service cannot be served.
-fn default_families(svc: &Service, cluster: &[IpFamily]) -> Result<Vec<IpFamily>, (String, String)> {
+fn default_families(
+    svc: &Service,
+    cluster: &[IpFamily],
+) -> Result<Vec<IpFamily>, (String, String)> {
     let primary = cluster[0];
     let mut fams = svc.ip_families.clone();
     for f in &fams {
         if !cluster.contains(f) {
             return Err((
                 "spec.ipFamilies".into(),
-                format!("{} is not configured on this cluster (no service CIDR of that family)", f.as_str()),
+                format!(
+                    "{} is not configured on this cluster (no service CIDR of that family)",
+                    f.as_str()
+                ),
             ));
         }
     }
@@ -200,7 +234,8 @@ fn default_families(svc: &Service, cluster: &[IpFamily]) -> Result<Vec<IpFamily>
             if svc.ip_family_policy == IpFamilyPolicy::RequireDualStack && fams.len() < 2 {
                 return Err((
                     "spec.ipFamilyPolicy".into(),
-                    "RequireDualStack needs a dual-stack cluster (service CIDRs of both families)".into(),
+                    "RequireDualStack needs a dual-stack cluster (service CIDRs of both families)"
+                        .into(),
                 ));
             }
         }
@@ -209,14 +244,22 @@ fn default_families(svc: &Service, cluster: &[IpFamily]) -> Result<Vec<IpFamily>
 }
 
 /// Cluster IPs, node ports and LB addresses for every service.
-pub(crate) fn allocate_services(state: &mut ClusterState, settings: &Settings, problems: &mut Vec<Problem>) {
+pub(crate) fn allocate_services(
+    state: &mut ClusterState,
+    settings: &Settings,
+    problems: &mut Vec<Problem>,
+) {
     let mut ip_allocs: BTreeMap<IpFamily, IpAllocator> = BTreeMap::new();
     let mut cluster_families = Vec::new();
     for cidr in &settings.service_cidrs {
-        let f = if cidr.addr().is_ipv4() { IpFamily::V4 } else { IpFamily::V6 };
-        if !ip_allocs.contains_key(&f) {
+        let f = if cidr.addr().is_ipv4() {
+            IpFamily::V4
+        } else {
+            IpFamily::V6
+        };
+        if let std::collections::btree_map::Entry::Vacant(e) = ip_allocs.entry(f) {
             cluster_families.push(f);
-            ip_allocs.insert(f, IpAllocator::new(*cidr));
+            e.insert(IpAllocator::new(*cidr));
         }
     }
     let mut ports = PortAllocator::new(settings.node_port_range);
@@ -239,8 +282,14 @@ pub(crate) fn allocate_services(state: &mut ClusterState, settings: &Settings, p
         }
         for (i, ip) in svc.cluster_ips.iter().enumerate() {
             let fam = IpFamily::of(ip);
-            let Some(a) = ip_allocs.get_mut(&fam) else { continue };
-            let path = if i == 0 { "spec.clusterIP".to_string() } else { format!("spec.clusterIPs[{i}]") };
+            let Some(a) = ip_allocs.get_mut(&fam) else {
+                continue;
+            };
+            let path = if i == 0 {
+                "spec.clusterIP".to_string()
+            } else {
+                format!("spec.clusterIPs[{i}]")
+            };
             if !a.contains(*ip) {
                 problems.push(problem(
                     &svc.key,
@@ -249,24 +298,46 @@ pub(crate) fn allocate_services(state: &mut ClusterState, settings: &Settings, p
                 ));
                 drop.insert(svc.key.clone());
             } else if !a.reserve(*ip) {
-                problems.push(problem(&svc.key, path, format!("{ip} is already allocated to another service")));
+                problems.push(problem(
+                    &svc.key,
+                    path,
+                    format!("{ip} is already allocated to another service"),
+                ));
                 drop.insert(svc.key.clone());
             }
         }
         let mut own = BTreeSet::new();
-        let explicit = svc.ports.iter().enumerate().filter_map(|(i, p)| p.node_port.map(|n| (format!("spec.ports[{i}].nodePort"), n)));
-        let explicit: Vec<(String, u16)> =
-            explicit.chain(svc.health_check_node_port.map(|n| ("spec.healthCheckNodePort".to_string(), n))).collect();
+        let explicit = svc.ports.iter().enumerate().filter_map(|(i, p)| {
+            p.node_port
+                .map(|n| (format!("spec.ports[{i}].nodePort"), n))
+        });
+        let explicit: Vec<(String, u16)> = explicit
+            .chain(
+                svc.health_check_node_port
+                    .map(|n| ("spec.healthCheckNodePort".to_string(), n)),
+            )
+            .collect();
         for (path, n) in explicit {
             let (lo, hi) = settings.node_port_range;
             if !ports.contains(n) {
-                problems.push(problem(&svc.key, path, format!("{n} is not in the node-port range {lo}-{hi}")));
+                problems.push(problem(
+                    &svc.key,
+                    path,
+                    format!("{n} is not in the node-port range {lo}-{hi}"),
+                ));
                 drop.insert(svc.key.clone());
             } else if own.contains(&n) {
                 // One service may use one node port for TCP and UDP of the same port.
             } else if !ports.reserve(n) {
-                let other = port_owner.get(&n).map(|k| format!(" (by Service {k})")).unwrap_or_default();
-                problems.push(problem(&svc.key, path, format!("node port {n} is already allocated{other}")));
+                let other = port_owner
+                    .get(&n)
+                    .map(|k| format!(" (by Service {k})"))
+                    .unwrap_or_default();
+                problems.push(problem(
+                    &svc.key,
+                    path,
+                    format!("node port {n} is already allocated{other}"),
+                ));
                 drop.insert(svc.key.clone());
             } else {
                 own.insert(n);
@@ -279,7 +350,10 @@ pub(crate) fn allocate_services(state: &mut ClusterState, settings: &Settings, p
     }
 
     // Pass 2: well-known addresses when their services did not ask for one.
-    for (key, nth) in [(ObjectKey::new("default", "kubernetes"), 0u128), (ObjectKey::new("kube-system", "kube-dns"), 9)] {
+    for (key, nth) in [
+        (ObjectKey::new("default", "kubernetes"), 0u128),
+        (ObjectKey::new("kube-system", "kube-dns"), 9),
+    ] {
         if let Some(svc) = state.services.get_mut(&key)
             && svc.cluster_ips.is_empty()
             && !svc.headless
@@ -305,17 +379,29 @@ pub(crate) fn allocate_services(state: &mut ClusterState, settings: &Settings, p
                 if svc.cluster_ip_of(fam).is_some() {
                     continue;
                 }
-                match ip_allocs.get_mut(&fam).and_then(|a| a.allocate(hash64(settings.seed, &["ip", &name]))) {
+                match ip_allocs
+                    .get_mut(&fam)
+                    .and_then(|a| a.allocate(hash64(settings.seed, &["ip", &name])))
+                {
                     Some(ip) => svc.cluster_ips.push(ip),
-                    None => exhausted.push(problem(&svc.key, "spec.clusterIPs", format!("no free {} cluster IP left", fam.as_str()))),
+                    None => exhausted.push(problem(
+                        &svc.key,
+                        "spec.clusterIPs",
+                        format!("no free {} cluster IP left", fam.as_str()),
+                    )),
                 }
             }
         }
         let wants_node_ports = svc.service_type == ServiceType::NodePort
-            || (svc.service_type == ServiceType::LoadBalancer && svc.allocate_load_balancer_node_ports);
+            || (svc.service_type == ServiceType::LoadBalancer
+                && svc.allocate_load_balancer_node_ports);
         if wants_node_ports {
             let mut by_port: BTreeMap<u16, u16> = BTreeMap::new();
-            for p in svc.ports.iter().filter_map(|p| p.node_port.map(|n| (p.port, n))) {
+            for p in svc
+                .ports
+                .iter()
+                .filter_map(|p| p.node_port.map(|n| (p.port, n)))
+            {
                 by_port.insert(p.0, p.1);
             }
             for i in 0..svc.ports.len() {
@@ -324,14 +410,21 @@ pub(crate) fn allocate_services(state: &mut ClusterState, settings: &Settings, p
                 }
                 // The same service port number over two protocols shares one node port.
                 let n = by_port.get(&svc.ports[i].port).copied().or_else(|| {
-                    ports.allocate(hash64(settings.seed, &["nodeport", &name, &svc.ports[i].port.to_string()]))
+                    ports.allocate(hash64(
+                        settings.seed,
+                        &["nodeport", &name, &svc.ports[i].port.to_string()],
+                    ))
                 });
                 match n {
                     Some(n) => {
                         by_port.insert(svc.ports[i].port, n);
                         svc.ports[i].node_port = Some(n);
                     }
-                    None => exhausted.push(problem(&svc.key, format!("spec.ports[{i}].nodePort"), "no free node port left")),
+                    None => exhausted.push(problem(
+                        &svc.key,
+                        format!("spec.ports[{i}].nodePort"),
+                        "no free node port left",
+                    )),
                 }
             }
         }
@@ -339,13 +432,17 @@ pub(crate) fn allocate_services(state: &mut ClusterState, settings: &Settings, p
             && svc.external_traffic_policy == TrafficPolicy::Local
             && svc.health_check_node_port.is_none()
         {
-            svc.health_check_node_port = ports.allocate(hash64(settings.seed, &["healthcheck", &name]));
+            svc.health_check_node_port =
+                ports.allocate(hash64(settings.seed, &["healthcheck", &name]));
         }
         if svc.service_type == ServiceType::LoadBalancer && svc.load_balancer_ingress.is_empty() {
             for fam in svc.ip_families.clone() {
                 let wanted = svc.load_balancer_ip.filter(|ip| IpFamily::of(ip) == fam);
                 if let Some(ip) = pool.allocate(fam, wanted) {
-                    svc.load_balancer_ingress.push(LoadBalancerIngress { ip, ip_mode_proxy: false });
+                    svc.load_balancer_ingress.push(LoadBalancerIngress {
+                        ip,
+                        ip_mode_proxy: false,
+                    });
                 }
             }
         }
@@ -362,18 +459,30 @@ struct LbPool {
 
 impl LbPool {
     fn new(nets: &[IpNet], state: &ClusterState) -> Self {
-        let used = state.services.values().flat_map(|s| s.load_balancer_ingress.iter().map(|i| i.ip)).collect();
-        Self { nets: nets.to_vec(), used }
+        let used = state
+            .services
+            .values()
+            .flat_map(|s| s.load_balancer_ingress.iter().map(|i| i.ip))
+            .collect();
+        Self {
+            nets: nets.to_vec(),
+            used,
+        }
     }
 
     fn usable(net: &IpNet, ip: &IpAddr) -> bool {
         // Skip the network and broadcast addresses of IPv4 pools wider than /31.
-        !(net.addr().is_ipv4() && net.prefix_len() < 31 && (*ip == net.network() || *ip == net.broadcast()))
+        !(net.addr().is_ipv4()
+            && net.prefix_len() < 31
+            && (*ip == net.network() || *ip == net.broadcast()))
     }
 
     fn allocate(&mut self, fam: IpFamily, wanted: Option<IpAddr>) -> Option<IpAddr> {
         if let Some(ip) = wanted
-            && self.nets.iter().any(|n| n.contains(&ip) && Self::usable(n, &ip))
+            && self
+                .nets
+                .iter()
+                .any(|n| n.contains(&ip) && Self::usable(n, &ip))
             && self.used.insert(ip)
         {
             return Some(ip);

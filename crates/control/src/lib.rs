@@ -101,7 +101,11 @@ pub fn generated_nodes(count: usize, settings: &Settings) -> Vec<twill_model::No
     (0..count)
         .map(|i| twill_model::Node {
             name: format!("node-{}", i + 1),
-            labels: [("kubernetes.io/hostname".to_string(), format!("node-{}", i + 1))].into(),
+            labels: [(
+                "kubernetes.io/hostname".to_string(),
+                format!("node-{}", i + 1),
+            )]
+            .into(),
             internal_ips: vec![IpAddr::V4(Ipv4Addr::new(192, 168, 0, 11 + (i % 240) as u8))],
             pod_cidrs: node_subnet(settings, i).into_iter().collect(),
             unschedulable: false,
@@ -111,7 +115,11 @@ pub fn generated_nodes(count: usize, settings: &Settings) -> Vec<twill_model::No
 
 /// The `index`th subnet of the pod CIDR.
 pub fn node_subnet(settings: &Settings, index: usize) -> Option<IpNet> {
-    settings.pod_cidr.subnets(settings.node_subnet_len).ok()?.nth(index)
+    settings
+        .pod_cidr
+        .subnets(settings.node_subnet_len)
+        .ok()?
+        .nth(index)
 }
 
 /// Run every controller once over `input`.

@@ -17,7 +17,11 @@ fn digest(parts: &[&str], seed: u64) -> [u8; 32] {
 }
 
 fn encode(bytes: &[u8], len: usize) -> String {
-    bytes.iter().take(len).map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect()
+    bytes
+        .iter()
+        .take(len)
+        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
+        .collect()
 }
 
 /// The five-character suffix of a generated name (`web-7d4b9c8f6-x2k9p` → `x2k9p`).

@@ -12,8 +12,8 @@
 use std::collections::BTreeMap;
 
 use twill_model::{
-    AddressType, ClusterState, Endpoint, EndpointConditions, EndpointPort, EndpointSlice, IpFamily, Kind,
-    ObjectKey, ObjectRef, Pod, SERVICE_NAME_LABEL, Service, ServiceType, TargetPort,
+    AddressType, ClusterState, Endpoint, EndpointConditions, EndpointPort, EndpointSlice, IpFamily,
+    Kind, ObjectKey, ObjectRef, Pod, SERVICE_NAME_LABEL, Service, ServiceType, TargetPort,
 };
 
 use crate::Settings;
@@ -26,19 +26,30 @@ pub const CONTROLLER_NAME: &str = "endpointslice-controller.k8s.io";
 const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
 
 pub(crate) fn reconcile_slices(state: &mut ClusterState, settings: &Settings) {
-    state.endpoint_slices.retain(|_, s| s.labels.get(MANAGED_BY_LABEL).map(String::as_str) != Some(CONTROLLER_NAME));
+    state
+        .endpoint_slices
+        .retain(|_, s| s.labels.get(MANAGED_BY_LABEL).map(String::as_str) != Some(CONTROLLER_NAME));
     let mut new_slices = Vec::new();
     for svc in state.services.values() {
-        let Some(selector) = &svc.selector else { continue };
+        let Some(selector) = &svc.selector else {
+            continue;
+        };
         if svc.service_type == ServiceType::ExternalName {
             continue;
         }
+        // Pods are keyed by namespace first: walk only the service's namespace.
         let pods: Vec<&Pod> = state
             .pods
-            .values()
-            .filter(|p| p.key.namespace == svc.key.namespace && selector.iter().all(|(k, v)| p.labels.get(k) == Some(v)))
+            .range(ObjectKey::new(svc.key.namespace.clone(), String::new())..)
+            .map(|(_, p)| p)
+            .take_while(|p| p.key.namespace == svc.key.namespace)
+            .filter(|p| selector.iter().all(|(k, v)| p.labels.get(k) == Some(v)))
             .collect();
-        let families = if svc.ip_families.is_empty() { vec![IpFamily::V4] } else { svc.ip_families.clone() };
+        let families = if svc.ip_families.is_empty() {
+            vec![IpFamily::V4]
+        } else {
+            svc.ip_families.clone()
+        };
         for fam in families {
             new_slices.extend(slices_for(svc, &pods, fam, state, settings.seed));
         }
@@ -48,11 +59,20 @@ pub(crate) fn reconcile_slices(state: &mut ClusterState, settings: &Settings) {
     }
 }
 
-fn endpoint_for(svc: &Service, pod: &Pod, fam: IpFamily, state: &ClusterState) -> Option<(Vec<EndpointPort>, Endpoint)> {
+fn endpoint_for(
+    svc: &Service,
+    pod: &Pod,
+    fam: IpFamily,
+    state: &ClusterState,
+) -> Option<(Vec<EndpointPort>, Endpoint)> {
     if !pod.is_active() {
         return None;
     }
-    let ip = pod.pod_ips.iter().copied().find(|ip| IpFamily::of(ip) == fam)?;
+    let ip = pod
+        .pod_ips
+        .iter()
+        .copied()
+        .find(|ip| IpFamily::of(ip) == fam)?;
     let ports = svc
         .ports
         .iter()
@@ -82,17 +102,30 @@ fn endpoint_for(svc: &Service, pod: &Pod, fam: IpFamily, state: &ClusterState) -
         ports,
         Endpoint {
             addresses: vec![ip],
-            conditions: EndpointConditions { ready: Some(ready), serving: Some(serving), terminating: Some(terminating) },
+            conditions: EndpointConditions {
+                ready: Some(ready),
+                serving: Some(serving),
+                terminating: Some(terminating),
+            },
             hostname,
             node_name: pod.spec.node_name.clone(),
             zone: node.and_then(|n| n.zone()).map(str::to_string),
-            target_ref: Some(ObjectRef { kind: Kind::Pod, key: pod.key.clone() }),
+            target_ref: Some(ObjectRef {
+                kind: Kind::Pod,
+                key: pod.key.clone(),
+            }),
             ..Default::default()
         },
     ))
 }
 
-fn slices_for(svc: &Service, pods: &[&Pod], fam: IpFamily, state: &ClusterState, seed: u64) -> Vec<EndpointSlice> {
+fn slices_for(
+    svc: &Service,
+    pods: &[&Pod],
+    fam: IpFamily,
+    state: &ClusterState,
+    seed: u64,
+) -> Vec<EndpointSlice> {
     let mut groups: BTreeMap<Vec<EndpointPort>, Vec<Endpoint>> = BTreeMap::new();
     for pod in pods {
         if let Some((ports, ep)) = endpoint_for(svc, pod, fam, state) {
@@ -102,8 +135,12 @@ fn slices_for(svc: &Service, pods: &[&Pod], fam: IpFamily, state: &ClusterState,
     if groups.is_empty() {
         groups.insert(Vec::new(), Vec::new());
     }
-    let mut labels: twill_model::Labels =
-        svc.labels.iter().filter(|(k, _)| *k != SERVICE_NAME_LABEL && *k != MANAGED_BY_LABEL).map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut labels: twill_model::Labels = svc
+        .labels
+        .iter()
+        .filter(|(k, _)| *k != SERVICE_NAME_LABEL && *k != MANAGED_BY_LABEL)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     labels.insert(SERVICE_NAME_LABEL.into(), svc.key.name.clone());
     labels.insert(MANAGED_BY_LABEL.into(), CONTROLLER_NAME.into());
     if svc.headless {
@@ -118,12 +155,21 @@ fn slices_for(svc: &Service, pods: &[&Pod], fam: IpFamily, state: &ClusterState,
         let chunks: Vec<Vec<Endpoint>> = if endpoints.is_empty() {
             vec![Vec::new()]
         } else {
-            endpoints.chunks(MAX_ENDPOINTS_PER_SLICE).map(<[Endpoint]>::to_vec).collect()
+            endpoints
+                .chunks(MAX_ENDPOINTS_PER_SLICE)
+                .map(<[Endpoint]>::to_vec)
+                .collect()
         };
         for (c, chunk) in chunks.into_iter().enumerate() {
             let suffix = pod_name_suffix(
                 seed,
-                &[&svc.key.namespace, &svc.key.name, fam.as_str(), &g.to_string(), &c.to_string()],
+                &[
+                    &svc.key.namespace,
+                    &svc.key.name,
+                    fam.as_str(),
+                    &g.to_string(),
+                    &c.to_string(),
+                ],
             );
             // generateName is cut so the name stays within 63 characters.
             let base: String = svc.key.name.chars().take(57).collect();

@@ -8,7 +8,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use twill_model::{ClusterState, Kind, ObjectKey, ObjectRef, OwnerRef, Pod, PodPhase, Workload, WorkloadKind};
+use twill_model::{
+    ClusterState, Kind, ObjectKey, ObjectRef, OwnerRef, Pod, PodPhase, Workload, WorkloadKind,
+};
 
 use crate::names::{pod_name_suffix, template_hash};
 use crate::{Problem, Settings};
@@ -22,46 +24,73 @@ fn desired_pods(w: &Workload, nodes: &[&twill_model::Node], seed: u64) -> Vec<Po
             let hash = template_hash(seed, &format!("{}/{}/{:?}", ns, w.key.name, w.template));
             labels.insert("pod-template-hash".into(), hash.clone());
             let rs = format!("{}-{hash}", w.key.name);
-            (OwnerRef { kind: "ReplicaSet".into(), name: rs.clone() }, rs, vec![None; w.replicas as usize])
+            (
+                OwnerRef {
+                    kind: "ReplicaSet".into(),
+                    name: rs.clone(),
+                },
+                rs,
+                vec![None; w.replicas as usize],
+            )
         }
         WorkloadKind::ReplicaSet => (
-            OwnerRef { kind: "ReplicaSet".into(), name: w.key.name.clone() },
+            OwnerRef {
+                kind: "ReplicaSet".into(),
+                name: w.key.name.clone(),
+            },
             w.key.name.clone(),
             vec![None; w.replicas as usize],
         ),
         WorkloadKind::DaemonSet => (
-            OwnerRef { kind: "DaemonSet".into(), name: w.key.name.clone() },
+            OwnerRef {
+                kind: "DaemonSet".into(),
+                name: w.key.name.clone(),
+            },
             w.key.name.clone(),
             nodes
                 .iter()
                 .filter(|n| {
-                    w.template.spec.node_selector.iter().all(|(k, v)| n.labels.get(k) == Some(v))
+                    w.template
+                        .spec
+                        .node_selector
+                        .iter()
+                        .all(|(k, v)| n.labels.get(k) == Some(v))
                 })
                 .map(|n| Some(n.name.clone()))
                 .collect(),
         ),
     };
-    fixed_nodes.iter_mut().enumerate().map(|(i, node)| {
-        // DaemonSet pods are named after their node, others after their ordinal.
-        let discriminator = node.clone().unwrap_or_else(|| i.to_string());
-        let name = format!("{base}-{}", pod_name_suffix(seed, &[ns, &base, &discriminator]));
-        let mut spec = w.template.spec.clone();
-        if node.is_some() {
-            spec.node_name = node.take();
-        }
-        Pod {
-            key: ObjectKey::new(ns, name),
-            labels: labels.clone(),
-            annotations: w.template.annotations.clone(),
-            owner: Some(owner.clone()),
-            spec,
-            ..Default::default()
-        }
-    })
-    .collect()
+    fixed_nodes
+        .iter_mut()
+        .enumerate()
+        .map(|(i, node)| {
+            // DaemonSet pods are named after their node, others after their ordinal.
+            let discriminator = node.clone().unwrap_or_else(|| i.to_string());
+            let name = format!(
+                "{base}-{}",
+                pod_name_suffix(seed, &[ns, &base, &discriminator])
+            );
+            let mut spec = w.template.spec.clone();
+            if node.is_some() {
+                spec.node_name = node.take();
+            }
+            Pod {
+                key: ObjectKey::new(ns, name),
+                labels: labels.clone(),
+                annotations: w.template.annotations.clone(),
+                owner: Some(owner.clone()),
+                spec,
+                ..Default::default()
+            }
+        })
+        .collect()
 }
 
-pub(crate) fn reconcile_pods(state: &mut ClusterState, settings: &Settings, problems: &mut Vec<Problem>) {
+pub(crate) fn reconcile_pods(
+    state: &mut ClusterState,
+    settings: &Settings,
+    problems: &mut Vec<Problem>,
+) {
     let nodes: Vec<twill_model::Node> = state.nodes.values().cloned().collect();
     let schedulable: Vec<&twill_model::Node> = nodes.iter().filter(|n| !n.unschedulable).collect();
 
@@ -75,7 +104,10 @@ pub(crate) fn reconcile_pods(state: &mut ClusterState, settings: &Settings, prob
     // them: scaled-down ordinals, old template hashes and deleted workloads go, as the
     // controllers and the garbage collector would remove them.
     state.pods.retain(|key, pod| {
-        let controlled = pod.owner.as_ref().is_some_and(|o| matches!(o.kind.as_str(), "ReplicaSet" | "DaemonSet"));
+        let controlled = pod
+            .owner
+            .as_ref()
+            .is_some_and(|o| matches!(o.kind.as_str(), "ReplicaSet" | "DaemonSet"));
         !controlled || desired.contains_key(key)
     });
     for (key, pod) in desired {
@@ -106,20 +138,35 @@ fn schedule(state: &mut ClusterState, nodes: &[&twill_model::Node], problems: &m
         if let Some(n) = &pod.spec.node_name {
             if !known.contains(n.as_str()) && !known.is_empty() {
                 problems.push(Problem {
-                    object: ObjectRef { kind: Kind::Pod, key: pod.key.clone() },
+                    object: ObjectRef {
+                        kind: Kind::Pod,
+                        key: pod.key.clone(),
+                    },
                     path: "spec.nodeName".into(),
                     message: format!("node {n:?} does not exist; the pod stays Pending"),
                 });
             }
             continue;
         }
-        let owner = pod.owner.as_ref().map(|o| o.name.clone()).unwrap_or_default();
+        let owner = pod
+            .owner
+            .as_ref()
+            .map(|o| o.name.clone())
+            .unwrap_or_default();
         let best = nodes
             .iter()
-            .filter(|n| pod.spec.node_selector.iter().all(|(k, v)| n.labels.get(k) == Some(v)))
+            .filter(|n| {
+                pod.spec
+                    .node_selector
+                    .iter()
+                    .all(|(k, v)| n.labels.get(k) == Some(v))
+            })
             .min_by_key(|n| {
                 (
-                    per_owner.get(&(owner.clone(), n.name.clone())).copied().unwrap_or(0),
+                    per_owner
+                        .get(&(owner.clone(), n.name.clone()))
+                        .copied()
+                        .unwrap_or(0),
                     per_node.get(&n.name).copied().unwrap_or(0),
                     n.name.clone(),
                 )
@@ -131,7 +178,10 @@ fn schedule(state: &mut ClusterState, nodes: &[&twill_model::Node], problems: &m
                 *per_owner.entry((owner, n.name.clone())).or_default() += 1;
             }
             None if !nodes.is_empty() => problems.push(Problem {
-                object: ObjectRef { kind: Kind::Pod, key: pod.key.clone() },
+                object: ObjectRef {
+                    kind: Kind::Pod,
+                    key: pod.key.clone(),
+                },
                 path: "spec.nodeSelector".into(),
                 message: "no schedulable node matches; the pod stays Pending".into(),
             }),
@@ -144,9 +194,15 @@ fn schedule(state: &mut ClusterState, nodes: &[&twill_model::Node], problems: &m
 /// bridge gateway), host-network pods the node's address; every placed pod Running
 /// and Ready.
 fn simulate_addresses(state: &mut ClusterState) {
-    let mut used: BTreeSet<IpAddr> = state.pods.values().flat_map(|p| p.pod_ips.iter().copied()).collect();
+    let mut used: BTreeSet<IpAddr> = state
+        .pods
+        .values()
+        .flat_map(|p| p.pod_ips.iter().copied())
+        .collect();
     for pod in state.pods.values_mut() {
-        let Some(node) = pod.spec.node_name.as_ref().and_then(|n| state.nodes.get(n)) else { continue };
+        let Some(node) = pod.spec.node_name.as_ref().and_then(|n| state.nodes.get(n)) else {
+            continue;
+        };
         pod.host_ip = node.internal_ips.first().copied();
         if pod.pod_ips.is_empty() {
             if pod.spec.host_network {

@@ -24,12 +24,19 @@ pub fn start(dir: &Path, ns: Option<&str>, d: &Daemon) -> Result<u32, LabError> 
     std::fs::create_dir_all(dir).map_err(|e| LabError::Io(dir.display().to_string(), e))?;
     let log_path = dir.join(format!("{}.log", d.name));
     let io = |e| LabError::Io(log_path.display().to_string(), e);
-    let log = File::options().create(true).append(true).open(&log_path).map_err(io)?;
+    let log = File::options()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(io)?;
     let mut cmd = match ns {
         Some(ns) => netns::in_netns(ns, &d.argv[0]),
         None => Command::new(&d.argv[0]),
     };
-    cmd.args(&d.argv[1..]).stdin(Stdio::null()).stdout(log.try_clone().map_err(io)?).stderr(log);
+    cmd.args(&d.argv[1..])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().map_err(io)?)
+        .stderr(log);
     // SAFETY: setsid(2) is async-signal-safe.
     unsafe {
         cmd.pre_exec(|| {
@@ -37,7 +44,9 @@ pub fn start(dir: &Path, ns: Option<&str>, d: &Daemon) -> Result<u32, LabError> 
             Ok(())
         });
     }
-    let child = cmd.spawn().map_err(|e| LabError::Io(format!("starting {}", d.argv.join(" ")), e))?;
+    let child = cmd
+        .spawn()
+        .map_err(|e| LabError::Io(format!("starting {}", d.argv.join(" ")), e))?;
     let pid = child.id();
     std::fs::write(dir.join(format!("{}.pid", d.name)), pid.to_string()).map_err(io)?;
     // The daemon is reaped by init once we exit; we never wait for it.
@@ -47,11 +56,16 @@ pub fn start(dir: &Path, ns: Option<&str>, d: &Daemon) -> Result<u32, LabError> 
 
 /// Kill the daemons whose pid files are in `dir` (and their sessions).
 pub fn stop_all(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for e in entries.flatten() {
         let p = e.path();
         if p.extension().is_some_and(|x| x == "pid")
-            && let Ok(pid) = std::fs::read_to_string(&p).unwrap_or_default().trim().parse::<i32>()
+            && let Ok(pid) = std::fs::read_to_string(&p)
+                .unwrap_or_default()
+                .trim()
+                .parse::<i32>()
         {
             // SAFETY: kill(2) has no memory-safety preconditions.
             unsafe {

@@ -50,8 +50,15 @@ fn exec(a: &Attachment<'_>, command: &str, plugin: &str, conf: &Value) -> Result
         .spawn()
         .map_err(|e| LabError::Io(bin.display().to_string(), e))?;
     let input = serde_json::to_vec(conf).expect("json");
-    child.stdin.take().expect("piped").write_all(&input).map_err(|e| LabError::Io(bin.display().to_string(), e))?;
-    let out = child.wait_with_output().map_err(|e| LabError::Io(bin.display().to_string(), e))?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(&input)
+        .map_err(|e| LabError::Io(bin.display().to_string(), e))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| LabError::Io(bin.display().to_string(), e))?;
     let stdout: Value = if out.stdout.iter().all(u8::is_ascii_whitespace) {
         Value::Null
     } else {
@@ -62,7 +69,10 @@ fn exec(a: &Attachment<'_>, command: &str, plugin: &str, conf: &Value) -> Result
         let details = stdout.get("details").and_then(Value::as_str).unwrap_or("");
         return Err(LabError::Cni(format!(
             "{plugin} {command} failed (code {}): {msg} {details} {}",
-            stdout.get("code").map(ToString::to_string).unwrap_or_default(),
+            stdout
+                .get("code")
+                .map(ToString::to_string)
+                .unwrap_or_default(),
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
@@ -78,16 +88,24 @@ fn plugin_conf(list: &Value, plugin: &Value, prev: Option<&Value>, a: &Attachmen
     if let Some(p) = prev {
         obj.insert("prevResult".into(), p.clone());
     }
-    let wants_ports = plugin.pointer("/capabilities/portMappings").and_then(Value::as_bool) == Some(true);
+    let wants_ports = plugin
+        .pointer("/capabilities/portMappings")
+        .and_then(Value::as_bool)
+        == Some(true);
     if wants_ports && !a.port_mappings.is_empty() {
-        obj.insert("runtimeConfig".into(), json!({"portMappings": a.port_mappings}));
+        obj.insert(
+            "runtimeConfig".into(),
+            json!({"portMappings": a.port_mappings}),
+        );
     }
     conf
 }
 
 /// ADD through the whole list; returns the final result.
 pub fn add(list: &Value, a: &Attachment<'_>) -> Result<Value, LabError> {
-    let plugins = list["plugins"].as_array().ok_or_else(|| LabError::Cni("conflist has no plugins".into()))?;
+    let plugins = list["plugins"]
+        .as_array()
+        .ok_or_else(|| LabError::Cni("conflist has no plugins".into()))?;
     let mut prev: Option<Value> = None;
     for (i, p) in plugins.iter().enumerate() {
         let ty = p["type"].as_str().unwrap_or_default();
@@ -104,7 +122,12 @@ pub fn add(list: &Value, a: &Attachment<'_>) -> Result<Value, LabError> {
     prev.ok_or_else(|| LabError::Cni("no result".into()))
 }
 
-fn del_plugins(list: &Value, plugins: &[Value], prev: Option<&Value>, a: &Attachment<'_>) -> Result<(), LabError> {
+fn del_plugins(
+    list: &Value,
+    plugins: &[Value],
+    prev: Option<&Value>,
+    a: &Attachment<'_>,
+) -> Result<(), LabError> {
     let mut first = None;
     for p in plugins.iter().rev() {
         let ty = p["type"].as_str().unwrap_or_default();

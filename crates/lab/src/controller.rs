@@ -67,7 +67,10 @@ impl Controller {
             watcher: twill_manifest::files::Watcher::new(&[system, applied]),
             settings,
             state: ClusterState::default(),
-            running: running.into_iter().map(|p| (ObjectKey::new(p.namespace.clone(), p.name.clone()), p)).collect(),
+            running: running
+                .into_iter()
+                .map(|p| (ObjectKey::new(p.namespace.clone(), p.name.clone()), p))
+                .collect(),
             children: Vec::new(),
             last_written: String::new(),
             vips: BTreeMap::new(),
@@ -95,7 +98,11 @@ impl Controller {
                 }
                 for p in svc.ports.iter_mut() {
                     if p.node_port.is_none() {
-                        p.node_port = prev.ports.iter().find(|q| q.port == p.port && q.protocol == p.protocol).and_then(|q| q.node_port);
+                        p.node_port = prev
+                            .ports
+                            .iter()
+                            .find(|q| q.port == p.port && q.protocol == p.protocol)
+                            .and_then(|q| q.node_port);
                     }
                 }
                 if svc.load_balancer_ingress.is_empty() {
@@ -120,14 +127,20 @@ impl Controller {
         }
         let mut out = twill_control::reconcile(&input, &self.settings);
         if !out.problems.is_empty() {
-            self.problems.extend(out.problems.iter().map(ToString::to_string));
+            self.problems
+                .extend(out.problems.iter().map(ToString::to_string));
             self.problems.sort();
             self.problems.dedup();
         }
         let mut changed = !events.is_empty();
 
         // Stop pods that are gone.
-        let gone: Vec<ObjectKey> = self.running.keys().filter(|k| !out.state.pods.contains_key(*k)).cloned().collect();
+        let gone: Vec<ObjectKey> = self
+            .running
+            .keys()
+            .filter(|k| !out.state.pods.contains_key(*k))
+            .cloned()
+            .collect();
         for key in gone {
             if let Some(r) = self.running.remove(&key)
                 && let Some(node) = self.spec.node(&r.node)
@@ -147,7 +160,15 @@ impl Controller {
             .cloned()
             .collect();
         for p in to_start {
-            let Some(node) = p.spec.node_name.as_ref().and_then(|n| self.spec.node(n)).cloned() else { continue };
+            let Some(node) = p
+                .spec
+                .node_name
+                .as_ref()
+                .and_then(|n| self.spec.node(n))
+                .cloned()
+            else {
+                continue;
+            };
             let resolv = dns::resolv_conf(&self.spec, &p);
             let conflist = pod::node_conflist(&self.spec, &node);
             match pod::start(&self.spec, &node, &p, &resolv, &conflist) {
@@ -174,7 +195,8 @@ impl Controller {
             }
         }
         // Reap exited children so they do not linger as zombies.
-        self.children.retain_mut(|c| matches!(c.try_wait(), Ok(None)));
+        self.children
+            .retain_mut(|c| matches!(c.try_wait(), Ok(None)));
 
         // Publish: status into pods, then the slices that follow from it.
         for (key, r) in &self.running {
@@ -193,7 +215,13 @@ impl Controller {
             changed = true;
         }
         if changed {
-            status::save(&self.spec, &status::Status { pods: self.running.values().cloned().collect(), problems: self.problems.clone() })?;
+            status::save(
+                &self.spec,
+                &status::Status {
+                    pods: self.running.values().cloned().collect(),
+                    problems: self.problems.clone(),
+                },
+            )?;
         }
         Ok(changed)
     }
@@ -227,7 +255,9 @@ impl Controller {
                 && let Some(n) = self.spec.node(node)
             {
                 // `replace` is idempotent (a restarted controller finds it there).
-                if let Err(e) = crate::netns::batch(&n.netns, &format!("addr replace {ip}/32 dev eth0\n")) {
+                if let Err(e) =
+                    crate::netns::batch(&n.netns, &format!("addr replace {ip}/32 dev eth0\n"))
+                {
                     tracing::warn!(%ip, node = %node, error = %e, "announcing service address");
                 }
             }

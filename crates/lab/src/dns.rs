@@ -28,7 +28,11 @@ pub fn resolv_conf(spec: &LabSpec, pod: &Pod) -> String {
     if cluster_first && spec.dns {
         nameservers.push(cluster_dns(spec).to_string());
         let ns = &pod.key.namespace;
-        searches.extend([format!("{ns}.svc.{CLUSTER_DOMAIN}"), format!("svc.{CLUSTER_DOMAIN}"), CLUSTER_DOMAIN.to_string()]);
+        searches.extend([
+            format!("{ns}.svc.{CLUSTER_DOMAIN}"),
+            format!("svc.{CLUSTER_DOMAIN}"),
+            CLUSTER_DOMAIN.to_string(),
+        ]);
         options.push("ndots:5".into());
     } else if pod.spec.dns_policy != DnsPolicy::None {
         for line in host.lines() {

@@ -36,7 +36,9 @@ pub use spec::{Backend, LabSpec, UpOptions};
 pub enum LabError {
     #[error("lab {0:?} does not exist (twill lab up --name {0})")]
     NoSuchLab(String),
-    #[error("lab {0:?} already exists; use --replace to rebuild it, or `twill lab down --name {0}`")]
+    #[error(
+        "lab {0:?} already exists; use --replace to rebuild it, or `twill lab down --name {0}`"
+    )]
     Exists(String),
     #[error("{0}")]
     Invalid(String),

@@ -29,13 +29,19 @@ fn check(what: &str, out: std::io::Result<Output>) -> Result<String, LabError> {
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
-        Err(LabError::Command(what.to_string(), String::from_utf8_lossy(&out.stderr).trim().to_string()))
+        Err(LabError::Command(
+            what.to_string(),
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ))
     }
 }
 
 /// `ip netns add NAME` and bring its loopback up.
 pub fn add(name: &str) -> Result<(), LabError> {
-    check(&format!("ip netns add {name}"), Command::new("ip").args(["netns", "add", name]).output())?;
+    check(
+        &format!("ip netns add {name}"),
+        Command::new("ip").args(["netns", "add", name]).output(),
+    )?;
     batch(name, "link set lo up\n")
 }
 
@@ -45,7 +51,11 @@ pub fn delete(name: &str) -> Result<(), LabError> {
         return Ok(());
     }
     kill_all(name);
-    check(&format!("ip netns del {name}"), Command::new("ip").args(["netns", "del", name]).output()).map(|_| ())
+    check(
+        &format!("ip netns del {name}"),
+        Command::new("ip").args(["netns", "del", name]).output(),
+    )
+    .map(|_| ())
 }
 
 /// SIGKILL whatever still runs in the namespace.
@@ -90,15 +100,20 @@ pub fn batch(ns: &str, commands: &str) -> Result<(), LabError> {
         .expect("piped")
         .write_all(commands.as_bytes())
         .map_err(|e| LabError::Io(what.clone(), e))?;
-    check(&format!("{what} <<< {}", commands.trim().replace('\n', "; ")), child.wait_with_output())
-        .map(|_| ())
+    check(
+        &format!("{what} <<< {}", commands.trim().replace('\n', "; ")),
+        child.wait_with_output(),
+    )
+    .map(|_| ())
 }
 
 /// Write a sysctl of the namespace (through its own /proc/sys view).
 pub fn sysctl(ns: &str, key: &str, value: &str) -> Result<(), LabError> {
     check(
         &format!("sysctl -w {key}={value} in {ns}"),
-        in_netns(ns, "sysctl").args(["-q", "-w", &format!("{key}={value}")]).output(),
+        in_netns(ns, "sysctl")
+            .args(["-q", "-w", &format!("{key}={value}")])
+            .output(),
     )
     .map(|_| ())
 }
@@ -112,7 +127,9 @@ pub fn in_netns(ns: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
     // async-signal-safe.
     unsafe {
         cmd.pre_exec(move || {
-            let f = file.as_ref().map_err(|e| std::io::Error::new(e.kind(), e.to_string()))?;
+            let f = file
+                .as_ref()
+                .map_err(|e| std::io::Error::new(e.kind(), e.to_string()))?;
             if libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -124,5 +141,8 @@ pub fn in_netns(ns: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
 
 /// Run a command inside the namespace and return its stdout, or its stderr as error.
 pub fn run(ns: &str, program: &str, args: &[&str]) -> Result<String, LabError> {
-    check(&format!("{program} {} in {ns}", args.join(" ")), in_netns(ns, program).args(args).output())
+    check(
+        &format!("{program} {} in {ns}", args.join(" ")),
+        in_netns(ns, program).args(args).output(),
+    )
 }

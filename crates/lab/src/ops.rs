@@ -52,7 +52,10 @@ pub fn up(
         topology::build(&spec)?;
         install_cni(&spec)?;
         write_system(&spec, agents_available)?;
-        write_atomic(&spec.dir.join("applied.json"), b"{\"apiVersion\":\"v1\",\"kind\":\"List\",\"items\":[]}\n")?;
+        write_atomic(
+            &spec.dir.join("applied.json"),
+            b"{\"apiVersion\":\"v1\",\"kind\":\"List\",\"items\":[]}\n",
+        )?;
         let problems = apply(&spec, manifests)?.problems;
         for node in &spec.nodes {
             for d in agents::node_agents(&spec, node, agents_available) {
@@ -70,7 +73,13 @@ pub fn up(
         }
     };
     let (pods, ready) = wait_ready(&spec, wait);
-    Ok(UpReport { spec, problems, pods, ready, elapsed: started.elapsed() })
+    Ok(UpReport {
+        spec,
+        problems,
+        pods,
+        ready,
+        elapsed: started.elapsed(),
+    })
 }
 
 fn install_cni(spec: &LabSpec) -> Result<(), LabError> {
@@ -80,14 +89,18 @@ fn install_cni(spec: &LabSpec) -> Result<(), LabError> {
         .output()
         .map_err(|e| LabError::Io(format!("{} cni install", spec.twill.display()), e))?;
     if !out.status.success() {
-        return Err(LabError::Command("twill cni install".into(), String::from_utf8_lossy(&out.stderr).trim().into()));
+        return Err(LabError::Command(
+            "twill cni install".into(),
+            String::from_utf8_lossy(&out.stderr).trim().into(),
+        ));
     }
     Ok(())
 }
 
 /// The objects the lab itself runs: cluster DNS behind `kube-system/kube-dns`.
 fn write_system(spec: &LabSpec, agents_available: &[&str]) -> Result<(), LabError> {
-    let mut items = vec![json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kube-system"}})];
+    let mut items =
+        vec![json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kube-system"}})];
     if spec.dns && agents_available.contains(&"dns") {
         items.push(json!({
             "apiVersion": "v1", "kind": "Service",
@@ -129,13 +142,24 @@ fn write_system(spec: &LabSpec, agents_available: &[&str]) -> Result<(), LabErro
         }));
     }
     let list = json!({"apiVersion": "v1", "kind": "List", "items": items});
-    write_atomic(&spec.dir.join("system.yaml"), serde_json::to_string_pretty(&list).expect("json").as_bytes())
+    write_atomic(
+        &spec.dir.join("system.yaml"),
+        serde_json::to_string_pretty(&list)
+            .expect("json")
+            .as_bytes(),
+    )
 }
 
 fn start_controller(spec: &LabSpec) -> Result<(), LabError> {
     let d = Daemon {
         name: "controller".into(),
-        argv: vec![spec.twill.display().to_string(), "lab".into(), "controller".into(), "--name".into(), spec.name.clone()],
+        argv: vec![
+            spec.twill.display().to_string(),
+            "lab".into(),
+            "controller".into(),
+            "--name".into(),
+            spec.name.clone(),
+        ],
     };
     agents::start(&spec.dir, None, &d).map(|_| ())
 }
@@ -146,7 +170,9 @@ pub fn wait_ready(spec: &LabSpec, wait: Duration) -> (usize, usize) {
     let mut last = (0, 0);
     loop {
         if let Ok(cluster) = std::fs::read_to_string(spec.cluster_file()) {
-            let state = twill_model::ClusterState::from_objects(twill_manifest::parse_str("cluster.yaml", &cluster).into_objects());
+            let state = twill_model::ClusterState::from_objects(
+                twill_manifest::parse_str("cluster.yaml", &cluster).into_objects(),
+            );
             let total = state.pods.len();
             let ready = state.pods.values().filter(|p| p.ready).count();
             last = (total, ready);
@@ -163,21 +189,38 @@ pub fn wait_ready(spec: &LabSpec, wait: Duration) -> (usize, usize) {
 
 fn applied(spec: &LabSpec) -> Result<Vec<Value>, LabError> {
     let path = spec.dir.join("applied.json");
-    let text = std::fs::read_to_string(&path).map_err(|e| LabError::Io(path.display().to_string(), e))?;
-    let v: Value = serde_json::from_str(&text).map_err(|e| LabError::Invalid(format!("{}: {e}", path.display())))?;
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| LabError::Io(path.display().to_string(), e))?;
+    let v: Value = serde_json::from_str(&text)
+        .map_err(|e| LabError::Invalid(format!("{}: {e}", path.display())))?;
     Ok(v["items"].as_array().cloned().unwrap_or_default())
 }
 
 fn save_applied(spec: &LabSpec, items: Vec<Value>) -> Result<(), LabError> {
     let list = json!({"apiVersion": "v1", "kind": "List", "items": items});
-    write_atomic(&spec.dir.join("applied.json"), serde_json::to_string_pretty(&list).expect("json").as_bytes())
+    write_atomic(
+        &spec.dir.join("applied.json"),
+        serde_json::to_string_pretty(&list)
+            .expect("json")
+            .as_bytes(),
+    )
 }
 
 fn identity(v: &Value) -> String {
     let kind = v["kind"].as_str().unwrap_or("");
-    let ns = v.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("default");
-    let name = v.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
-    let ns = if matches!(kind, "Namespace" | "Node") { "" } else { ns };
+    let ns = v
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    let name = v
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let ns = if matches!(kind, "Namespace" | "Node") {
+        ""
+    } else {
+        ns
+    };
     format!("{kind}/{ns}/{name}")
 }
 
@@ -250,11 +293,15 @@ pub enum ExecTarget {
 /// Run `argv` in the target's namespaces; returns the exit code.
 pub fn exec(spec: &LabSpec, target: &ExecTarget, argv: &[String]) -> Result<i32, LabError> {
     if argv.is_empty() {
-        return Err(LabError::Invalid("nothing to run: give a command after --".into()));
+        return Err(LabError::Invalid(
+            "nothing to run: give a command after --".into(),
+        ));
     }
     let mut cmd = match target {
         ExecTarget::Node(n) => {
-            let node = spec.node(n).ok_or_else(|| LabError::NotFound(format!("node {n:?} not found in lab {}", spec.name)))?;
+            let node = spec.node(n).ok_or_else(|| {
+                LabError::NotFound(format!("node {n:?} not found in lab {}", spec.name))
+            })?;
             netns::in_netns(&node.netns, &argv[0])
         }
         ExecTarget::Host(h) => {
@@ -262,7 +309,9 @@ pub fn exec(spec: &LabSpec, target: &ExecTarget, argv: &[String]) -> Result<i32,
                 .client
                 .as_ref()
                 .filter(|c| c.name == *h)
-                .ok_or_else(|| LabError::NotFound(format!("host {h:?} not found in lab {}", spec.name)))?;
+                .ok_or_else(|| {
+                    LabError::NotFound(format!("host {h:?} not found in lab {}", spec.name))
+                })?;
             netns::in_netns(&host.netns, &argv[0])
         }
         ExecTarget::Pod { namespace, name } => {
@@ -272,9 +321,12 @@ pub fn exec(spec: &LabSpec, target: &ExecTarget, argv: &[String]) -> Result<i32,
                 .iter()
                 .find(|p| p.namespace == *namespace && p.name == *name)
                 .ok_or_else(|| LabError::NotFound(format!("pod {namespace}/{name} not found (is it running? twill lab get pods -n {namespace})")))?;
-            let pid = pod.pids.first().ok_or_else(|| LabError::NotFound(format!("pod {namespace}/{name} has no process")))?;
+            let pid = pod.pids.first().ok_or_else(|| {
+                LabError::NotFound(format!("pod {namespace}/{name} has no process"))
+            })?;
             let mut c = std::process::Command::new("nsenter");
-            c.args(["-t", &pid.to_string(), "-n", "-u", "-m", "--"]).arg(&argv[0]);
+            c.args(["-t", &pid.to_string(), "-n", "-u", "-m", "--"])
+                .arg(&argv[0]);
             c
         }
     };

@@ -45,7 +45,11 @@ fn short_hash(s: &str) -> String {
 }
 
 pub fn pod_netns(spec: &LabSpec, pod: &Pod) -> String {
-    format!("{}p-{}", spec.prefix(), short_hash(&pod_key(&pod.key.namespace, &pod.key.name)))
+    format!(
+        "{}p-{}",
+        spec.prefix(),
+        short_hash(&pod_key(&pod.key.namespace, &pod.key.name))
+    )
 }
 
 pub fn pod_dir(spec: &LabSpec, namespace: &str, name: &str) -> PathBuf {
@@ -66,7 +70,11 @@ pub fn hosts_file(pod: &Pod, ip: Option<IpAddr>, cluster_domain: &str) -> String
     let mut s = String::from(
         "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n",
     );
-    let hostname = pod.spec.hostname.clone().unwrap_or_else(|| pod.key.name.clone());
+    let hostname = pod
+        .spec
+        .hostname
+        .clone()
+        .unwrap_or_else(|| pod.key.name.clone());
     if let Some(ip) = ip {
         match &pod.spec.subdomain {
             Some(sub) => s.push_str(&format!(
@@ -127,7 +135,11 @@ fn spawn(
 ) -> Result<Child, LabError> {
     let io = |e| LabError::Io(format!("starting {:?}", argv), e);
     let net = File::open(netns::path(netns_name)).map_err(io)?;
-    let log = File::options().create(true).append(true).open(dir.join("log")).map_err(io)?;
+    let log = File::options()
+        .create(true)
+        .append(true)
+        .open(dir.join("log"))
+        .map_err(io)?;
     let cstr = |s: &str| CString::new(s).expect("no NUL in paths");
     let resolv_src = cstr(&dir.join("resolv.conf").display().to_string());
     let hosts_src = cstr(&dir.join("hosts").display().to_string());
@@ -151,11 +163,25 @@ fn spawn(
                 return err();
             }
             // Keep our bind mounts from propagating back to the host.
-            if libc::mount(std::ptr::null(), root.as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()) != 0 {
+            if libc::mount(
+                std::ptr::null(),
+                root.as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ) != 0
+            {
                 return err();
             }
             for (src, dst) in [(&resolv_src, &resolv_dst), (&hosts_src, &hosts_dst)] {
-                if libc::mount(src.as_ptr(), dst.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()) != 0 {
+                if libc::mount(
+                    src.as_ptr(),
+                    dst.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                ) != 0
+                {
                     return err();
                 }
             }
@@ -181,8 +207,15 @@ pub fn start(
     let dir = pod_dir(spec, &pod.key.namespace, &pod.key.name);
     std::fs::create_dir_all(&dir).map_err(|e| LabError::Io(dir.display().to_string(), e))?;
     let host_network = pod.spec.host_network;
-    let ns = if host_network { node.netns.clone() } else { pod_netns(spec, pod) };
-    let container_id = short_hash(&format!("{}/{}/{}", spec.name, pod.key.namespace, pod.key.name));
+    let ns = if host_network {
+        node.netns.clone()
+    } else {
+        pod_netns(spec, pod)
+    };
+    let container_id = short_hash(&format!(
+        "{}/{}/{}",
+        spec.name, pod.key.namespace, pod.key.name
+    ));
     let mut running = RunningPod {
         namespace: pod.key.namespace.clone(),
         name: pod.key.name.clone(),
@@ -212,15 +245,25 @@ pub fn start(
             running.cni_result = Some(res);
         }
         let write = |name: &str, text: &str| {
-            std::fs::write(dir.join(name), text).map_err(|e| LabError::Io(dir.join(name).display().to_string(), e))
+            std::fs::write(dir.join(name), text)
+                .map_err(|e| LabError::Io(dir.join(name).display().to_string(), e))
         };
         write("resolv.conf", resolv_conf)?;
         write("hosts", &hosts_file(pod, running.ip, "cluster.local"))?;
         let (cmds, responder) = container_commands(spec, pod);
         running.responder = responder;
-        let hostname = pod.spec.hostname.clone().unwrap_or_else(|| pod.key.name.clone());
+        let hostname = pod
+            .spec
+            .hostname
+            .clone()
+            .unwrap_or_else(|| pod.key.name.clone());
         let mut children = Vec::new();
-        let env: Vec<(String, String)> = pod.spec.containers.iter().flat_map(|c| c.env.clone()).collect();
+        let env: Vec<(String, String)> = pod
+            .spec
+            .containers
+            .iter()
+            .flat_map(|c| c.env.clone())
+            .collect();
         for argv in cmds {
             let child = spawn(&ns, &hostname, &dir, &argv, &env)?;
             running.pids.push(child.id() as i32);
@@ -237,7 +280,12 @@ pub fn start(
     }
 }
 
-fn attachment<'a>(spec: &LabSpec, node: &'a NodeSpec, pod: &Pod, running: &'a RunningPod) -> cni::Attachment<'a> {
+fn attachment<'a>(
+    spec: &LabSpec,
+    node: &'a NodeSpec,
+    pod: &Pod,
+    running: &'a RunningPod,
+) -> cni::Attachment<'a> {
     let port_mappings = pod
         .spec
         .containers
@@ -299,7 +347,11 @@ pub fn node_conflist(spec: &LabSpec, node: &NodeSpec) -> serde_json::Value {
         crate::spec::Backend::Udp => 1472,
         crate::spec::Backend::HostGw => 1500,
     };
-    cni::node_conflist(&node.pod_cidr.to_string(), mtu, &spec.node_dir(&node.name).join("ipam"))
+    cni::node_conflist(
+        &node.pod_cidr.to_string(),
+        mtu,
+        &spec.node_dir(&node.name).join("ipam"),
+    )
 }
 
 /// Ports a process listens on, read from its own view of /proc/net.
@@ -311,7 +363,9 @@ fn listening(pid: i32, proto: Protocol) -> Vec<u16> {
     };
     let mut out = Vec::new();
     for f in files {
-        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{f}")) else { continue };
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{f}")) else {
+            continue;
+        };
         for line in text.lines().skip(1) {
             let cols: Vec<&str> = line.split_whitespace().collect();
             if cols.len() < 4 {
@@ -321,7 +375,11 @@ fn listening(pid: i32, proto: Protocol) -> Vec<u16> {
             if proto == Protocol::Tcp && cols[3] != "0A" {
                 continue;
             }
-            if let Some(port) = cols[1].rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok()) {
+            if let Some(port) = cols[1]
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok())
+            {
                 out.push(port);
             }
         }
@@ -331,12 +389,20 @@ fn listening(pid: i32, proto: Protocol) -> Vec<u16> {
 
 /// Ready when a process is alive and every declared TCP/UDP port is bound in the pod.
 pub fn probe_ready(running: &RunningPod) -> bool {
-    let Some(pid) = running.pids.first().copied() else { return false };
+    let Some(pid) = running.pids.first().copied() else {
+        return false;
+    };
     if !Path::new(&format!("/proc/{pid}")).exists() {
         return false;
     }
-    running.ports.iter().all(|(port, proto)| match Protocol::parse(proto) {
-        Some(p @ (Protocol::Tcp | Protocol::Udp)) => running.pids.iter().any(|pid| listening(*pid, p).contains(port)),
-        _ => true,
-    })
+    running
+        .ports
+        .iter()
+        .all(|(port, proto)| match Protocol::parse(proto) {
+            Some(p @ (Protocol::Tcp | Protocol::Udp)) => running
+                .pids
+                .iter()
+                .any(|pid| listening(*pid, p).contains(port)),
+            _ => true,
+        })
 }

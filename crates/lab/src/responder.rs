@@ -12,7 +12,10 @@ use std::time::Duration;
 use twill_model::Protocol;
 
 fn line(pod: &str, namespace: &str, local: SocketAddr, peer: SocketAddr) -> String {
-    format!("{pod} namespace={namespace} ip={} client={peer}\n", local.ip())
+    format!(
+        "{pod} namespace={namespace} ip={} client={peer}\n",
+        local.ip()
+    )
 }
 
 fn serve_tcp(conn: TcpStream, pod: &str, namespace: &str) -> std::io::Result<()> {
@@ -29,7 +32,9 @@ fn serve_tcp(conn: TcpStream, pod: &str, namespace: &str) -> std::io::Result<()>
             Ok(n) => req.extend_from_slice(&buf[..n]),
         }
     }
-    let is_http = ["GET ", "HEAD ", "POST ", "PUT "].iter().any(|m| req.starts_with(m.as_bytes()));
+    let is_http = ["GET ", "HEAD ", "POST ", "PUT "]
+        .iter()
+        .any(|m| req.starts_with(m.as_bytes()));
     if is_http {
         let head = req.starts_with(b"HEAD ");
         let resp = format!(
@@ -94,7 +99,8 @@ pub fn parse_ports(s: &str) -> Result<Vec<(u16, Protocol)>, String> {
         .map(|p| {
             let (port, proto) = p.split_once('/').unwrap_or((p, "TCP"));
             let port: u16 = port.parse().map_err(|e| format!("{p}: {e}"))?;
-            let proto = Protocol::parse(&proto.to_ascii_uppercase()).ok_or_else(|| format!("{p}: unknown protocol"))?;
+            let proto = Protocol::parse(&proto.to_ascii_uppercase())
+                .ok_or_else(|| format!("{p}: unknown protocol"))?;
             Ok((port, proto))
         })
         .collect()

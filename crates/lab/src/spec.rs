@@ -117,7 +117,9 @@ pub struct LabSpec {
 pub fn check_name(name: &str) -> Result<(), LabError> {
     let ok = !name.is_empty()
         && name.len() <= 12
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && name.as_bytes()[0].is_ascii_lowercase();
     if ok {
         Ok(())
@@ -132,19 +134,28 @@ impl LabSpec {
     pub fn plan(o: &UpOptions, twill: PathBuf) -> Result<Self, LabError> {
         check_name(&o.name)?;
         if o.nodes == 0 || o.nodes > 50 {
-            return Err(LabError::Invalid(format!("--nodes {} must be between 1 and 50", o.nodes)));
+            return Err(LabError::Invalid(format!(
+                "--nodes {} must be between 1 and 50",
+                o.nodes
+            )));
         }
         let prefix = format!("tl-{}-", o.name);
         let hosts: Vec<Ipv4Addr> = o.underlay.hosts().collect();
         if hosts.len() < 128 {
-            return Err(LabError::Invalid(format!("underlay {} is too small (want a /25 or wider)", o.underlay)));
+            return Err(LabError::Invalid(format!(
+                "underlay {} is too small (want a /25 or wider)",
+                o.underlay
+            )));
         }
-        let mut subnets = o.pod_cidr.subnets(24).map_err(|e| LabError::Invalid(format!("--pod-cidr: {e}")))?;
+        let mut subnets = o
+            .pod_cidr
+            .subnets(24)
+            .map_err(|e| LabError::Invalid(format!("--pod-cidr: {e}")))?;
         let nodes = (0..o.nodes)
             .map(|i| {
-                let pod_cidr = subnets
-                    .next()
-                    .ok_or_else(|| LabError::Invalid(format!("--pod-cidr {} has too few /24s", o.pod_cidr)))?;
+                let pod_cidr = subnets.next().ok_or_else(|| {
+                    LabError::Invalid(format!("--pod-cidr {} has too few /24s", o.pod_cidr))
+                })?;
                 Ok(NodeSpec {
                     name: format!("node-{}", i + 1),
                     netns: format!("{prefix}node-{}", i + 1),
@@ -194,7 +205,8 @@ impl LabSpec {
                 LabError::Io(path.display().to_string(), e)
             }
         })?;
-        serde_json::from_str(&text).map_err(|e| LabError::Invalid(format!("{}: {e}", path.display())))
+        serde_json::from_str(&text)
+            .map_err(|e| LabError::Invalid(format!("{}: {e}", path.display())))
     }
 
     pub fn save(&self) -> Result<(), LabError> {

@@ -16,12 +16,16 @@ pub struct Status {
 pub fn load(spec: &LabSpec) -> Result<Status, LabError> {
     let path = spec.status_file();
     match std::fs::read_to_string(&path) {
-        Ok(t) => serde_json::from_str(&t).map_err(|e| LabError::Invalid(format!("{}: {e}", path.display()))),
+        Ok(t) => serde_json::from_str(&t)
+            .map_err(|e| LabError::Invalid(format!("{}: {e}", path.display()))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Status::default()),
         Err(e) => Err(LabError::Io(path.display().to_string(), e)),
     }
 }
 
 pub fn save(spec: &LabSpec, s: &Status) -> Result<(), LabError> {
-    write_atomic(&spec.status_file(), serde_json::to_string_pretty(s).expect("json").as_bytes())
+    write_atomic(
+        &spec.status_file(),
+        serde_json::to_string_pretty(s).expect("json").as_bytes(),
+    )
 }

@@ -3,9 +3,9 @@
 //!
 //! Nothing in the root namespace changes beyond the namespace handles in /run/netns.
 
+use crate::LabError;
 use crate::netns;
 use crate::spec::LabSpec;
-use crate::LabError;
 
 fn attach(spec: &LabSpec, ns: &str, port: &str, ip: std::net::Ipv4Addr) -> Result<(), LabError> {
     netns::add(ns)?;
@@ -17,7 +17,10 @@ fn attach(spec: &LabSpec, ns: &str, port: &str, ip: std::net::Ipv4Addr) -> Resul
     )?;
     netns::batch(
         ns,
-        &format!("addr add {ip}/{} dev eth0\nlink set eth0 up\n", spec.underlay.prefix_len()),
+        &format!(
+            "addr add {ip}/{} dev eth0\nlink set eth0 up\n",
+            spec.underlay.prefix_len()
+        ),
     )
 }
 
@@ -26,7 +29,10 @@ fn attach(spec: &LabSpec, ns: &str, port: &str, ip: std::net::Ipv4Addr) -> Resul
 pub fn build(spec: &LabSpec) -> Result<(), LabError> {
     let r = (|| {
         netns::add(&spec.switch_netns)?;
-        netns::batch(&spec.switch_netns, "link add br0 type bridge\nlink set br0 up\n")?;
+        netns::batch(
+            &spec.switch_netns,
+            "link add br0 type bridge\nlink set br0 up\n",
+        )?;
         for n in &spec.nodes {
             attach(spec, &n.netns, &n.switch_port, n.ip)?;
             // A node routes for its pods; the settings are the node namespace's own.

@@ -11,7 +11,11 @@ use ipnet::Ipv4Net;
 use twill_model::ClusterState;
 
 /// Which node holds each underlay service address (pure).
-pub fn plan(state: &ClusterState, nodes: &[String], underlay: Ipv4Net) -> BTreeMap<Ipv4Addr, String> {
+pub fn plan(
+    state: &ClusterState,
+    nodes: &[String],
+    underlay: Ipv4Net,
+) -> BTreeMap<Ipv4Addr, String> {
     let mut out = BTreeMap::new();
     for svc in state.services.values() {
         let addrs: Vec<Ipv4Addr> = svc
@@ -62,14 +66,20 @@ mod tests {
                 key: key.clone(),
                 service_type: ServiceType::LoadBalancer,
                 external_traffic_policy: TrafficPolicy::Local,
-                load_balancer_ingress: vec![LoadBalancerIngress { ip: "192.168.50.241".parse().unwrap(), ip_mode_proxy: false }],
+                load_balancer_ingress: vec![LoadBalancerIngress {
+                    ip: "192.168.50.241".parse().unwrap(),
+                    ip_mode_proxy: false,
+                }],
                 external_ips: vec!["10.1.2.3".parse().unwrap()],
                 ..Default::default()
             },
         );
         let nodes = vec!["node-1".to_string(), "node-2".to_string()];
         let underlay: Ipv4Net = "192.168.50.0/24".parse().unwrap();
-        assert!(plan(&state, &nodes, underlay).is_empty(), "no ready endpoint: nobody announces");
+        assert!(
+            plan(&state, &nodes, underlay).is_empty(),
+            "no ready endpoint: nobody announces"
+        );
         state.endpoint_slices.insert(
             ObjectKey::new("d", "s-1"),
             EndpointSlice {
@@ -85,6 +95,10 @@ mod tests {
         );
         let p = plan(&state, &nodes, underlay);
         assert_eq!(p.len(), 1, "off-underlay external IPs are not announced");
-        assert_eq!(p.get(&"192.168.50.241".parse().unwrap()).map(String::as_str), Some("node-2"));
+        assert_eq!(
+            p.get(&"192.168.50.241".parse().unwrap())
+                .map(String::as_str),
+            Some("node-2")
+        );
     }
 }

@@ -2,15 +2,18 @@
 
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use twill_model::k8s::{self, FieldError};
 use twill_model::Object;
+use twill_model::k8s::{self, FieldError};
 
 /// What a value turned out to be.
+#[allow(clippy::large_enum_variant)] // Short-lived; unpacked at once by the caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decoded {
     Object(Object),
     /// A kind that is accepted but not modelled (ConfigMap).
-    Ignored { kind: String },
+    Ignored {
+        kind: String,
+    },
     /// `kind: List` (or any `*List`): its items, to decode one by one.
     List(Vec<Value>),
 }
@@ -30,12 +33,19 @@ pub struct DecodeError {
 fn describe(kind: &str, value: &Value, namespaced: bool) -> Option<String> {
     let meta = value.get("metadata");
     let name = meta.and_then(|m| m.get("name")).and_then(Value::as_str)?;
-    let ns = meta.and_then(|m| m.get("namespace")).and_then(Value::as_str).unwrap_or("default");
-    Some(if namespaced { format!("{kind} {ns}/{name}") } else { format!("{kind} {name}") })
+    let ns = meta
+        .and_then(|m| m.get("namespace"))
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    Some(if namespaced {
+        format!("{kind} {ns}/{name}")
+    } else {
+        format!("{kind} {name}")
+    })
 }
 
 fn typed<T: DeserializeOwned>(value: &Value) -> Result<T, FieldError> {
-    serde_path_to_error::deserialize(value.clone()).map_err(|e| FieldError {
+    serde_path_to_error::deserialize(value).map_err(|e| FieldError {
         path: e.path().to_string().trim_start_matches('.').to_string(),
         message: e.inner().to_string(),
     })
@@ -48,16 +58,31 @@ fn convert<T: DeserializeOwned, M>(
 ) -> Result<Object, Vec<FieldError>> {
     let t: T = typed(value).map_err(|e| {
         // The root path `.` means the value as a whole.
-        vec![if e.path == "." { FieldError { path: String::new(), ..e } } else { e }]
+        vec![if e.path == "." {
+            FieldError {
+                path: String::new(),
+                ..e
+            }
+        } else {
+            e
+        }]
     })?;
     from(&t).map(wrap)
 }
 
 /// Decode one Kubernetes object given as JSON.
 pub fn decode_value(value: &Value) -> Result<Decoded, DecodeError> {
-    let fail = |message: String| DecodeError { object: None, errors: vec![], message, unknown_kind: false };
+    let fail = |message: String| DecodeError {
+        object: None,
+        errors: vec![],
+        message,
+        unknown_kind: false,
+    };
     let Some(map) = value.as_object() else {
-        return Err(fail(format!("expected a Kubernetes object (a mapping), found {}", kind_of_json(value))));
+        return Err(fail(format!(
+            "expected a Kubernetes object (a mapping), found {}",
+            kind_of_json(value)
+        )));
     };
     let kind = match map.get("kind") {
         Some(Value::String(k)) if !k.is_empty() => k.as_str(),
@@ -99,22 +124,36 @@ pub fn decode_value(value: &Value) -> Result<Decoded, DecodeError> {
             unknown_kind: false,
         });
     }
-    use k8s_openapi::api::{apps::v1 as apps, core::v1 as core, discovery::v1 as disc, networking::v1 as net};
+    use k8s_openapi::api::{
+        apps::v1 as apps, core::v1 as core, discovery::v1 as disc, networking::v1 as net,
+    };
     let result = match kind {
         "ConfigMap" => return Ok(Decoded::Ignored { kind: kind.into() }),
-        "Namespace" => convert::<core::Namespace, _>(value, k8s::namespace_from_k8s, Object::Namespace),
+        "Namespace" => {
+            convert::<core::Namespace, _>(value, k8s::namespace_from_k8s, Object::Namespace)
+        }
         "Node" => convert::<core::Node, _>(value, k8s::node_from_k8s, Object::Node),
         "Pod" => convert::<core::Pod, _>(value, k8s::pod_from_k8s, Object::Pod),
         "Service" => convert::<core::Service, _>(value, k8s::service_from_k8s, Object::Service),
-        "EndpointSlice" => {
-            convert::<disc::EndpointSlice, _>(value, k8s::endpoint_slice_from_k8s, Object::EndpointSlice)
+        "EndpointSlice" => convert::<disc::EndpointSlice, _>(
+            value,
+            k8s::endpoint_slice_from_k8s,
+            Object::EndpointSlice,
+        ),
+        "Deployment" => {
+            convert::<apps::Deployment, _>(value, k8s::deployment_from_k8s, Object::Workload)
         }
-        "Deployment" => convert::<apps::Deployment, _>(value, k8s::deployment_from_k8s, Object::Workload),
-        "ReplicaSet" => convert::<apps::ReplicaSet, _>(value, k8s::replica_set_from_k8s, Object::Workload),
-        "DaemonSet" => convert::<apps::DaemonSet, _>(value, k8s::daemon_set_from_k8s, Object::Workload),
-        "NetworkPolicy" => {
-            convert::<net::NetworkPolicy, _>(value, k8s::network_policy_from_k8s, Object::NetworkPolicy)
+        "ReplicaSet" => {
+            convert::<apps::ReplicaSet, _>(value, k8s::replica_set_from_k8s, Object::Workload)
         }
+        "DaemonSet" => {
+            convert::<apps::DaemonSet, _>(value, k8s::daemon_set_from_k8s, Object::Workload)
+        }
+        "NetworkPolicy" => convert::<net::NetworkPolicy, _>(
+            value,
+            k8s::network_policy_from_k8s,
+            Object::NetworkPolicy,
+        ),
         _ => unreachable!("kinds matched above"),
     };
     result.map(Decoded::Object).map_err(|errors| DecodeError {

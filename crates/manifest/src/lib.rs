@@ -22,8 +22,8 @@ pub use render::render_yaml;
 use std::fmt;
 
 pub use decode::{Decoded, decode_value};
-pub use twill_model::k8s::FieldError;
 use twill_model::Object;
+pub use twill_model::k8s::FieldError;
 
 /// Where a document sits.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,7 +96,9 @@ pub struct LoadResult {
 
 impl LoadResult {
     pub fn errors(&self) -> impl Iterator<Item = &Problem> {
-        self.problems.iter().filter(|p| p.severity == Severity::Error)
+        self.problems
+            .iter()
+            .filter(|p| p.severity == Severity::Error)
     }
     pub fn has_errors(&self) -> bool {
         self.errors().next().is_some()
@@ -115,7 +117,11 @@ impl LoadResult {
 pub fn parse_str(source: &str, text: &str) -> LoadResult {
     let mut out = LoadResult::default();
     for doc in split::documents(source, text) {
-        let location = Location { source: source.to_string(), doc: doc.index, line: doc.line };
+        let location = Location {
+            source: source.to_string(),
+            doc: doc.index,
+            line: doc.line,
+        };
         match doc.value {
             Err((line, message)) => out.problems.push(Problem {
                 severity: Severity::Error,
@@ -133,9 +139,11 @@ pub fn parse_str(source: &str, text: &str) -> LoadResult {
 /// Decode one document's value (following `kind: List` items) into `out`.
 fn decode_into(value: &serde_json::Value, prefix: &str, location: &Location, out: &mut LoadResult) {
     match decode_value(value) {
-        Ok(Decoded::Object(object)) => {
-            out.objects.push(Loaded { object, location: location.clone(), raw: value.clone() })
-        }
+        Ok(Decoded::Object(object)) => out.objects.push(Loaded {
+            object,
+            location: location.clone(),
+            raw: value.clone(),
+        }),
         Ok(Decoded::Ignored { .. }) => {}
         Ok(Decoded::List(items)) => {
             for (i, item) in items.iter().enumerate() {
@@ -143,7 +151,11 @@ fn decode_into(value: &serde_json::Value, prefix: &str, location: &Location, out
             }
         }
         Err(e) => {
-            let severity = if e.unknown_kind { Severity::Warning } else { Severity::Error };
+            let severity = if e.unknown_kind {
+                Severity::Warning
+            } else {
+                Severity::Error
+            };
             if e.errors.is_empty() {
                 out.problems.push(Problem {
                     severity,
@@ -158,7 +170,9 @@ fn decode_into(value: &serde_json::Value, prefix: &str, location: &Location, out
                     severity,
                     location: Some(location.clone()),
                     object: e.object.clone(),
-                    path: format!("{prefix}{}", f.path).trim_end_matches('.').to_string(),
+                    path: format!("{prefix}{}", f.path)
+                        .trim_end_matches('.')
+                        .to_string(),
                     message: f.message.clone(),
                 });
             }

@@ -33,7 +33,11 @@ pub(crate) fn documents(source: &str, text: &str) -> Vec<Document> {
 }
 
 fn line_of_offset(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1
+    text[..offset.min(text.len())]
+        .bytes()
+        .filter(|b| *b == b'\n')
+        .count()
+        + 1
 }
 
 fn json_documents(text: &str) -> Vec<Document> {
@@ -64,7 +68,10 @@ fn json_documents(text: &str) -> Vec<Document> {
 }
 
 fn is_marker(line: &str, marker: &str) -> bool {
-    line == marker || line.strip_prefix(marker).is_some_and(|r| r.starts_with([' ', '\t']))
+    line == marker
+        || line
+            .strip_prefix(marker)
+            .is_some_and(|r| r.starts_with([' ', '\t']))
 }
 
 fn yaml_documents(text: &str) -> Vec<Document> {
@@ -98,11 +105,20 @@ fn yaml_documents(text: &str) -> Vec<Document> {
             Ok(serde_json::Value::Null) => continue,
             Ok(v) => Ok(v),
             Err(e) => {
-                let line = e.location().map_or(start + lead, |l| start + l.line() as usize - 1);
-                Err((line, format!("invalid YAML: {}", first_line(&e.to_string()))))
+                let line = e
+                    .location()
+                    .map_or(start + lead, |l| start + l.line() as usize - 1);
+                Err((
+                    line,
+                    format!("invalid YAML: {}", first_line(&e.to_string())),
+                ))
             }
         };
-        out.push(Document { index: out.len() + 1, line: start + lead, value });
+        out.push(Document {
+            index: out.len() + 1,
+            line: start + lead,
+            value,
+        });
     }
     out
 }

@@ -36,9 +36,15 @@ fn bad_object_is_reported_with_file_doc_line_object_and_field_and_others_load() 
     let r = parse_str("shop/web.yaml", WEB);
     assert_eq!(
         messages(&r),
-        ["shop/web.yaml doc 2 (line 7): Service shop/web: spec.ports[0].port: 70000 is out of range 1-65535"]
+        [
+            "shop/web.yaml doc 2 (line 7): Service shop/web: spec.ports[0].port: 70000 is out of range 1-65535"
+        ]
     );
-    let kinds: Vec<String> = r.objects.iter().map(|o| o.object.object_ref().to_string()).collect();
+    let kinds: Vec<String> = r
+        .objects
+        .iter()
+        .map(|o| o.object.object_ref().to_string())
+        .collect();
     assert_eq!(kinds, ["Namespace shop", "Service default/ok"]);
     assert_eq!(r.objects[1].location.doc, 3);
     assert_eq!(r.objects[1].location.line, 17);
@@ -46,9 +52,14 @@ fn bad_object_is_reported_with_file_doc_line_object_and_field_and_others_load() 
 
 #[test]
 fn defaults_are_applied_as_the_api_server_does() {
-    let r = parse_str("s.yaml", "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec:\n  ports: [{port: 53}]\n");
+    let r = parse_str(
+        "s.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec:\n  ports: [{port: 53}]\n",
+    );
     assert!(r.problems.is_empty(), "{:?}", messages(&r));
-    let Object::Service(s) = &r.objects[0].object else { panic!() };
+    let Object::Service(s) = &r.objects[0].object else {
+        panic!()
+    };
     assert_eq!(s.key.namespace, "default");
     assert_eq!(s.service_type, ServiceType::ClusterIP);
     assert_eq!(s.ports[0].protocol, Protocol::Tcp);
@@ -61,7 +72,12 @@ fn unknown_kind_is_a_warning_and_configmap_is_silently_accepted() {
     let text = "apiVersion: batch/v1\nkind: Job\nmetadata: {name: j}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n";
     let r = parse_str("x.yaml", text);
     assert!(!r.has_errors());
-    assert_eq!(messages(&r), ["warning: x.yaml doc 1 (line 1): Job default/j: unsupported kind \"Job\" (batch/v1) ignored"]);
+    assert_eq!(
+        messages(&r),
+        [
+            "warning: x.yaml doc 1 (line 1): Job default/j: unsupported kind \"Job\" (batch/v1) ignored"
+        ]
+    );
     assert!(r.objects.is_empty());
 }
 
@@ -78,7 +94,8 @@ fn malformed_yaml_in_one_document_leaves_the_next_loading() {
 
 #[test]
 fn wrong_type_names_the_field_path() {
-    let text = "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec:\n  ports:\n  - port: eighty\n";
+    let text =
+        "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec:\n  ports:\n  - port: eighty\n";
     let r = parse_str("t.yaml", text);
     assert_eq!(r.problems.len(), 1);
     assert_eq!(r.problems[0].path, "spec.ports[0].port");
@@ -93,7 +110,12 @@ fn json_list_and_concatenated_json_load() {
     {"apiVersion":"v1","kind":"Namespace","metadata":{"name":"b"}}"#;
     let r = parse_str("l.json", text);
     assert_eq!(r.objects.len(), 2);
-    assert_eq!(messages(&r), ["l.json doc 1 (line 1): Service default/s: items[1].spec.ports[0].port: 0 is out of range 1-65535"]);
+    assert_eq!(
+        messages(&r),
+        [
+            "l.json doc 1 (line 1): Service default/s: items[1].spec.ports[0].port: 0 is out of range 1-65535"
+        ]
+    );
     assert_eq!(r.objects[1].location.doc, 2);
     assert_eq!(r.objects[1].location.line, 4);
 }
@@ -103,7 +125,11 @@ fn document_markers_with_inline_content_and_end_markers() {
     let text = "--- {apiVersion: v1, kind: Namespace, metadata: {name: a}}\n...\n---\n\napiVersion: v1\nkind: Namespace\nmetadata: {name: b}\n";
     let r = parse_str("d.yaml", text);
     assert!(r.problems.is_empty(), "{:?}", messages(&r));
-    let lines: Vec<(usize, usize)> = r.objects.iter().map(|o| (o.location.doc, o.location.line)).collect();
+    let lines: Vec<(usize, usize)> = r
+        .objects
+        .iter()
+        .map(|o| (o.location.doc, o.location.line))
+        .collect();
     assert_eq!(lines, [(1, 1), (2, 5)]);
 }
 
@@ -112,7 +138,15 @@ fn every_problem_of_an_object_is_reported_at_once() {
     let text = "apiVersion: v1\nkind: Service\nmetadata: {name: Bad_Name}\nspec:\n  type: Weird\n  ports:\n  - {port: 80, protocol: ICMP, targetPort: not_a_name}\n";
     let r = parse_str("e.yaml", text);
     let paths: Vec<&str> = r.problems.iter().map(|p| p.path.as_str()).collect();
-    assert_eq!(paths, ["metadata.name", "spec.type", "spec.ports[0].protocol", "spec.ports[0].targetPort"]);
+    assert_eq!(
+        paths,
+        [
+            "metadata.name",
+            "spec.type",
+            "spec.ports[0].protocol",
+            "spec.ports[0].targetPort"
+        ]
+    );
 }
 
 #[test]
@@ -130,7 +164,10 @@ fn shared_corpus_objects_all_decode() {
     fn walk(v: &serde_json::Value, out: &mut Vec<serde_json::Value>) {
         match v {
             serde_json::Value::Object(m) => {
-                if m.contains_key("kind") && m.contains_key("apiVersion") && m.contains_key("metadata") {
+                if m.contains_key("kind")
+                    && m.contains_key("apiVersion")
+                    && m.contains_key("metadata")
+                {
                     out.push(v.clone());
                     return;
                 }
@@ -149,7 +186,13 @@ fn shared_corpus_objects_all_decode() {
             for o in objs {
                 count += 1;
                 if let Err(e) = decode_value(&o) {
-                    failures.push(format!("{}: {:?} {} {:?}", path.display(), e.object, e.message, e.errors));
+                    failures.push(format!(
+                        "{}: {:?} {} {:?}",
+                        path.display(),
+                        e.object,
+                        e.message,
+                        e.errors
+                    ));
                 }
             }
         }

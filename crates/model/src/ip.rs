@@ -53,14 +53,25 @@ mod tests {
 
     #[test]
     fn garbage_is_rejected() {
-        for bad in ["", "1.2.3", "1.2.3.4.5", "256.1.1.1", "a.b.c.d", "1..2.3", "0001.1.1.1"] {
+        for bad in [
+            "",
+            "1.2.3",
+            "1.2.3.4.5",
+            "256.1.1.1",
+            "a.b.c.d",
+            "1..2.3",
+            "0001.1.1.1",
+        ] {
             assert_eq!(parse_ip_lenient(bad), None, "{bad}");
         }
     }
 
     #[test]
     fn cidr_with_blank_and_leading_zeros() {
-        assert_eq!(parse_net_lenient(" 203.0.113.0/25"), "203.0.113.0/25".parse().ok());
+        assert_eq!(
+            parse_net_lenient(" 203.0.113.0/25"),
+            "203.0.113.0/25".parse().ok()
+        );
         assert_eq!(parse_net_lenient("10.0.0.01/8"), "10.0.0.1/8".parse().ok());
         assert_eq!(parse_net_lenient("10.0.0.0/33"), None);
     }

@@ -21,7 +21,7 @@ pub mod k8s;
 
 pub use ip::{parse_ip_lenient, parse_net_lenient};
 pub use meta::{
-    IpFamily, Kind, Labels, LabelSelector, ObjectKey, ObjectRef, Protocol, SelectorOperator,
+    IpFamily, Kind, LabelSelector, Labels, ObjectKey, ObjectRef, Protocol, SelectorOperator,
     SelectorRequirement, TargetPort,
 };
 pub use node::Node;
@@ -31,8 +31,10 @@ pub use pod::{
 };
 pub use policy::{NetworkPolicy, PolicyPeer, PolicyPort, PolicyRule};
 pub use service::{
-    IpFamilyPolicy, LoadBalancerIngress, Service, ServicePort, ServiceType, SessionAffinity,
-    TrafficPolicy, DEFAULT_AFFINITY_TIMEOUT_SECONDS,
+    DEFAULT_AFFINITY_TIMEOUT_SECONDS, IpFamilyPolicy, LoadBalancerIngress, Service, ServicePort,
+    ServiceType, SessionAffinity, TrafficPolicy,
 };
-pub use slice::{AddressType, Endpoint, EndpointConditions, EndpointPort, EndpointSlice, SERVICE_NAME_LABEL};
+pub use slice::{
+    AddressType, Endpoint, EndpointConditions, EndpointPort, EndpointSlice, SERVICE_NAME_LABEL,
+};
 pub use state::{ClusterState, Object, ObjectEvent};

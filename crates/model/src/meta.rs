@@ -15,10 +15,16 @@ pub struct ObjectKey {
 
 impl ObjectKey {
     pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        Self { namespace: namespace.into(), name: name.into() }
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
     }
     pub fn cluster(name: impl Into<String>) -> Self {
-        Self { namespace: String::new(), name: name.into() }
+        Self {
+            namespace: String::new(),
+            name: name.into(),
+        }
     }
 }
 
@@ -133,7 +139,11 @@ pub enum IpFamily {
 
 impl IpFamily {
     pub fn of(ip: &std::net::IpAddr) -> Self {
-        if ip.is_ipv4() { IpFamily::V4 } else { IpFamily::V6 }
+        if ip.is_ipv4() {
+            IpFamily::V4
+        } else {
+            IpFamily::V6
+        }
     }
     /// The API spelling (`IPv4`).
     pub fn as_str(self) -> &'static str {
@@ -214,7 +224,10 @@ pub struct LabelSelector {
 
 impl LabelSelector {
     pub fn from_labels(labels: Labels) -> Self {
-        Self { match_labels: labels, match_expressions: Vec::new() }
+        Self {
+            match_labels: labels,
+            match_expressions: Vec::new(),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -222,7 +235,9 @@ impl LabelSelector {
     }
 
     pub fn matches(&self, labels: &Labels) -> bool {
-        self.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+        self.match_labels
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
             && self.match_expressions.iter().all(|r| r.matches(labels))
     }
 }
@@ -243,8 +258,11 @@ impl SelectorRequirement {
 impl fmt::Display for LabelSelector {
     /// The string form kubectl prints (`app=web,tier in (a,b)`).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut parts: Vec<String> =
-            self.match_labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let mut parts: Vec<String> = self
+            .match_labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         for r in &self.match_expressions {
             parts.push(match r.operator {
                 SelectorOperator::In => format!("{} in ({})", r.key, r.values.join(",")),
@@ -262,7 +280,10 @@ mod tests {
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> Labels {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn req(key: &str, op: SelectorOperator, values: &[&str]) -> SelectorRequirement {

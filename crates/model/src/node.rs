@@ -18,6 +18,8 @@ pub struct Node {
 impl Node {
     /// `topology.kubernetes.io/zone`.
     pub fn zone(&self) -> Option<&str> {
-        self.labels.get("topology.kubernetes.io/zone").map(String::as_str)
+        self.labels
+            .get("topology.kubernetes.io/zone")
+            .map(String::as_str)
     }
 }

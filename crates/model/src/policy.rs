@@ -18,8 +18,14 @@ pub enum PolicyPeer {
     /// `podSelector` and/or `namespaceSelector`. With only `pod_selector` the peer pods
     /// are in the policy's own namespace; with a `namespace_selector` they are in every
     /// matching namespace.
-    Pods { namespace_selector: Option<LabelSelector>, pod_selector: Option<LabelSelector> },
-    IpBlock { cidr: IpNet, except: Vec<IpNet> },
+    Pods {
+        namespace_selector: Option<LabelSelector>,
+        pod_selector: Option<LabelSelector>,
+    },
+    IpBlock {
+        cidr: IpNet,
+        except: Vec<IpNet>,
+    },
 }
 
 /// One ingress or egress rule. Empty `ports` means all ports; empty `peers` means all

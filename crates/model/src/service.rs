@@ -136,12 +136,14 @@ impl Service {
     }
 
     pub fn cluster_ip_of(&self, family: IpFamily) -> Option<IpAddr> {
-        self.cluster_ips.iter().copied().find(|ip| IpFamily::of(ip) == family)
+        self.cluster_ips
+            .iter()
+            .copied()
+            .find(|ip| IpFamily::of(ip) == family)
     }
 
     /// eTP Local only means something for services reachable from outside.
     pub fn external_policy_local(&self) -> bool {
-        self.external_traffic_policy == TrafficPolicy::Local
-            && self.service_type.has_node_ports()
+        self.external_traffic_policy == TrafficPolicy::Local && self.service_type.has_node_ports()
     }
 }

@@ -84,6 +84,8 @@ pub struct EndpointSlice {
 
 impl EndpointSlice {
     pub fn service_key(&self) -> Option<ObjectKey> {
-        self.service_name.as_ref().map(|n| ObjectKey::new(self.key.namespace.clone(), n.clone()))
+        self.service_name
+            .as_ref()
+            .map(|n| ObjectKey::new(self.key.namespace.clone(), n.clone()))
     }
 }

@@ -14,6 +14,8 @@ use crate::policy::NetworkPolicy;
 use crate::service::Service;
 use crate::slice::EndpointSlice;
 
+// Stores keep the inner types, not `Object`, so the size spread costs nothing at rest.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Object {
     Namespace(Namespace),
@@ -55,10 +57,16 @@ impl Object {
     }
 
     pub fn object_ref(&self) -> ObjectRef {
-        ObjectRef { kind: self.kind(), key: self.key() }
+        ObjectRef {
+            kind: self.kind(),
+            key: self.key(),
+        }
     }
 }
 
+// Events are short-lived and move straight into the store; boxing would cost an
+// allocation per event for no memory saved at rest.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ObjectEvent {
     /// Added or modified.
@@ -122,15 +130,18 @@ impl ClusterState {
                 Kind::Pod => self.pods.remove(&r.key).is_some(),
                 Kind::Service => self.services.remove(&r.key).is_some(),
                 Kind::EndpointSlice => self.endpoint_slices.remove(&r.key).is_some(),
-                Kind::Deployment => {
-                    self.workloads.remove(&(WorkloadKind::Deployment, r.key)).is_some()
-                }
-                Kind::ReplicaSet => {
-                    self.workloads.remove(&(WorkloadKind::ReplicaSet, r.key)).is_some()
-                }
-                Kind::DaemonSet => {
-                    self.workloads.remove(&(WorkloadKind::DaemonSet, r.key)).is_some()
-                }
+                Kind::Deployment => self
+                    .workloads
+                    .remove(&(WorkloadKind::Deployment, r.key))
+                    .is_some(),
+                Kind::ReplicaSet => self
+                    .workloads
+                    .remove(&(WorkloadKind::ReplicaSet, r.key))
+                    .is_some(),
+                Kind::DaemonSet => self
+                    .workloads
+                    .remove(&(WorkloadKind::DaemonSet, r.key))
+                    .is_some(),
                 Kind::NetworkPolicy => self.network_policies.remove(&r.key).is_some(),
             },
         }
@@ -149,11 +160,18 @@ impl ClusterState {
     /// stable order; `Synced` is appended when `target` is synced and `self` is not.
     pub fn diff_events(&self, target: &ClusterState) -> Vec<ObjectEvent> {
         let index = |s: &ClusterState| -> BTreeMap<ObjectRef, Object> {
-            s.objects().into_iter().map(|o| (o.object_ref(), o)).collect()
+            s.objects()
+                .into_iter()
+                .map(|o| (o.object_ref(), o))
+                .collect()
         };
         let (old, new) = (index(self), index(target));
-        let mut out: Vec<ObjectEvent> =
-            old.keys().filter(|r| !new.contains_key(*r)).cloned().map(ObjectEvent::Deleted).collect();
+        let mut out: Vec<ObjectEvent> = old
+            .keys()
+            .filter(|r| !new.contains_key(*r))
+            .cloned()
+            .map(ObjectEvent::Deleted)
+            .collect();
         out.extend(
             new.into_iter()
                 .filter(|(r, o)| old.get(r) != Some(o))
@@ -174,8 +192,18 @@ impl ClusterState {
         out.extend(self.workloads.values().cloned().map(Object::Workload));
         out.extend(self.pods.values().cloned().map(Object::Pod));
         out.extend(self.services.values().cloned().map(Object::Service));
-        out.extend(self.endpoint_slices.values().cloned().map(Object::EndpointSlice));
-        out.extend(self.network_policies.values().cloned().map(Object::NetworkPolicy));
+        out.extend(
+            self.endpoint_slices
+                .values()
+                .cloned()
+                .map(Object::EndpointSlice),
+        );
+        out.extend(
+            self.network_policies
+                .values()
+                .cloned()
+                .map(Object::NetworkPolicy),
+        );
         out
     }
 }

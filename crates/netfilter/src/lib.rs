@@ -18,7 +18,11 @@ pub enum Error {
         source: std::io::Error,
     },
     #[error("{program} failed ({status}): {stderr}")]
-    Failed { program: String, status: String, stderr: String },
+    Failed {
+        program: String,
+        status: String,
+        stderr: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,14 +39,18 @@ pub fn run_with_input(program: &str, args: &[&str], input: &[u8]) -> Result<Stri
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|source| Error::Spawn { program: program.into(), source })?;
+        .map_err(|source| Error::Spawn {
+            program: program.into(),
+            source,
+        })?;
     // Write on another thread so a tool that answers while reading cannot deadlock us.
     let mut stdin = child.stdin.take().expect("piped stdin");
     let input = input.to_vec();
     let writer = std::thread::spawn(move || stdin.write_all(&input));
-    let out = child
-        .wait_with_output()
-        .map_err(|source| Error::Spawn { program: program.into(), source })?;
+    let out = child.wait_with_output().map_err(|source| Error::Spawn {
+        program: program.into(),
+        source,
+    })?;
     let _ = writer.join();
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
@@ -65,7 +73,12 @@ fn restore_program(family: Family) -> &'static str {
 /// `iptables-restore --noflush -w` (or ip6tables-restore): chains declared in the input
 /// are flushed and rewritten; every other chain and table is left alone.
 pub fn iptables_restore(family: Family, input: &str) -> Result<(), Error> {
-    run_with_input(restore_program(family), &["--noflush", "-w", "5"], input.as_bytes()).map(|_| ())
+    run_with_input(
+        restore_program(family),
+        &["--noflush", "-w", "5"],
+        input.as_bytes(),
+    )
+    .map(|_| ())
 }
 
 /// `iptables-save` (or ip6tables-save), optionally of one table.

@@ -27,9 +27,9 @@ pub fn require_root(test: &str) -> bool {
 /// True when `program` is on PATH. Like [`require_root`], a missing tool skips the test
 /// unless `TWILL_REQUIRE_ROOT=1`.
 pub fn require_tool(test: &str, program: &str) -> bool {
-    let found = std::env::var_os("PATH").is_some_and(|paths| {
-        std::env::split_paths(&paths).any(|d| d.join(program).is_file())
-    }) || std::path::Path::new(program).is_file();
+    let found = std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
+        || std::path::Path::new(program).is_file();
     if found {
         return true;
     }

@@ -20,7 +20,10 @@ pub struct Netns {
 }
 
 fn run_ip(args: &[&str]) -> Output {
-    Command::new("ip").args(args).output().expect("running ip (install iproute2)")
+    Command::new("ip")
+        .args(args)
+        .output()
+        .expect("running ip (install iproute2)")
 }
 
 fn pid_alive(pid: u32) -> bool {
@@ -29,11 +32,17 @@ fn pid_alive(pid: u32) -> bool {
 
 /// Delete test namespaces whose owning process is gone.
 pub fn sweep_stale() {
-    let Ok(entries) = std::fs::read_dir(NETNS_DIR) else { return };
+    let Ok(entries) = std::fs::read_dir(NETNS_DIR) else {
+        return;
+    };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix(PREFIX) else { continue };
-        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
+        let Some(rest) = name.strip_prefix(PREFIX) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
         if !pid_alive(pid) {
             kill_all_in(&name);
             let _ = run_ip(&["netns", "del", &name]);
@@ -58,7 +67,11 @@ impl Netns {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let name = format!("{PREFIX}{}-{n}{tag}", std::process::id());
         let out = run_ip(&["netns", "add", &name]);
-        assert!(out.status.success(), "ip netns add {name}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "ip netns add {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let ns = Netns { name };
         ns.ip(&["link", "set", "lo", "up"]);
         ns
@@ -148,7 +161,11 @@ mod tests {
         let path = ns.path();
         assert!(path.exists());
         let links = ns.ip(&["-o", "link"]);
-        assert_eq!(links.lines().count(), 1, "only lo in a fresh namespace: {links}");
+        assert_eq!(
+            links.lines().count(),
+            1,
+            "only lo in a fresh namespace: {links}"
+        );
         let inside = ns.run(|| std::fs::read_link("/proc/thread-self/ns/net").unwrap());
         let outside = std::fs::read_link("/proc/thread-self/ns/net").unwrap();
         assert_ne!(inside, outside);

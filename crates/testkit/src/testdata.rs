@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 /// The workspace root (the directory holding the top `Cargo.toml`).
 pub fn workspace_root() -> PathBuf {
     let here = Path::new(env!("CARGO_MANIFEST_DIR"));
-    here.ancestors().nth(2).expect("crates/testkit sits two levels below the root").to_path_buf()
+    here.ancestors()
+        .nth(2)
+        .expect("crates/testkit sits two levels below the root")
+        .to_path_buf()
 }
 
 /// The shared folder (`../shared` beside the checkout) unless `TWILL_SHARED_DIR` says otherwise.
@@ -44,7 +47,8 @@ pub fn json_cases(area: &str) -> Vec<(PathBuf, serde_json::Value)> {
     files
         .into_iter()
         .map(|p| {
-            let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            let text =
+                std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
             let v = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
             (p, v)
         })

@@ -19,22 +19,34 @@ fn here() -> PathBuf {
 #[test]
 fn bad_input_corpus_reports_every_problem_with_file_object_and_field() {
     let dir = here().join("tests/bad-input");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     files.sort();
     assert!(files.len() >= 8);
     let mut failures = Vec::new();
     for f in files {
         let text = std::fs::read_to_string(&f).unwrap();
         let meta = |key: &str| -> Vec<String> {
-            text.lines().filter_map(|l| l.strip_prefix(&format!("# {key}: ")).map(str::to_string)).collect()
+            text.lines()
+                .filter_map(|l| l.strip_prefix(&format!("# {key}: ")).map(str::to_string))
+                .collect()
         };
         // Run from the folder so messages name the file as the user typed it.
         let name = f.file_name().unwrap().to_str().unwrap();
-        let out = twill().current_dir(&dir).args(["manifests", "check", "-f", name]).output().unwrap();
+        let out = twill()
+            .current_dir(&dir)
+            .args(["manifests", "check", "-f", name])
+            .output()
+            .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
         let want_exit: i32 = meta("expect-exit")[0].parse().unwrap();
         if out.status.code() != Some(want_exit) {
-            failures.push(format!("{name}: exit {:?}, want {want_exit}\n{stdout}", out.status.code()));
+            failures.push(format!(
+                "{name}: exit {:?}, want {want_exit}\n{stdout}",
+                out.status.code()
+            ));
         }
         let want_objects = format!("{} objects loaded", meta("expect-objects")[0]);
         if !stdout.contains(&want_objects) {
@@ -56,14 +68,22 @@ fn render(dirs: &[&Path]) -> String {
         cmd.arg("-f").arg(d);
     }
     let out = cmd.output().unwrap();
-    assert!(out.status.success(), "render failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "render failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
 /// What render prints loads back cleanly and says what the control plane decided.
 fn check_rendered(yaml: &str) -> twill_model::ClusterState {
     let r = twill_manifest::parse_str("render.yaml", yaml);
-    assert!(r.problems.is_empty(), "rendered YAML does not load back: {:?}", r.problems);
+    assert!(
+        r.problems.is_empty(),
+        "rendered YAML does not load back: {:?}",
+        r.problems
+    );
     let state = twill_model::ClusterState::from_objects(r.into_objects());
     for svc in state.services.values().filter(|s| s.is_proxied()) {
         assert!(!svc.cluster_ips.is_empty(), "{} has no cluster IP", svc.key);
@@ -77,13 +97,24 @@ fn check_rendered(yaml: &str) -> twill_model::ClusterState {
             .values()
             .filter(|p| {
                 p.key.namespace == svc.key.namespace
-                    && svc.selector.as_ref().is_some_and(|sel| sel.iter().all(|(k, v)| p.labels.get(k) == Some(v)))
+                    && svc
+                        .selector
+                        .as_ref()
+                        .is_some_and(|sel| sel.iter().all(|(k, v)| p.labels.get(k) == Some(v)))
             })
             .count();
-        assert_eq!(ready, selected, "{}: every selected, simulated pod is a ready endpoint", svc.key);
+        assert_eq!(
+            ready, selected,
+            "{}: every selected, simulated pod is a ready endpoint",
+            svc.key
+        );
     }
     for p in state.pods.values() {
-        assert!(p.spec.node_name.is_some() && !p.pod_ips.is_empty(), "{} not placed", p.key);
+        assert!(
+            p.spec.node_name.is_some() && !p.pod_ips.is_empty(),
+            "{} not placed",
+            p.key
+        );
     }
     state
 }
@@ -93,9 +124,19 @@ fn render_of_shared_examples_allocates_and_builds_endpoints() {
     let shared = here().join("../../../shared/examples");
     let yaml = render(&[&shared]);
     let state = check_rendered(&yaml);
-    let web = state.services.get(&twill_model::ObjectKey::new("shop", "web")).unwrap();
+    let web = state
+        .services
+        .get(&twill_model::ObjectKey::new("shop", "web"))
+        .unwrap();
     assert_eq!(web.ports[0].node_port, Some(30080));
-    assert_eq!(state.pods.values().filter(|p| p.key.namespace == "shop").count(), 3);
+    assert_eq!(
+        state
+            .pods
+            .values()
+            .filter(|p| p.key.namespace == "shop")
+            .count(),
+        3
+    );
     assert_eq!(yaml, render(&[&shared]), "render is deterministic");
 }
 
@@ -122,7 +163,12 @@ fn render_reads_stdin_and_reports_problems_without_failing_unless_strict() {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
         let out = child.wait_with_output().unwrap();
         assert_eq!(out.status.code(), Some(code));
         let stderr = String::from_utf8_lossy(&out.stderr);

@@ -42,12 +42,22 @@ fn key_of(
     if name.is_empty() {
         e.add("metadata.name", "required");
     } else if !name_ok(&name) {
-        e.add("metadata.name", format!("{name:?} is not a valid name: must be {rule}"));
+        e.add(
+            "metadata.name",
+            format!("{name:?} is not a valid name: must be {rule}"),
+        );
     }
     let namespace = if namespaced {
-        let ns = m.namespace.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| "default".into());
+        let ns = m
+            .namespace
+            .clone()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| "default".into());
         if !is_dns1123_label(&ns) {
-            e.add("metadata.namespace", format!("{ns:?} is not a valid namespace name"));
+            e.add(
+                "metadata.namespace",
+                format!("{ns:?} is not a valid namespace name"),
+            );
         }
         ns
     } else {
@@ -65,7 +75,10 @@ fn protocol_of(p: &Option<String>, path: &str, e: &mut Errors) -> Protocol {
     match p.as_deref() {
         None | Some("") => Protocol::Tcp,
         Some(s) => Protocol::parse(s).unwrap_or_else(|| {
-            e.add(path, format!("unsupported value {s:?}: supported values: \"SCTP\", \"TCP\", \"UDP\""));
+            e.add(
+                path,
+                format!("unsupported value {s:?}: supported values: \"SCTP\", \"TCP\", \"UDP\""),
+            );
             Protocol::Tcp
         }),
     }
@@ -125,17 +138,24 @@ fn selector_of(s: &meta::LabelSelector, path: &str, e: &mut Errors) -> LabelSele
         let Some(op) = SelectorOperator::parse(&r.operator) else {
             e.add(
                 format!("{p}.operator"),
-                format!("{:?} is not a valid selector operator (In, NotIn, Exists, DoesNotExist)", r.operator),
+                format!(
+                    "{:?} is not a valid selector operator (In, NotIn, Exists, DoesNotExist)",
+                    r.operator
+                ),
             );
             continue;
         };
         let mut values = r.values.clone().unwrap_or_default();
         match op {
-            SelectorOperator::In | SelectorOperator::NotIn if values.is_empty() => {
-                e.add(format!("{p}.values"), format!("must be specified when operator is {}", op.as_str()))
-            }
+            SelectorOperator::In | SelectorOperator::NotIn if values.is_empty() => e.add(
+                format!("{p}.values"),
+                format!("must be specified when operator is {}", op.as_str()),
+            ),
             SelectorOperator::Exists | SelectorOperator::DoesNotExist if !values.is_empty() => e
-                .add(format!("{p}.values"), format!("may not be specified when operator is {}", op.as_str())),
+                .add(
+                    format!("{p}.values"),
+                    format!("may not be specified when operator is {}", op.as_str()),
+                ),
             _ => {}
         }
         for (j, v) in values.iter().enumerate() {
@@ -145,9 +165,16 @@ fn selector_of(s: &meta::LabelSelector, path: &str, e: &mut Errors) -> LabelSele
         }
         values.sort();
         values.dedup();
-        match_expressions.push(SelectorRequirement { key: r.key.clone(), operator: op, values });
+        match_expressions.push(SelectorRequirement {
+            key: r.key.clone(),
+            operator: op,
+            values,
+        });
     }
-    LabelSelector { match_labels, match_expressions }
+    LabelSelector {
+        match_labels,
+        match_expressions,
+    }
 }
 
 pub fn namespace_from_k8s(o: &core::Namespace) -> Result<Namespace> {
@@ -157,7 +184,10 @@ pub fn namespace_from_k8s(o: &core::Namespace) -> Result<Namespace> {
     // The API server sets this immutable label on every namespace (1.21+); policies
     // select namespaces by it, so the model has it even when a manifest leaves it out.
     labels.insert("kubernetes.io/metadata.name".into(), key.name.clone());
-    e.finish(Namespace { name: key.name, labels })
+    e.finish(Namespace {
+        name: key.name,
+        labels,
+    })
 }
 
 pub fn node_from_k8s(o: &core::Node) -> Result<Node> {
@@ -168,7 +198,11 @@ pub fn node_from_k8s(o: &core::Node) -> Result<Node> {
     if let Some(st) = &o.status {
         for (i, a) in st.addresses.iter().flatten().enumerate() {
             if a.type_ == "InternalIP"
-                && let Some(ip) = ip_of(&a.address, &format!("status.addresses[{i}].address"), &mut e)
+                && let Some(ip) = ip_of(
+                    &a.address,
+                    &format!("status.addresses[{i}].address"),
+                    &mut e,
+                )
             {
                 internal_ips.push(ip);
             }
@@ -185,12 +219,25 @@ pub fn node_from_k8s(o: &core::Node) -> Result<Node> {
         for (i, c) in cidrs.iter().enumerate() {
             match parse_net_lenient(c) {
                 Some(n) => pod_cidrs.push(n),
-                None => e.add(format!("spec.podCIDRs[{i}]"), format!("{c:?} is not a valid CIDR")),
+                None => e.add(
+                    format!("spec.podCIDRs[{i}]"),
+                    format!("{c:?} is not a valid CIDR"),
+                ),
             }
         }
     }
-    let unschedulable = o.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false);
-    e.finish(Node { name: key.name, labels, internal_ips, pod_cidrs, unschedulable })
+    let unschedulable = o
+        .spec
+        .as_ref()
+        .and_then(|s| s.unschedulable)
+        .unwrap_or(false);
+    e.finish(Node {
+        name: key.name,
+        labels,
+        internal_ips,
+        pod_cidrs,
+        unschedulable,
+    })
 }
 
 pub fn service_from_k8s(o: &core::Service) -> Result<Service> {
@@ -220,7 +267,10 @@ pub fn service_from_k8s(o: &core::Service) -> Result<Service> {
             if let Some(single) = spec.cluster_ip.as_deref().filter(|s| !s.is_empty())
                 && single != list[0]
             {
-                e.add("spec.clusterIPs[0]", format!("must match spec.clusterIP {single:?}"));
+                e.add(
+                    "spec.clusterIPs[0]",
+                    format!("must match spec.clusterIP {single:?}"),
+                );
             }
             list.clone()
         }
@@ -232,17 +282,26 @@ pub fn service_from_k8s(o: &core::Service) -> Result<Service> {
             if i == 0 {
                 headless = true;
             } else {
-                e.add(format!("spec.clusterIPs[{i}]"), "\"None\" may only be the first value");
+                e.add(
+                    format!("spec.clusterIPs[{i}]"),
+                    "\"None\" may only be the first value",
+                );
             }
         } else if let Some(ip) = ip_of(s, &format!("spec.clusterIPs[{i}]"), &mut e) {
             cluster_ips.push(ip);
         }
     }
     if cluster_ips.len() == 2 && IpFamily::of(&cluster_ips[0]) == IpFamily::of(&cluster_ips[1]) {
-        e.add("spec.clusterIPs[1]", "must be of a different IP family than spec.clusterIPs[0]");
+        e.add(
+            "spec.clusterIPs[1]",
+            "must be of a different IP family than spec.clusterIPs[0]",
+        );
     }
     if cluster_ips.len() > 2 {
-        e.add("spec.clusterIPs", "may hold at most two addresses (one per family)");
+        e.add(
+            "spec.clusterIPs",
+            "may hold at most two addresses (one per family)",
+        );
     }
 
     let mut ip_families = Vec::new();
@@ -286,7 +345,10 @@ pub fn service_from_k8s(o: &core::Service) -> Result<Service> {
         }
     };
     if ip_family_policy == IpFamilyPolicy::SingleStack && ip_families.len() > 1 {
-        e.add("spec.ipFamilies", "SingleStack services may have only one IP family");
+        e.add(
+            "spec.ipFamilies",
+            "SingleStack services may have only one IP family",
+        );
     }
 
     // Ports.
@@ -302,19 +364,28 @@ pub fn service_from_k8s(o: &core::Service) -> Result<Service> {
         let name = p.name.clone().unwrap_or_default();
         if name.is_empty() {
             if raw_ports.len() > 1 {
-                e.add(format!("{path}.name"), "required when a service has more than one port");
+                e.add(
+                    format!("{path}.name"),
+                    "required when a service has more than one port",
+                );
             }
         } else if !is_dns1123_label(&name) {
             e.add(format!("{path}.name"), format!("{name:?} must be {LABEL}"));
         } else if let Some(j) = seen_names.insert(name.clone(), i) {
-            e.add(format!("{path}.name"), format!("duplicate port name {name:?} (also spec.ports[{j}])"));
+            e.add(
+                format!("{path}.name"),
+                format!("duplicate port name {name:?} (also spec.ports[{j}])"),
+            );
         }
         let protocol = protocol_of(&p.protocol, &format!("{path}.protocol"), &mut e);
         let port = port_of(p.port, &format!("{path}.port"), &mut e);
         if let Some(j) = seen_ports.insert((port, protocol), i) {
             e.add(
                 format!("{path}.port"),
-                format!("duplicate {} port {port} (also spec.ports[{j}])", protocol.as_str()),
+                format!(
+                    "duplicate {} port {port} (also spec.ports[{j}])",
+                    protocol.as_str()
+                ),
             );
         }
         let target_port = match &p.target_port {
@@ -363,7 +434,12 @@ pub fn service_from_k8s(o: &core::Service) -> Result<Service> {
         .filter(|s| !s.is_empty())
         .and_then(|s| ip_of(s, "spec.loadBalancerIP", &mut e));
     let mut load_balancer_source_ranges = Vec::new();
-    for (i, s) in spec.load_balancer_source_ranges.iter().flatten().enumerate() {
+    for (i, s) in spec
+        .load_balancer_source_ranges
+        .iter()
+        .flatten()
+        .enumerate()
+    {
         match parse_net_lenient(s) {
             Some(n) => load_balancer_source_ranges.push(n.trunc()),
             None => e.add(
@@ -378,8 +454,10 @@ pub fn service_from_k8s(o: &core::Service) -> Result<Service> {
             if let Some(s) = ing.ip.as_deref().filter(|s| !s.is_empty())
                 && let Some(ip) = ip_of(s, &format!("status.loadBalancer.ingress[{i}].ip"), &mut e)
             {
-                load_balancer_ingress
-                    .push(LoadBalancerIngress { ip, ip_mode_proxy: ing.ip_mode.as_deref() == Some("Proxy") });
+                load_balancer_ingress.push(LoadBalancerIngress {
+                    ip,
+                    ip_mode_proxy: ing.ip_mode.as_deref() == Some("Proxy"),
+                });
             }
         }
     }
@@ -388,17 +466,29 @@ pub fn service_from_k8s(o: &core::Service) -> Result<Service> {
         None | Some("") | Some("Cluster") => TrafficPolicy::Cluster,
         Some("Local") => TrafficPolicy::Local,
         Some(x) => {
-            e.add(path, format!("unsupported value {x:?}: supported values: \"Cluster\", \"Local\""));
+            e.add(
+                path,
+                format!("unsupported value {x:?}: supported values: \"Cluster\", \"Local\""),
+            );
             TrafficPolicy::Cluster
         }
     };
-    let external_traffic_policy =
-        traffic_policy(&spec.external_traffic_policy, "spec.externalTrafficPolicy", &mut e);
+    let external_traffic_policy = traffic_policy(
+        &spec.external_traffic_policy,
+        "spec.externalTrafficPolicy",
+        &mut e,
+    );
     if external_traffic_policy == TrafficPolicy::Local && !service_type.has_node_ports() {
-        e.add("spec.externalTrafficPolicy", "may only be Local when type is NodePort or LoadBalancer");
+        e.add(
+            "spec.externalTrafficPolicy",
+            "may only be Local when type is NodePort or LoadBalancer",
+        );
     }
-    let internal_traffic_policy =
-        traffic_policy(&spec.internal_traffic_policy, "spec.internalTrafficPolicy", &mut e);
+    let internal_traffic_policy = traffic_policy(
+        &spec.internal_traffic_policy,
+        "spec.internalTrafficPolicy",
+        &mut e,
+    );
 
     let session_affinity = match spec.session_affinity.as_deref() {
         None | Some("") | Some("None") => SessionAffinity::None,
@@ -415,10 +505,15 @@ pub fn service_from_k8s(o: &core::Service) -> Result<Service> {
                     format!("{t} is out of range 1-86400"),
                 );
             }
-            SessionAffinity::ClientIp { timeout_seconds: t.clamp(1, 86400) as u32 }
+            SessionAffinity::ClientIp {
+                timeout_seconds: t.clamp(1, 86400) as u32,
+            }
         }
         Some(x) => {
-            e.add("spec.sessionAffinity", format!("unsupported value {x:?}: supported values: \"ClientIP\", \"None\""));
+            e.add(
+                "spec.sessionAffinity",
+                format!("unsupported value {x:?}: supported values: \"ClientIP\", \"None\""),
+            );
             SessionAffinity::None
         }
     };
@@ -427,8 +522,13 @@ pub fn service_from_k8s(o: &core::Service) -> Result<Service> {
     if service_type == ServiceType::ExternalName {
         match &external_name {
             None => e.add("spec.externalName", "required for type ExternalName"),
-            Some(n) if !is_dns1123_subdomain(n.trim_end_matches('.').to_ascii_lowercase().as_str()) => {
-                e.add("spec.externalName", format!("{n:?} must be a DNS-1123 subdomain"))
+            Some(n)
+                if !is_dns1123_subdomain(n.trim_end_matches('.').to_ascii_lowercase().as_str()) =>
+            {
+                e.add(
+                    "spec.externalName",
+                    format!("{n:?} must be a DNS-1123 subdomain"),
+                )
             }
             _ => {}
         }
@@ -476,7 +576,10 @@ pub fn endpoint_slice_from_k8s(o: &discovery::EndpointSlice) -> Result<EndpointS
         "IPv6" => AddressType::IPv6,
         "FQDN" => AddressType::Fqdn,
         t => {
-            e.add("addressType", format!("unsupported value {t:?}: supported values: \"FQDN\", \"IPv4\", \"IPv6\""));
+            e.add(
+                "addressType",
+                format!("unsupported value {t:?}: supported values: \"FQDN\", \"IPv4\", \"IPv6\""),
+            );
             AddressType::IPv4
         }
     };
@@ -486,7 +589,10 @@ pub fn endpoint_slice_from_k8s(o: &discovery::EndpointSlice) -> Result<EndpointS
         let mut addresses = Vec::new();
         let mut fqdn_addresses = Vec::new();
         if ep.addresses.is_empty() {
-            e.add(format!("{path}.addresses"), "must contain at least one address");
+            e.add(
+                format!("{path}.addresses"),
+                "must contain at least one address",
+            );
         }
         for (j, a) in ep.addresses.iter().enumerate() {
             let p = format!("{path}.addresses[{j}]");
@@ -494,9 +600,16 @@ pub fn endpoint_slice_from_k8s(o: &discovery::EndpointSlice) -> Result<EndpointS
                 AddressType::Fqdn => fqdn_addresses.push(a.clone()),
                 AddressType::IPv4 | AddressType::IPv6 => {
                     if let Some(ip) = ip_of(a, &p, &mut e) {
-                        let want = if address_type == AddressType::IPv4 { IpFamily::V4 } else { IpFamily::V6 };
+                        let want = if address_type == AddressType::IPv4 {
+                            IpFamily::V4
+                        } else {
+                            IpFamily::V6
+                        };
                         if IpFamily::of(&ip) != want {
-                            e.add(&p, format!("{a} is not an {} address", address_type.as_str()));
+                            e.add(
+                                &p,
+                                format!("{a} is not an {} address", address_type.as_str()),
+                            );
                         } else {
                             addresses.push(ip);
                         }
@@ -504,11 +617,14 @@ pub fn endpoint_slice_from_k8s(o: &discovery::EndpointSlice) -> Result<EndpointS
                 }
             }
         }
-        let conditions = ep.conditions.as_ref().map_or_else(EndpointConditions::default, |c| EndpointConditions {
-            ready: c.ready,
-            serving: c.serving,
-            terminating: c.terminating,
-        });
+        let conditions = ep
+            .conditions
+            .as_ref()
+            .map_or_else(EndpointConditions::default, |c| EndpointConditions {
+                ready: c.ready,
+                serving: c.serving,
+                terminating: c.terminating,
+            });
         if let Some(h) = &ep.hostname
             && !is_dns1123_label(h)
         {
@@ -559,19 +675,32 @@ pub fn endpoint_slice_from_k8s(o: &discovery::EndpointSlice) -> Result<EndpointS
         });
     }
     let service_name = labels.get(SERVICE_NAME_LABEL).cloned();
-    e.finish(EndpointSlice { key, labels, service_name, address_type, endpoints, ports })
+    e.finish(EndpointSlice {
+        key,
+        labels,
+        service_name,
+        address_type,
+        endpoints,
+        ports,
+    })
 }
 
 fn pod_spec_of(spec: &core::PodSpec, path: &str, e: &mut Errors) -> PodSpec {
     let mut containers = Vec::new();
     if spec.containers.is_empty() {
-        e.add(format!("{path}.containers"), "required: a pod needs at least one container");
+        e.add(
+            format!("{path}.containers"),
+            "required: a pod needs at least one container",
+        );
     }
     let mut port_names = BTreeMap::new();
     for (i, c) in spec.containers.iter().enumerate() {
         let cp = format!("{path}.containers[{i}]");
         if !is_dns1123_label(&c.name) {
-            e.add(format!("{cp}.name"), format!("{:?} must be {LABEL}", c.name));
+            e.add(
+                format!("{cp}.name"),
+                format!("{:?} must be {LABEL}", c.name),
+            );
         }
         let mut ports = Vec::new();
         for (j, p) in c.ports.iter().flatten().enumerate() {
@@ -584,14 +713,20 @@ fn pod_spec_of(spec: &core::PodSpec, path: &str, e: &mut Errors) -> PodSpec {
                         format!("{n:?} must be an IANA service name (at most 15 lower case alphanumerics or '-', with a letter)"),
                     );
                 } else if let Some(prev) = port_names.insert(n.clone(), pp.clone()) {
-                    e.add(format!("{pp}.name"), format!("duplicate port name {n:?} (also {prev})"));
+                    e.add(
+                        format!("{pp}.name"),
+                        format!("duplicate port name {n:?} (also {prev})"),
+                    );
                 }
             }
             ports.push(ContainerPort {
                 name,
                 container_port: port_of(p.container_port, &format!("{pp}.containerPort"), e),
                 protocol: protocol_of(&p.protocol, &format!("{pp}.protocol"), e),
-                host_port: p.host_port.filter(|h| *h != 0).map(|h| port_of(h, &format!("{pp}.hostPort"), e)),
+                host_port: p
+                    .host_port
+                    .filter(|h| *h != 0)
+                    .map(|h| port_of(h, &format!("{pp}.hostPort"), e)),
                 host_ip: p
                     .host_ip
                     .as_deref()
@@ -674,7 +809,10 @@ pub fn pod_from_k8s(o: &core::Pod) -> Result<Pod> {
         .iter()
         .flatten()
         .find(|r| r.controller == Some(true))
-        .map(|r| OwnerRef { kind: r.kind.clone(), name: r.name.clone() });
+        .map(|r| OwnerRef {
+            kind: r.kind.clone(),
+            name: r.name.clone(),
+        });
     let mut phase = PodPhase::Pending;
     let mut ready = false;
     let mut pod_ips = Vec::new();
@@ -687,7 +825,11 @@ pub fn pod_from_k8s(o: &core::Pod) -> Result<Pod> {
             Some("Failed") => PodPhase::Failed,
             Some(_) => PodPhase::Unknown,
         };
-        ready = st.conditions.iter().flatten().any(|c| c.type_ == "Ready" && c.status == "True");
+        ready = st
+            .conditions
+            .iter()
+            .flatten()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
         let ips: Vec<String> = match (&st.pod_ips, &st.pod_ip) {
             (Some(list), _) if !list.is_empty() => list.iter().map(|p| p.ip.clone()).collect(),
             (_, Some(ip)) if !ip.is_empty() => vec![ip.clone()],
@@ -732,7 +874,10 @@ fn workload_of(
         None => 1,
         Some(n) if n >= 0 => n as u32,
         Some(n) => {
-            e.add("spec.replicas", format!("{n} must be greater than or equal to 0"));
+            e.add(
+                "spec.replicas",
+                format!("{n} must be greater than or equal to 0"),
+            );
             0
         }
     };
@@ -767,14 +912,25 @@ fn workload_of(
                     PodSpec::default()
                 }
             };
-            PodTemplate { labels, annotations: m.annotations.clone().unwrap_or_default(), spec }
+            PodTemplate {
+                labels,
+                annotations: m.annotations.clone().unwrap_or_default(),
+                spec,
+            }
         }
         None => {
             e.add("spec.template", "required");
             PodTemplate::default()
         }
     };
-    e.finish(Workload { kind, key, labels, replicas, selector, template })
+    e.finish(Workload {
+        kind,
+        key,
+        labels,
+        replicas,
+        selector,
+        template,
+    })
 }
 
 pub fn deployment_from_k8s(o: &apps::Deployment) -> Result<Workload> {
@@ -801,7 +957,13 @@ pub fn replica_set_from_k8s(o: &apps::ReplicaSet) -> Result<Workload> {
 
 pub fn daemon_set_from_k8s(o: &apps::DaemonSet) -> Result<Workload> {
     let s = o.spec.as_ref();
-    workload_of(WorkloadKind::DaemonSet, &o.metadata, None, s.map(|s| &s.selector), s.map(|s| &s.template))
+    workload_of(
+        WorkloadKind::DaemonSet,
+        &o.metadata,
+        None,
+        s.map(|s| &s.selector),
+        s.map(|s| &s.template),
+    )
 }
 
 fn policy_rule_of(
@@ -815,7 +977,10 @@ fn policy_rule_of(
     for (i, p) in ports.iter().flatten().enumerate() {
         let pp = format!("{path}.ports[{i}]");
         let protocol = protocol_of(&p.protocol, &format!("{pp}.protocol"), e);
-        let port = p.port.as_ref().map(|t| target_port_of(t, &format!("{pp}.port"), e));
+        let port = p
+            .port
+            .as_ref()
+            .map(|t| target_port_of(t, &format!("{pp}.port"), e));
         let end_port = p.end_port.map(|n| port_of(n, &format!("{pp}.endPort"), e));
         if let Some(end) = end_port {
             match &port {
@@ -824,40 +989,59 @@ fn policy_rule_of(
                     format!("{end} must be greater than or equal to port {start}"),
                 ),
                 Some(TargetPort::Number(_)) => {}
-                Some(TargetPort::Name(_)) => {
-                    e.add(format!("{pp}.endPort"), "may not be specified when port is a name")
-                }
+                Some(TargetPort::Name(_)) => e.add(
+                    format!("{pp}.endPort"),
+                    "may not be specified when port is a name",
+                ),
                 None => e.add(format!("{pp}.endPort"), "may not be specified without port"),
             }
         }
-        out.ports.push(PolicyPort { protocol, port, end_port });
+        out.ports.push(PolicyPort {
+            protocol,
+            port,
+            end_port,
+        });
     }
     for (i, peer) in peers.iter().flatten().enumerate() {
         let pp = format!("{path}.{peer_field}[{i}]");
         let has_sel = peer.pod_selector.is_some() || peer.namespace_selector.is_some();
         match (&peer.ip_block, has_sel) {
             (Some(_), true) => e.add(&pp, "may not specify ipBlock together with a selector"),
-            (None, false) => e.add(&pp, "must specify a podSelector, namespaceSelector or ipBlock"),
+            (None, false) => e.add(
+                &pp,
+                "must specify a podSelector, namespaceSelector or ipBlock",
+            ),
             (Some(b), false) => {
                 let cidr = parse_net_lenient(&b.cidr);
                 if cidr.is_none() {
-                    e.add(format!("{pp}.ipBlock.cidr"), format!("{:?} is not a valid CIDR", b.cidr));
+                    e.add(
+                        format!("{pp}.ipBlock.cidr"),
+                        format!("{:?} is not a valid CIDR", b.cidr),
+                    );
                 }
                 let mut except = Vec::new();
                 for (j, x) in b.except.iter().flatten().enumerate() {
                     match (parse_net_lenient(x), cidr) {
-                        (None, _) => {
-                            e.add(format!("{pp}.ipBlock.except[{j}]"), format!("{x:?} is not a valid CIDR"))
-                        }
-                        (Some(xn), Some(c)) if !(c.contains(&xn) && xn.prefix_len() > c.prefix_len()) => e.add(
+                        (None, _) => e.add(
                             format!("{pp}.ipBlock.except[{j}]"),
-                            format!("{x} must be a strict subset of cidr {}", b.cidr),
+                            format!("{x:?} is not a valid CIDR"),
                         ),
+                        (Some(xn), Some(c))
+                            if !(c.contains(&xn) && xn.prefix_len() > c.prefix_len()) =>
+                        {
+                            e.add(
+                                format!("{pp}.ipBlock.except[{j}]"),
+                                format!("{x} must be a strict subset of cidr {}", b.cidr),
+                            )
+                        }
                         (Some(xn), _) => except.push(xn.trunc()),
                     }
                 }
                 if let Some(c) = cidr {
-                    out.peers.push(PolicyPeer::IpBlock { cidr: c.trunc(), except });
+                    out.peers.push(PolicyPeer::IpBlock {
+                        cidr: c.trunc(),
+                        except,
+                    });
                 }
             }
             (None, true) => out.peers.push(PolicyPeer::Pods {
@@ -865,7 +1049,10 @@ fn policy_rule_of(
                     .namespace_selector
                     .as_ref()
                     .map(|s| selector_of(s, &format!("{pp}.namespaceSelector"), e)),
-                pod_selector: peer.pod_selector.as_ref().map(|s| selector_of(s, &format!("{pp}.podSelector"), e)),
+                pod_selector: peer
+                    .pod_selector
+                    .as_ref()
+                    .map(|s| selector_of(s, &format!("{pp}.podSelector"), e)),
             }),
         }
     }
@@ -888,7 +1075,15 @@ pub fn network_policy_from_k8s(o: &net::NetworkPolicy) -> Result<NetworkPolicy> 
         .iter()
         .flatten()
         .enumerate()
-        .map(|(i, r)| policy_rule_of(&r.ports, &r.from, &format!("spec.ingress[{i}]"), "from", &mut e))
+        .map(|(i, r)| {
+            policy_rule_of(
+                &r.ports,
+                &r.from,
+                &format!("spec.ingress[{i}]"),
+                "from",
+                &mut e,
+            )
+        })
         .collect();
     let egress: Vec<PolicyRule> = spec
         .egress
@@ -915,5 +1110,13 @@ pub fn network_policy_from_k8s(o: &net::NetworkPolicy) -> Result<NetworkPolicy> 
             ),
         }
     }
-    e.finish(NetworkPolicy { key, labels, pod_selector, ingress_isolation, egress_isolation, ingress, egress })
+    e.finish(NetworkPolicy {
+        key,
+        labels,
+        pod_selector,
+        ingress_isolation,
+        egress_isolation,
+        ingress,
+        egress,
+    })
 }

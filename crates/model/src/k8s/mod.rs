@@ -16,8 +16,8 @@ mod to;
 
 pub use from::*;
 pub use names::{
-    is_dns1035_label, is_dns1123_label, is_dns1123_subdomain, is_iana_svc_name,
-    validate_label_key, validate_label_value,
+    is_dns1035_label, is_dns1123_label, is_dns1123_subdomain, is_iana_svc_name, validate_label_key,
+    validate_label_value,
 };
 pub use to::*;
 
@@ -47,9 +47,16 @@ pub(crate) struct Errors(pub Vec<FieldError>);
 
 impl Errors {
     pub fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.0.push(FieldError { path: path.into(), message: message.into() });
+        self.0.push(FieldError {
+            path: path.into(),
+            message: message.into(),
+        });
     }
     pub fn finish<T>(self, value: T) -> Result<T, Vec<FieldError>> {
-        if self.0.is_empty() { Ok(value) } else { Err(self.0) }
+        if self.0.is_empty() {
+            Ok(value)
+        } else {
+            Err(self.0)
+        }
     }
 }

@@ -4,7 +4,8 @@
 pub fn is_dns1123_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -24,7 +25,8 @@ pub fn is_dns1035_label(s: &str) -> bool {
 pub fn is_iana_svc_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 15
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && s.bytes().any(|b| b.is_ascii_lowercase())
         && !s.starts_with('-')
         && !s.ends_with('-')
@@ -34,7 +36,8 @@ pub fn is_iana_svc_name(s: &str) -> bool {
 fn is_qualified_name_part(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
         && s.as_bytes()[0].is_ascii_alphanumeric()
         && s.as_bytes()[s.len() - 1].is_ascii_alphanumeric()
 }
@@ -48,7 +51,9 @@ pub fn validate_label_key(key: &str) -> Result<(), String> {
     if let Some(p) = prefix
         && !is_dns1123_subdomain(p)
     {
-        return Err(format!("label key {key:?}: prefix must be a DNS-1123 subdomain"));
+        return Err(format!(
+            "label key {key:?}: prefix must be a DNS-1123 subdomain"
+        ));
     }
     if !is_qualified_name_part(name) {
         return Err(format!(

@@ -33,17 +33,26 @@ fn int_or_string(t: &TargetPort) -> IntOrString {
 
 pub fn namespace_to_k8s(n: &Namespace) -> core::Namespace {
     core::Namespace {
-        metadata: metadata(&ObjectKey::cluster(n.name.clone()), &n.labels, &Labels::new()),
+        metadata: metadata(
+            &ObjectKey::cluster(n.name.clone()),
+            &n.labels,
+            &Labels::new(),
+        ),
         ..Default::default()
     }
 }
 
 pub fn node_to_k8s(n: &Node) -> core::Node {
     core::Node {
-        metadata: metadata(&ObjectKey::cluster(n.name.clone()), &n.labels, &Labels::new()),
+        metadata: metadata(
+            &ObjectKey::cluster(n.name.clone()),
+            &n.labels,
+            &Labels::new(),
+        ),
         spec: Some(core::NodeSpec {
             pod_cidr: n.pod_cidrs.first().map(|c| c.to_string()),
-            pod_cidrs: (!n.pod_cidrs.is_empty()).then(|| n.pod_cidrs.iter().map(|c| c.to_string()).collect()),
+            pod_cidrs: (!n.pod_cidrs.is_empty())
+                .then(|| n.pod_cidrs.iter().map(|c| c.to_string()).collect()),
             unschedulable: n.unschedulable.then_some(true),
             ..Default::default()
         }),
@@ -51,8 +60,14 @@ pub fn node_to_k8s(n: &Node) -> core::Node {
             addresses: Some(
                 n.internal_ips
                     .iter()
-                    .map(|ip| core::NodeAddress { type_: "InternalIP".into(), address: ip.to_string() })
-                    .chain(std::iter::once(core::NodeAddress { type_: "Hostname".into(), address: n.name.clone() }))
+                    .map(|ip| core::NodeAddress {
+                        type_: "InternalIP".into(),
+                        address: ip.to_string(),
+                    })
+                    .chain(std::iter::once(core::NodeAddress {
+                        type_: "Hostname".into(),
+                        address: n.name.clone(),
+                    }))
                     .collect(),
             ),
             ..Default::default()
@@ -68,7 +83,9 @@ pub fn service_to_k8s(s: &Service) -> core::Service {
     };
     let affinity_config = match s.session_affinity {
         SessionAffinity::ClientIp { timeout_seconds } => Some(core::SessionAffinityConfig {
-            client_ip: Some(core::ClientIPConfig { timeout_seconds: Some(timeout_seconds as i32) }),
+            client_ip: Some(core::ClientIPConfig {
+                timeout_seconds: Some(timeout_seconds as i32),
+            }),
         }),
         SessionAffinity::None => None,
     };
@@ -80,8 +97,12 @@ pub fn service_to_k8s(s: &Service) -> core::Service {
             selector: s.selector.clone(),
             cluster_ip: ips.first().cloned(),
             cluster_ips: (!ips.is_empty()).then_some(ips),
-            ip_families: (!s.ip_families.is_empty())
-                .then(|| s.ip_families.iter().map(|f| f.as_str().to_string()).collect()),
+            ip_families: (!s.ip_families.is_empty()).then(|| {
+                s.ip_families
+                    .iter()
+                    .map(|f| f.as_str().to_string())
+                    .collect()
+            }),
             ip_family_policy: (s.service_type != ServiceType::ExternalName)
                 .then(|| s.ip_family_policy.as_str().to_string()),
             ports: (!s.ports.is_empty()).then(|| {
@@ -100,8 +121,12 @@ pub fn service_to_k8s(s: &Service) -> core::Service {
             external_ips: (!s.external_ips.is_empty())
                 .then(|| s.external_ips.iter().map(|ip| ip.to_string()).collect()),
             load_balancer_ip: s.load_balancer_ip.map(|ip| ip.to_string()),
-            load_balancer_source_ranges: (!s.load_balancer_source_ranges.is_empty())
-                .then(|| s.load_balancer_source_ranges.iter().map(|n| n.to_string()).collect()),
+            load_balancer_source_ranges: (!s.load_balancer_source_ranges.is_empty()).then(|| {
+                s.load_balancer_source_ranges
+                    .iter()
+                    .map(|n| n.to_string())
+                    .collect()
+            }),
             external_traffic_policy: external.then(|| s.external_traffic_policy.as_str().into()),
             internal_traffic_policy: (s.service_type != ServiceType::ExternalName)
                 .then(|| s.internal_traffic_policy.as_str().into()),
@@ -154,7 +179,10 @@ fn pod_spec_to_k8s(s: &PodSpec) -> core::PodSpec {
             options: (!c.options.is_empty()).then(|| {
                 c.options
                     .iter()
-                    .map(|(n, v)| core::PodDNSConfigOption { name: Some(n.clone()), value: v.clone() })
+                    .map(|(n, v)| core::PodDNSConfigOption {
+                        name: Some(n.clone()),
+                        value: v.clone(),
+                    })
                     .collect()
             }),
         }),
@@ -170,7 +198,11 @@ fn pod_spec_to_k8s(s: &PodSpec) -> core::PodSpec {
                 env: (!c.env.is_empty()).then(|| {
                     c.env
                         .iter()
-                        .map(|(n, v)| core::EnvVar { name: n.clone(), value: Some(v.clone()), ..Default::default() })
+                        .map(|(n, v)| core::EnvVar {
+                            name: n.clone(),
+                            value: Some(v.clone()),
+                            ..Default::default()
+                        })
                         .collect()
                 }),
                 ports: (!c.ports.is_empty()).then(|| {
@@ -214,8 +246,12 @@ pub fn pod_to_k8s(p: &Pod) -> core::Pod {
                 ..Default::default()
             }]),
             pod_ip: p.pod_ips.first().map(|ip| ip.to_string()),
-            pod_ips: (!p.pod_ips.is_empty())
-                .then(|| p.pod_ips.iter().map(|ip| core::PodIP { ip: ip.to_string() }).collect()),
+            pod_ips: (!p.pod_ips.is_empty()).then(|| {
+                p.pod_ips
+                    .iter()
+                    .map(|ip| core::PodIP { ip: ip.to_string() })
+                    .collect()
+            }),
             host_ip: p.host_ip.map(|ip| ip.to_string()),
             ..Default::default()
         }),
@@ -251,7 +287,10 @@ pub fn endpoint_slice_to_k8s(s: &EndpointSlice) -> discovery::EndpointSlice {
                 }),
                 hints: (!e.hints_for_zones.is_empty()).then(|| discovery::EndpointHints {
                     for_zones: Some(
-                        e.hints_for_zones.iter().map(|z| discovery::ForZone { name: z.clone() }).collect(),
+                        e.hints_for_zones
+                            .iter()
+                            .map(|z| discovery::ForZone { name: z.clone() })
+                            .collect(),
                     ),
                     ..Default::default()
                 }),

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use ipnet::IpNet;
 use twill_control::Settings;
-use twill_manifest::{LoadResult, Location, Problem, Severity};
+use twill_manifest::{Location, Problem, Severity};
 use twill_model::{ClusterState, Object, ObjectEvent, ObjectRef};
 
 /// Cluster-wide settings of the standalone control plane (shared by every command that
@@ -39,7 +39,9 @@ pub struct ClusterArgs {
 }
 
 fn parse_range(s: &str) -> Result<(u16, u16), String> {
-    let (a, b) = s.split_once('-').ok_or("expected LOW-HIGH, e.g. 30000-32767")?;
+    let (a, b) = s
+        .split_once('-')
+        .ok_or("expected LOW-HIGH, e.g. 30000-32767")?;
     let a: u16 = a.trim().parse().map_err(|e| format!("{a}: {e}"))?;
     let b: u16 = b.trim().parse().map_err(|e| format!("{b}: {e}"))?;
     if a > b {
@@ -81,7 +83,8 @@ pub enum Command {
 
 /// Loaded manifests plus the control plane's verdict, with every problem located.
 pub struct Reconciled {
-    pub load: LoadResult,
+    /// How many objects loaded.
+    pub objects: usize,
     pub output: twill_control::Output,
     pub problems: Vec<Problem>,
 }
@@ -90,11 +93,16 @@ pub struct Reconciled {
 pub fn load_and_reconcile(args: &ClusterArgs, simulate_pods: bool) -> Reconciled {
     let load = twill_manifest::files::load_paths(&args.files);
     let settings = args.settings(simulate_pods);
-    let mut locations: BTreeMap<ObjectRef, Location> = BTreeMap::new();
+    let locations: BTreeMap<ObjectRef, Location> = load
+        .objects
+        .iter()
+        .map(|l| (l.object.object_ref(), l.location.clone()))
+        .collect();
     let mut state = ClusterState::default();
-    for l in &load.objects {
-        locations.insert(l.object.object_ref(), l.location.clone());
-        state.apply(ObjectEvent::Applied(l.object.clone()));
+    let count = load.objects.len();
+    let problems_in = load.problems;
+    for l in load.objects {
+        state.apply(ObjectEvent::Applied(l.object));
     }
     if state.nodes.is_empty() {
         for n in twill_control::generated_nodes(args.nodes, &settings) {
@@ -103,7 +111,7 @@ pub fn load_and_reconcile(args: &ClusterArgs, simulate_pods: bool) -> Reconciled
     }
     state.apply(ObjectEvent::Synced);
     let output = twill_control::reconcile(&state, &settings);
-    let mut problems = load.problems.clone();
+    let mut problems = problems_in;
     problems.extend(output.problems.iter().map(|p| Problem {
         severity: Severity::Error,
         location: locations.get(&p.object).cloned(),
@@ -116,19 +124,31 @@ pub fn load_and_reconcile(args: &ClusterArgs, simulate_pods: bool) -> Reconciled
         let key = |p: &Problem| p.location.as_ref().map(|l| (l.source.clone(), l.doc));
         key(a).cmp(&key(b))
     });
-    Reconciled { load, output, problems }
+    Reconciled {
+        objects: count,
+        output,
+        problems,
+    }
 }
 
 pub fn run(c: Command) -> anyhow::Result<ExitCode> {
     match c {
-        Command::Render { cluster, simulate_ips, strict } => {
+        Command::Render {
+            cluster,
+            simulate_ips,
+            strict,
+        } => {
             let r = load_and_reconcile(&cluster, simulate_ips);
             for p in &r.problems {
                 eprintln!("{p}");
             }
             print!("{}", twill_manifest::render_yaml(&r.output.state));
             let errors = r.problems.iter().any(|p| p.severity == Severity::Error);
-            Ok(if strict && errors { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+            Ok(if strict && errors {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
         }
     }
 }

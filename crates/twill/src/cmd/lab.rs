@@ -159,11 +159,17 @@ fn agents_available() -> Vec<&'static str> {
 }
 
 fn load_state(spec: &LabSpec) -> anyhow::Result<ClusterState> {
-    let text = std::fs::read_to_string(spec.cluster_file())
-        .with_context(|| format!("lab {} has no cluster state yet (is its controller running?)", spec.name))?;
-    let mut state = ClusterState::from_objects(twill_manifest::parse_str("cluster.yaml", &text).into_objects());
+    let text = std::fs::read_to_string(spec.cluster_file()).with_context(|| {
+        format!(
+            "lab {} has no cluster state yet (is its controller running?)",
+            spec.name
+        )
+    })?;
+    let mut state =
+        ClusterState::from_objects(twill_manifest::parse_str("cluster.yaml", &text).into_objects());
     // Policies are not part of the rendered state; show what was applied.
-    let applied = twill_manifest::files::load_paths(&[spec.dir.join("applied.json").display().to_string()]);
+    let applied =
+        twill_manifest::files::load_paths(&[spec.dir.join("applied.json").display().to_string()]);
     for o in applied.into_objects() {
         if let twill_model::Object::NetworkPolicy(p) = o {
             state.network_policies.insert(p.key.clone(), p);
@@ -215,7 +221,14 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                 with_client: !no_client,
                 dns: !no_dns,
             };
-            let r = ops::up(&opts, twill, &files, replace, &agents_available(), Duration::from_secs(wait))?;
+            let r = ops::up(
+                &opts,
+                twill,
+                &files,
+                replace,
+                &agents_available(),
+                Duration::from_secs(wait),
+            )?;
             print_problems(&r.problems);
             println!(
                 "lab {} is up: {} nodes ({} backend, {} proxy), {}/{} pods ready in {:.2}s",
@@ -227,11 +240,16 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                 r.pods,
                 r.elapsed.as_secs_f64()
             );
-            Ok(if r.problems.iter().any(|p| p.severity == twill_manifest::Severity::Error) {
-                ExitCode::FAILURE
-            } else {
-                ExitCode::SUCCESS
-            })
+            Ok(
+                if r.problems
+                    .iter()
+                    .any(|p| p.severity == twill_manifest::Severity::Error)
+                {
+                    ExitCode::FAILURE
+                } else {
+                    ExitCode::SUCCESS
+                },
+            )
         }
         Command::Down { lab, force } => {
             let n = ops::down(&lab.name, force)?;
@@ -245,7 +263,11 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             for l in &r.objects {
                 println!("{} configured", l.object.object_ref());
             }
-            Ok(if r.has_errors() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+            Ok(if r.has_errors() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         Command::Delete { lab, files } => {
             let spec = LabSpec::load(&lab.name)?;
@@ -254,10 +276,20 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             println!("{removed} objects deleted");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Get { lab, resource, namespace, all_namespaces, output } => {
+        Command::Get {
+            lab,
+            resource,
+            namespace,
+            all_namespaces,
+            output,
+        } => {
             let spec = LabSpec::load(&lab.name)?;
             let state = load_state(&spec)?;
-            let scope = if all_namespaces { Scope::All } else { Scope::Namespace(&namespace) };
+            let scope = if all_namespaces {
+                Scope::All
+            } else {
+                Scope::Namespace(&namespace)
+            };
             let wide = output.as_deref() == Some("wide");
             let age = lab_age(&spec);
             if output.as_deref() == Some("yaml") {
@@ -266,27 +298,48 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                     "nodes" | "node" | "no" => filtered.nodes = state.nodes,
                     "pods" | "pod" | "po" => filtered.pods = state.pods,
                     "services" | "service" | "svc" => filtered.services = state.services,
-                    "endpointslices" | "endpointslice" => filtered.endpoint_slices = state.endpoint_slices,
+                    "endpointslices" | "endpointslice" => {
+                        filtered.endpoint_slices = state.endpoint_slices
+                    }
                     r => bail!("-o yaml is not supported for {r:?}"),
                 }
                 filtered.pods.retain(|k, _| scope_ok(&scope, &k.namespace));
-                filtered.services.retain(|k, _| scope_ok(&scope, &k.namespace));
-                filtered.endpoint_slices.retain(|k, _| scope_ok(&scope, &k.namespace));
+                filtered
+                    .services
+                    .retain(|k, _| scope_ok(&scope, &k.namespace));
+                filtered
+                    .endpoint_slices
+                    .retain(|k, _| scope_ok(&scope, &k.namespace));
                 print!("{}", twill_manifest::render_yaml(&filtered));
                 return Ok(ExitCode::SUCCESS);
             }
             let text = match resource.as_str() {
                 "nodes" | "node" | "no" => kubectl::nodes(&state, wide, &age),
-                "pods" | "pod" | "po" => kubectl::pods(&state, &status::load(&spec)?.pods, &scope, wide, &age),
+                "pods" | "pod" | "po" => {
+                    kubectl::pods(&state, &status::load(&spec)?.pods, &scope, wide, &age)
+                }
                 "services" | "service" | "svc" => kubectl::services(&state, &scope, wide, &age),
-                "endpointslices" | "endpointslice" => kubectl::endpoint_slices(&state, &scope, &age),
-                "networkpolicies" | "networkpolicy" | "netpol" => kubectl::network_policies(&state, &scope, &age),
-                r => bail!("unknown resource {r:?} (nodes, pods, svc, endpointslices, networkpolicies)"),
+                "endpointslices" | "endpointslice" => {
+                    kubectl::endpoint_slices(&state, &scope, &age)
+                }
+                "networkpolicies" | "networkpolicy" | "netpol" => {
+                    kubectl::network_policies(&state, &scope, &age)
+                }
+                r => bail!(
+                    "unknown resource {r:?} (nodes, pods, svc, endpointslices, networkpolicies)"
+                ),
             };
             print!("{text}");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Exec { lab, namespace, node, host, pod, command } => {
+        Command::Exec {
+            lab,
+            namespace,
+            node,
+            host,
+            pod,
+            command,
+        } => {
             let spec = LabSpec::load(&lab.name)?;
             let target = match (node, host, pod) {
                 (Some(n), _, _) => ExecTarget::Node(n),
@@ -297,31 +350,62 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             let code = ops::exec(&spec, &target, &command)?;
             Ok(ExitCode::from(code.clamp(0, 255) as u8))
         }
-        Command::Logs { lab, namespace, pod } => {
+        Command::Logs {
+            lab,
+            namespace,
+            pod,
+        } => {
             let spec = LabSpec::load(&lab.name)?;
             let path = ops::log_path(&spec, &namespace, &pod);
-            let text = std::fs::read_to_string(&path).with_context(|| format!("pod {namespace}/{pod} has no log"))?;
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("pod {namespace}/{pod} has no log"))?;
             print!("{text}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { lab } => {
             let spec = LabSpec::load(&lab.name)?;
-            println!("lab {} ({}): {} backend, {} proxy, state in {}", spec.name, lab_age(&spec), spec.backend.as_str(), spec.proxy_mode, spec.dir.display());
-            println!("controller: {}", if twill_lab::agents::alive(&spec.dir.join("controller.pid")) { "running" } else { "NOT running" });
+            println!(
+                "lab {} ({}): {} backend, {} proxy, state in {}",
+                spec.name,
+                lab_age(&spec),
+                spec.backend.as_str(),
+                spec.proxy_mode,
+                spec.dir.display()
+            );
+            println!(
+                "controller: {}",
+                if twill_lab::agents::alive(&spec.dir.join("controller.pid")) {
+                    "running"
+                } else {
+                    "NOT running"
+                }
+            );
             for n in &spec.nodes {
                 let agents: Vec<String> = std::fs::read_dir(spec.node_dir(&n.name))
                     .map(|d| {
                         d.flatten()
                             .filter(|e| e.path().extension().is_some_and(|x| x == "pid"))
                             .map(|e| {
-                                let name = e.path().file_stem().unwrap_or_default().to_string_lossy().into_owned();
+                                let name = e
+                                    .path()
+                                    .file_stem()
+                                    .unwrap_or_default()
+                                    .to_string_lossy()
+                                    .into_owned();
                                 let up = twill_lab::agents::alive(&e.path());
                                 format!("{name}={}", if up { "running" } else { "DOWN" })
                             })
                             .collect()
                     })
                     .unwrap_or_default();
-                println!("node {} {} netns {} pods {} agents [{}]", n.name, n.ip, n.netns, n.pod_cidr, agents.join(" "));
+                println!(
+                    "node {} {} netns {} pods {} agents [{}]",
+                    n.name,
+                    n.ip,
+                    n.netns,
+                    n.pod_cidr,
+                    agents.join(" ")
+                );
             }
             if let Some(c) = &spec.client {
                 println!("host {} {} netns {}", c.name, c.ip, c.netns);
@@ -339,7 +423,11 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             c.run(Duration::from_millis(100), || false)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Responder { pod, namespace, ports } => {
+        Command::Responder {
+            pod,
+            namespace,
+            ports,
+        } => {
             let ports = twill_lab::responder::parse_ports(&ports).map_err(anyhow::Error::msg)?;
             twill_lab::responder::run(&pod, &namespace, &ports)?;
             Ok(ExitCode::SUCCESS)

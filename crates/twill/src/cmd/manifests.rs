@@ -23,15 +23,23 @@ pub fn run(c: Command) -> anyhow::Result<ExitCode> {
             for p in &r.problems {
                 println!("{p}");
             }
-            let errors = r.problems.iter().filter(|p| p.severity == Severity::Error).count();
+            let errors = r
+                .problems
+                .iter()
+                .filter(|p| p.severity == Severity::Error)
+                .count();
             let warnings = r.problems.len() - errors;
             println!(
                 "{} objects loaded, {errors} error{}, {warnings} warning{}",
-                r.load.objects.len(),
+                r.objects,
                 if errors == 1 { "" } else { "s" },
                 if warnings == 1 { "" } else { "s" }
             );
-            Ok(if errors > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+            Ok(if errors > 0 {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
         }
     }
 }
