@@ -28,6 +28,9 @@ enum Command {
     /// What the standalone control plane makes of manifests.
     #[command(subcommand)]
     Cluster(cmd::cluster::Command),
+    /// Check this node's networking for what operators get wrong, each finding with its fix
+    /// (exit 0: none, 1: warnings, 2: errors).
+    Doctor(cmd::doctor::Args),
     /// Run a conformance corpus (`N passed, N failed`, exit 1 on any failure).
     #[command(subcommand)]
     Conformance(cmd::conformance::Command),
@@ -69,6 +72,7 @@ fn main() -> ExitCode {
         Command::Manifests(c) => cmd::manifests::run(c),
         Command::Cluster(c) => cmd::cluster::run(c),
         Command::Conformance(c) => cmd::conformance::run(c),
+        Command::Doctor(a) => cmd::doctor::run(a),
         #[cfg(feature = "cni")]
         Command::Cni(c) => cmd::cni::run(c),
         #[cfg(feature = "overlay")]

@@ -124,6 +124,14 @@ enum Command {
         #[command(flatten)]
         lab: LabName,
     },
+    /// Run `twill doctor` on every node of the lab.
+    Doctor {
+        #[command(flatten)]
+        lab: LabName,
+        /// `json` for tools.
+        #[arg(short = 'o', long)]
+        output: Option<String>,
+    },
     /// (internal) the lab's control plane loop.
     #[command(hide = true)]
     Controller {
@@ -416,6 +424,33 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                 println!("problem: {p}");
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Doctor { lab, output } => {
+            let spec = LabSpec::load(&lab.name)?;
+            let live: Vec<String> = status::load(&spec)?
+                .pods
+                .into_iter()
+                .map(|p| p.container_id)
+                .collect();
+            let mut worst = 0;
+            for n in &spec.nodes {
+                let mut cmd = twill_lab::netns::in_netns(&n.netns, &twill);
+                cmd.args(["doctor", "--node", &n.name, "-f"])
+                    .arg(spec.cluster_file())
+                    .arg("--ipam-dir")
+                    .arg(spec.node_dir(&n.name).join("ipam"))
+                    .arg(format!("--live-containers={}", live.join(",")));
+                if let Some(o) = &output {
+                    cmd.args(["-o", o]);
+                }
+                let code = cmd
+                    .status()
+                    .context("running twill doctor")?
+                    .code()
+                    .unwrap_or(2);
+                worst = worst.max(code);
+            }
+            Ok(ExitCode::from(worst.clamp(0, 255) as u8))
         }
         Command::Controller { lab } => {
             let spec = LabSpec::load(&lab.name)?;

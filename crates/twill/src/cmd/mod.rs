@@ -2,6 +2,7 @@
 
 pub mod cluster;
 pub mod conformance;
+pub mod doctor;
 pub mod manifests;
 
 #[cfg(feature = "cni")]

@@ -1,0 +1,150 @@
+//! Each check against a real namespace node: first healthy (silence), then broken in
+//! exactly one way (the finding and its fix). Nothing outside the test's namespaces is
+//! touched.
+
+use twill_doctor::{Finding, check, collect};
+use twill_testkit::netns::{Netns, veth_pair};
+
+fn findings(ns: &Netns) -> Vec<Finding> {
+    ns.run(|| check(&collect::collect_node()))
+}
+
+fn names(f: &[Finding]) -> Vec<&'static str> {
+    f.iter().map(|f| f.check).collect()
+}
+
+/// A node namespace set up the way Twill's agents leave one: forwarding on, bridged
+/// traffic through iptables, FORWARD handing over to KUBE-FORWARD, an underlay, a
+/// vxlan device and a pod bridge with consistent MTUs.
+fn healthy_node() -> (Netns, Netns) {
+    let node = Netns::new("dr");
+    let peer = Netns::new("dp");
+    veth_pair(&node, "eth0", &peer, "eth0");
+    node.ip(&["addr", "add", "192.168.77.11/24", "dev", "eth0"]);
+    node.ip(&[
+        "link",
+        "add",
+        "flannel.1",
+        "type",
+        "vxlan",
+        "id",
+        "1",
+        "local",
+        "192.168.77.11",
+        "dev",
+        "eth0",
+        "dstport",
+        "8472",
+        "nolearning",
+    ]);
+    node.ip(&["link", "set", "flannel.1", "mtu", "1450", "up"]);
+    node.ip(&["link", "add", "cni0", "type", "bridge"]);
+    node.ip(&["link", "set", "cni0", "mtu", "1450", "up"]);
+    for (k, v) in [
+        ("net.ipv4.ip_forward", "1"),
+        ("net.bridge.bridge-nf-call-iptables", "1"),
+    ] {
+        let out = node.exec("sysctl", &["-q", "-w", &format!("{k}={v}")]);
+        assert!(
+            out.status.success(),
+            "{k}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let rules =
+        "*filter\n:FORWARD DROP [0:0]\n:KUBE-FORWARD - [0:0]\n-A FORWARD -j KUBE-FORWARD\nCOMMIT\n";
+    node.run(|| twill_netfilter_restore(rules));
+    (node, peer)
+}
+
+fn twill_netfilter_restore(rules: &str) {
+    use std::io::Write;
+    let mut c = std::process::Command::new("iptables-restore")
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("iptables-restore");
+    c.stdin.take().unwrap().write_all(rules.as_bytes()).unwrap();
+    assert!(c.wait().unwrap().success());
+}
+
+#[test]
+fn a_healthy_namespace_node_is_silent_and_each_breakage_is_found_with_its_fix() {
+    if !twill_testkit::require_root("doctor netns")
+        || !twill_testkit::require_tool("doctor netns", "iptables-save")
+    {
+        return;
+    }
+    let (node, _peer) = healthy_node();
+    let f = findings(&node);
+    assert!(f.is_empty(), "healthy node: {f:?}");
+
+    node.exec("sysctl", &["-q", "-w", "net.ipv4.ip_forward=0"]);
+    let f = findings(&node);
+    assert_eq!(names(&f), ["ip-forward"]);
+    assert!(f[0].fix.contains("sysctl -w net.ipv4.ip_forward=1"));
+    node.exec("sysctl", &["-q", "-w", "net.ipv4.ip_forward=1"]);
+
+    node.exec(
+        "sysctl",
+        &["-q", "-w", "net.bridge.bridge-nf-call-iptables=0"],
+    );
+    assert_eq!(names(&findings(&node)), ["bridge-nf-call-iptables"]);
+    node.exec(
+        "sysctl",
+        &["-q", "-w", "net.bridge.bridge-nf-call-iptables=1"],
+    );
+
+    node.exec("iptables", &["-D", "FORWARD", "-j", "KUBE-FORWARD"]);
+    let f = findings(&node);
+    assert_eq!(names(&f), ["forward-policy-drop"]);
+    node.exec("iptables", &["-A", "FORWARD", "-j", "KUBE-FORWARD"]);
+
+    node.exec(
+        "iptables",
+        &["-I", "INPUT", "-p", "udp", "--dport", "8472", "-j", "DROP"],
+    );
+    let f = findings(&node);
+    assert_eq!(names(&f), ["vxlan-port-blocked"]);
+    assert!(f[0].fix.contains("--dport 8472 -j ACCEPT"));
+    node.exec(
+        "iptables",
+        &["-D", "INPUT", "-p", "udp", "--dport", "8472", "-j", "DROP"],
+    );
+
+    // The underlay shrinks under the overlay (the kernel refuses a vxlan MTU above its
+    // device's minus 50, so the mistake shows up this way round).
+    node.ip(&["link", "set", "eth0", "mtu", "1400"]);
+    let f = findings(&node);
+    assert_eq!(names(&f), ["mtu-mismatch"], "{f:?}");
+    assert!(f[0].fix.contains("mtu 1350"), "{}", f[0].fix);
+    node.ip(&["link", "set", "eth0", "mtu", "1500"]);
+
+    node.ip(&["link", "set", "cni0", "mtu", "1500"]);
+    assert_eq!(names(&findings(&node)), ["mtu-mismatch"]);
+    node.ip(&["link", "set", "cni0", "mtu", "1450"]);
+
+    node.exec("iptables", &["-I", "FORWARD", "-j", "REJECT"]);
+    assert_eq!(names(&findings(&node)), ["firewall-ahead-of-kube"]);
+    node.exec("iptables", &["-D", "FORWARD", "-j", "REJECT"]);
+
+    assert!(findings(&node).is_empty(), "restored node is healthy again");
+}
+
+#[test]
+fn leaked_addresses_in_a_host_local_store_are_found() {
+    let dir = std::env::temp_dir().join(format!("twill-doctor-ipam-{}", std::process::id()));
+    let net = dir.join("cbr0");
+    std::fs::create_dir_all(&net).unwrap();
+    std::fs::write(net.join("10.244.0.5"), "alive\neth0").unwrap();
+    std::fs::write(net.join("10.244.0.6"), "gone\neth0").unwrap();
+    std::fs::write(net.join("last_reserved_ip.0"), "10.244.0.6").unwrap();
+    let snap = twill_doctor::Snapshot {
+        ipam: collect::read_ipam(&dir),
+        live_containers: Some(["alive".to_string()].into()),
+        ..Default::default()
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    let f = check(&snap);
+    assert_eq!(names(&f), ["ipam-leaked"]);
+    assert!(f[0].subject.contains("10.244.0.6") && f[0].message.contains("gone"));
+}
