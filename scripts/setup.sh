@@ -5,7 +5,7 @@
 set -euo pipefail
 
 PACKAGES=(
-  iproute2 iptables nftables ipset conntrack kmod procps
+  iproute2 iptables nftables ipset conntrack kmod procps iputils-ping util-linux
   etcd-server containernetworking-plugins
   bind9-dnsutils knot dnsperf iperf3 curl
   protobuf-compiler

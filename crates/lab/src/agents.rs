@@ -90,6 +90,27 @@ pub fn node_agents(spec: &LabSpec, node: &NodeSpec, available: &[&str]) -> Vec<D
     let twill = spec.twill.display().to_string();
     let cluster = spec.cluster_file().display().to_string();
     let mut out = Vec::new();
+    if available.contains(&"overlay") {
+        out.push(Daemon {
+            name: "overlay".into(),
+            argv: vec![
+                twill.clone(),
+                "overlay".into(),
+                "--config".into(),
+                spec.dir.join("net-conf.json").display().to_string(),
+                "--store".into(),
+                format!("embedded:{}", spec.dir.join("leases.json").display()),
+                "--iface".into(),
+                "eth0".into(),
+                "--ip-masq".into(),
+                "--subnet-file".into(),
+                spec.node_dir(&node.name).join("subnet.env").display().to_string(),
+                // Peers show up within a second of joining.
+                "--resync-secs".into(),
+                "1".into(),
+            ],
+        });
+    }
     if available.contains(&"proxy") {
         out.push(Daemon {
             name: "proxy".into(),

@@ -57,15 +57,23 @@ pub fn up(
             b"{\"apiVersion\":\"v1\",\"kind\":\"List\",\"items\":[]}\n",
         )?;
         let problems = apply(&spec, manifests)?.problems;
+        if agents_available.contains(&"overlay") {
+            write_net_conf(&spec)?;
+        }
         for node in &spec.nodes {
             for d in agents::node_agents(&spec, node, agents_available) {
                 agents::start(&spec.node_dir(&node.name), Some(&node.netns), &d)?;
             }
         }
+        let mut spec = spec.clone();
+        if agents_available.contains(&"overlay") {
+            adopt_leases(&mut spec, Duration::from_secs(15))?;
+            spec.save()?;
+        }
         start_controller(&spec)?;
-        Ok(problems)
+        Ok((spec, problems))
     })();
-    let problems = match result {
+    let (spec, problems) = match result {
         Ok(p) => p,
         Err(e) => {
             let _ = down(&spec.name, true);
@@ -73,6 +81,9 @@ pub fn up(
         }
     };
     let (pods, ready) = wait_ready(&spec, wait);
+    if agents_available.contains(&"overlay") {
+        wait_routes(&spec, wait.saturating_sub(started.elapsed()));
+    }
     Ok(UpReport {
         spec,
         problems,
@@ -80,6 +91,73 @@ pub fn up(
         ready,
         elapsed: started.elapsed(),
     })
+}
+
+/// flannel's net-conf.json for the lab's pod network and backend.
+fn write_net_conf(spec: &LabSpec) -> Result<(), LabError> {
+    let conf = json!({
+        "Network": spec.pod_cidr.to_string(),
+        "SubnetLen": 24,
+        "Backend": {"Type": spec.backend.as_str()},
+    });
+    write_atomic(&spec.dir.join("net-conf.json"), serde_json::to_string_pretty(&conf).expect("json").as_bytes())
+}
+
+/// Read each node's subnet.env once its overlay agent has a lease: the node's pod subnet
+/// and MTU come from there, as a runtime's CNI config would.
+fn adopt_leases(spec: &mut LabSpec, wait: Duration) -> Result<(), LabError> {
+    let deadline = Instant::now() + wait;
+    for i in 0..spec.nodes.len() {
+        let path = spec.node_dir(&spec.nodes[i].name).join("subnet.env");
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&path)
+                && let Some((subnet, mtu)) = parse_subnet_env(&text)
+            {
+                spec.nodes[i].pod_cidr = subnet;
+                spec.nodes[i].mtu = mtu;
+                break;
+            }
+            if Instant::now() >= deadline {
+                let log = std::fs::read_to_string(spec.node_dir(&spec.nodes[i].name).join("overlay.log")).unwrap_or_default();
+                return Err(LabError::Command(
+                    format!("overlay agent on {}", spec.nodes[i].name),
+                    format!("no lease after {wait:?}; its log says: {}", log.trim()),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(())
+}
+
+/// `FLANNEL_SUBNET=10.244.3.1/24` → 10.244.3.0/24, and FLANNEL_MTU.
+pub fn parse_subnet_env(text: &str) -> Option<(ipnet::Ipv4Net, Option<u32>)> {
+    let get = |k: &str| text.lines().find_map(|l| l.strip_prefix(&format!("{k}=")).map(str::trim));
+    let subnet: ipnet::Ipv4Net = get("FLANNEL_SUBNET")?.parse().ok()?;
+    Some((subnet.trunc(), get("FLANNEL_MTU").and_then(|m| m.parse().ok())))
+}
+
+/// Wait until every node routes to every other node's pod subnet.
+fn wait_routes(spec: &LabSpec, wait: Duration) {
+    let deadline = Instant::now() + wait;
+    loop {
+        let done = spec.nodes.iter().all(|n| {
+            let routes = netns::run(&n.netns, "ip", &["route"]).unwrap_or_default();
+            match spec.backend {
+                // One route for the whole network into the TUN device; peers live in
+                // the relay's table, refreshed every resync (1 s in the lab).
+                crate::spec::Backend::Udp => routes.contains("dev flannel0"),
+                _ => spec.nodes.iter().filter(|p| p.name != n.name).all(|p| routes.contains(&p.pod_cidr.to_string())),
+            }
+        });
+        if done && spec.backend == crate::spec::Backend::Udp {
+            std::thread::sleep(Duration::from_millis(1200));
+        }
+        if done || Instant::now() >= deadline {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn install_cni(spec: &LabSpec) -> Result<(), LabError> {

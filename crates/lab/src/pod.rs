@@ -342,11 +342,11 @@ pub fn stop(spec: &LabSpec, node: &NodeSpec, running: &RunningPod) -> Result<(),
 
 /// The node's CNI network configuration.
 pub fn node_conflist(spec: &LabSpec, node: &NodeSpec) -> serde_json::Value {
-    let mtu = match spec.backend {
+    let mtu = node.mtu.unwrap_or(match spec.backend {
         crate::spec::Backend::Vxlan => 1450,
         crate::spec::Backend::Udp => 1472,
         crate::spec::Backend::HostGw => 1500,
-    };
+    });
     cni::node_conflist(
         &node.pod_cidr.to_string(),
         mtu,

@@ -53,6 +53,9 @@ pub struct NodeSpec {
     pub pod_cidr: Ipv4Net,
     /// The veth end in the switch namespace.
     pub switch_port: String,
+    /// The pod network MTU the overlay agent chose (FLANNEL_MTU), once known.
+    #[serde(default)]
+    pub mtu: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -162,6 +165,7 @@ impl LabSpec {
                     ip: hosts[10 + i],
                     pod_cidr,
                     switch_port: format!("n{}", i + 1),
+                    mtu: None,
                 })
             })
             .collect::<Result<Vec<_>, LabError>>()?;

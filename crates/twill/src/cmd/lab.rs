@@ -157,6 +157,9 @@ fn parse_backend(s: &str) -> Result<Backend, String> {
 /// The agents this build can run on a lab node.
 fn agents_available() -> Vec<&'static str> {
     let mut v = Vec::new();
+    if cfg!(feature = "overlay") {
+        v.push("overlay");
+    }
     if cfg!(feature = "proxy") {
         v.push("proxy");
     }
