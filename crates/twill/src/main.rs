@@ -47,6 +47,10 @@ enum Command {
     /// A multi-node cluster out of network namespaces, running ordinary manifests.
     #[cfg(feature = "lab")]
     Lab(cmd::lab::Args),
+    /// The node agent on a real cluster, fed by the Kubernetes API (for now: connect and
+    /// print the event stream).
+    #[cfg(feature = "kube")]
+    Agent(cmd::agent::Args),
     /// The cluster DNS server (CoreDNS's job) and pod resolv.conf.
     #[cfg(feature = "dns")]
     Dns(cmd::dns::Args),
@@ -83,6 +87,8 @@ fn main() -> ExitCode {
         Command::Dns(a) => cmd::dns::run(a),
         #[cfg(feature = "lab")]
         Command::Lab(a) => cmd::lab::run(a),
+        #[cfg(feature = "kube")]
+        Command::Agent(a) => cmd::agent::run(a),
         #[cfg(feature = "netpol")]
         Command::Netpol(a) => cmd::netpol::run(a),
     };

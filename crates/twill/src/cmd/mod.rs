@@ -7,6 +7,8 @@ pub mod manifests;
 
 #[cfg(feature = "cni")]
 pub mod cni;
+#[cfg(feature = "kube")]
+pub mod agent;
 #[cfg(feature = "dns")]
 pub mod dns;
 #[cfg(feature = "netpol")]

@@ -4,9 +4,43 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use twill_overlay_agent::StoreSpec;
 
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Network config JSON (flannel's net-conf.json). Stored as the store's config; with
+    /// etcd only when `<prefix>/config` is absent.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Lease store: `embedded` (default file /var/lib/twill/overlay/leases.json),
+    /// `embedded:PATH`, or `etcd://HOST:PORT`.
+    #[arg(long, default_value = "embedded")]
+    pub store: String,
+    /// etcd key prefix.
+    #[arg(long, default_value = twill_overlay::lease::DEFAULT_PREFIX)]
+    pub etcd_prefix: String,
+    /// External interface (default: the default route's).
+    #[arg(long)]
+    pub iface: Option<String>,
+    /// Masquerade pod traffic leaving the cluster network.
+    #[arg(long)]
+    pub ip_masq: bool,
+    /// Where to write subnet.env.
+    #[arg(long, default_value = twill_overlay::subnet_env::SUBNET_ENV_PATH)]
+    pub subnet_file: PathBuf,
+    /// Also write a twill-bridge CNI config here.
+    #[arg(long)]
+    pub cni_conf: Option<PathBuf>,
+    /// Minutes before expiry to renew the lease (1..1439).
+    #[arg(long, default_value_t = 60)]
+    pub subnet_lease_renew_margin: u32,
+    /// Serve GET /healthz (JSON) on this address, e.g. 127.0.0.1:8471.
+    #[arg(long)]
+    pub healthz: Option<std::net::SocketAddr>,
+    /// Seconds between full reconciles.
+    #[arg(long, default_value_t = 10)]
+    pub resync_secs: u64,
+}
 
 #[derive(clap::Args)]
 pub struct ConformanceArgs {
@@ -14,8 +48,44 @@ pub struct ConformanceArgs {
     pub dir: PathBuf,
 }
 
-pub fn run(_a: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("twill overlay is not built yet")
+pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    twill_overlay::renewal::plan_renewal(0, a.subnet_lease_renew_margin)?;
+    let config = match &a.config {
+        Some(p) => {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            twill_overlay::NetworkConfig::parse(&p.display().to_string(), &text)?;
+            Some(text)
+        }
+        None => None,
+    };
+    let spec = if a.store == "embedded" {
+        StoreSpec::Embedded("/var/lib/twill/overlay/leases.json".into())
+    } else if let Some(path) = a.store.strip_prefix("embedded:") {
+        StoreSpec::Embedded(path.into())
+    } else if a.store.starts_with("etcd://") || a.store.starts_with("http://") {
+        StoreSpec::Etcd {
+            endpoint: a.store.clone(),
+            prefix: a.etcd_prefix.clone(),
+        }
+    } else {
+        anyhow::bail!(
+            "--store {}: expected embedded, embedded:PATH or etcd://HOST:PORT",
+            a.store
+        );
+    };
+    let opts = twill_overlay_agent::AgentOptions {
+        iface: a.iface,
+        ip_masq: a.ip_masq,
+        subnet_env_path: a.subnet_file,
+        cni_conf_path: a.cni_conf,
+        renew_margin_minutes: a.subnet_lease_renew_margin,
+        resync: std::time::Duration::from_secs(a.resync_secs.max(1)),
+        health_addr: a.healthz,
+        ..Default::default()
+    };
+    twill_overlay_agent::run_until_signal(spec, config, opts)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Run every `*.json` case in the folder; one line per failure, then the summary.
@@ -30,7 +100,9 @@ pub fn run_conformance(a: ConformanceArgs) -> anyhow::Result<ExitCode> {
     for path in files {
         let outcome = std::fs::read_to_string(&path)
             .map_err(|e| format!("cannot read: {e}"))
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).map_err(|e| format!("not JSON: {e}")))
+            .and_then(|t| {
+                serde_json::from_str::<serde_json::Value>(&t).map_err(|e| format!("not JSON: {e}"))
+            })
             .and_then(|case| twill_overlay::cases::check_case(&case));
         match outcome {
             Ok(()) => passed += 1,

@@ -1,0 +1,7 @@
+//! The source against recorded API server exchanges, and the deploy manifests against
+//! the source.
+
+mod kubeconfig;
+mod rbac;
+mod replay;
+mod support;
