@@ -111,6 +111,23 @@ pub fn node_agents(spec: &LabSpec, node: &NodeSpec, available: &[&str]) -> Vec<D
             ],
         });
     }
+    if available.contains(&"netpol") {
+        out.push(Daemon {
+            name: "netpol".into(),
+            argv: vec![
+                twill.clone(),
+                "netpol".into(),
+                "--node".into(),
+                node.name.clone(),
+                "-f".into(),
+                cluster.clone(),
+                "--node-address".into(),
+                node.ip.to_string(),
+                "--interval-ms".into(),
+                "200".into(),
+            ],
+        });
+    }
     if available.contains(&"proxy") {
         out.push(Daemon {
             name: "proxy".into(),

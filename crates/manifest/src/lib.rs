@@ -21,7 +21,7 @@ mod split;
 pub use render::render_yaml;
 use std::fmt;
 
-pub use decode::{Decoded, decode_value};
+pub use decode::{DecodeError, Decoded, decode_value};
 use twill_model::Object;
 pub use twill_model::k8s::FieldError;
 

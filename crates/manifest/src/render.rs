@@ -11,8 +11,8 @@ fn doc<T: serde::Serialize>(out: &mut String, v: &T) {
 
 /// The state as multi-document YAML in a stable order, each object in k8s-openapi's
 /// field order (apiVersion, kind, metadata, spec, status). What it writes loads back
-/// through [`crate::parse_str`] into the same services, pods, slices, nodes and
-/// namespaces.
+/// through [`crate::parse_str`] into the same services, pods, slices, nodes,
+/// namespaces and network policies (workloads are not written: their pods are).
 pub fn render_yaml(state: &ClusterState) -> String {
     let mut out = String::new();
     for n in state.namespaces.values() {
@@ -29,6 +29,9 @@ pub fn render_yaml(state: &ClusterState) -> String {
     }
     for s in state.endpoint_slices.values() {
         doc(&mut out, &k8s::endpoint_slice_to_k8s(s));
+    }
+    for p in state.network_policies.values() {
+        doc(&mut out, &k8s::network_policy_to_k8s(p));
     }
     out
 }

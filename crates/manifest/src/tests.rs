@@ -200,3 +200,50 @@ fn shared_corpus_objects_all_decode() {
     assert!(count > 50, "found only {count} objects");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+#[test]
+fn rendered_state_loads_back_identically() {
+    let text = "
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {team: a}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.50
+  selector: {app: web}
+  sessionAffinity: ClientIP
+  ports: [{name: http, port: 80, targetPort: http, nodePort: 30080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: p, namespace: shop, labels: {app: web}}
+spec:
+  nodeName: node-1
+  containers: [{name: c, image: i, ports: [{name: http, containerPort: 8080}]}]
+status: {phase: Running, podIP: 10.244.0.2, conditions: [{type: Ready, status: 'True'}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress:
+  - from:
+    - namespaceSelector: {matchExpressions: [{key: team, operator: In, values: [a, b]}]}
+      podSelector: {}
+    - ipBlock: {cidr: 10.0.0.0/8, except: [10.1.0.0/16]}
+    ports: [{port: http}, {protocol: UDP, port: 53, endPort: 60}]
+  egress: [{}]
+";
+    let r = parse_str("in.yaml", text);
+    assert!(r.problems.is_empty(), "{:?}", messages(&r));
+    let state = twill_model::ClusterState::from_objects(r.into_objects());
+    let rendered = render_yaml(&state);
+    let back = parse_str("out.yaml", &rendered);
+    assert!(back.problems.is_empty(), "{:?}\n{rendered}", messages(&back));
+    assert_eq!(twill_model::ClusterState::from_objects(back.into_objects()), state, "{rendered}");
+}

@@ -310,3 +310,92 @@ pub fn endpoint_slice_to_k8s(s: &EndpointSlice) -> discovery::EndpointSlice {
         }),
     }
 }
+
+fn selector_to_k8s(s: &LabelSelector) -> meta::LabelSelector {
+    meta::LabelSelector {
+        match_labels: non_empty(&s.match_labels),
+        match_expressions: (!s.match_expressions.is_empty()).then(|| {
+            s.match_expressions
+                .iter()
+                .map(|r| meta::LabelSelectorRequirement {
+                    key: r.key.clone(),
+                    operator: r.operator.as_str().into(),
+                    values: (!r.values.is_empty()).then(|| r.values.clone()),
+                })
+                .collect()
+        }),
+    }
+}
+
+fn policy_rule_parts(
+    r: &PolicyRule,
+) -> (Option<Vec<k8s_openapi::api::networking::v1::NetworkPolicyPort>>, Option<Vec<k8s_openapi::api::networking::v1::NetworkPolicyPeer>>) {
+    use k8s_openapi::api::networking::v1 as net;
+    let ports = (!r.ports.is_empty()).then(|| {
+        r.ports
+            .iter()
+            .map(|p| net::NetworkPolicyPort {
+                protocol: Some(p.protocol.as_str().into()),
+                port: p.port.as_ref().map(int_or_string),
+                end_port: p.end_port.map(i32::from),
+            })
+            .collect()
+    });
+    let peers = (!r.peers.is_empty()).then(|| {
+        r.peers
+            .iter()
+            .map(|p| match p {
+                PolicyPeer::Pods { namespace_selector, pod_selector } => net::NetworkPolicyPeer {
+                    namespace_selector: namespace_selector.as_ref().map(selector_to_k8s),
+                    pod_selector: pod_selector.as_ref().map(selector_to_k8s),
+                    ip_block: None,
+                },
+                PolicyPeer::IpBlock { cidr, except } => net::NetworkPolicyPeer {
+                    ip_block: Some(net::IPBlock {
+                        cidr: cidr.to_string(),
+                        except: (!except.is_empty()).then(|| except.iter().map(ToString::to_string).collect()),
+                    }),
+                    ..Default::default()
+                },
+            })
+            .collect()
+    });
+    (ports, peers)
+}
+
+/// A NetworkPolicy with its inferred `policyTypes` written out.
+pub fn network_policy_to_k8s(p: &NetworkPolicy) -> k8s_openapi::api::networking::v1::NetworkPolicy {
+    use k8s_openapi::api::networking::v1 as net;
+    let mut types = Vec::new();
+    if p.ingress_isolation {
+        types.push("Ingress".to_string());
+    }
+    if p.egress_isolation {
+        types.push("Egress".to_string());
+    }
+    net::NetworkPolicy {
+        metadata: metadata(&p.key, &p.labels, &Labels::new()),
+        spec: Some(net::NetworkPolicySpec {
+            pod_selector: Some(selector_to_k8s(&p.pod_selector)),
+            policy_types: Some(types),
+            ingress: (!p.ingress.is_empty()).then(|| {
+                p.ingress
+                    .iter()
+                    .map(|r| {
+                        let (ports, from) = policy_rule_parts(r);
+                        net::NetworkPolicyIngressRule { ports, from }
+                    })
+                    .collect()
+            }),
+            egress: (!p.egress.is_empty()).then(|| {
+                p.egress
+                    .iter()
+                    .map(|r| {
+                        let (ports, to) = policy_rule_parts(r);
+                        net::NetworkPolicyEgressRule { ports, to }
+                    })
+                    .collect()
+            }),
+        }),
+    }
+}

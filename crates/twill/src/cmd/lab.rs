@@ -160,6 +160,9 @@ fn agents_available() -> Vec<&'static str> {
     if cfg!(feature = "overlay") {
         v.push("overlay");
     }
+    if cfg!(feature = "netpol") {
+        v.push("netpol");
+    }
     if cfg!(feature = "proxy") {
         v.push("proxy");
     }

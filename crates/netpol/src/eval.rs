@@ -1,0 +1,187 @@
+//! The verdict for one connection, computed from the model.
+//!
+//! This is the specification the rendered rules must agree with, written as directly as
+//! the API reference words it (`networking/v1` types.go comments and the e2e
+//! `truthtable.go` semantics): no sets, no chains, one pass over the policies.
+
+use std::net::IpAddr;
+
+use twill_model::{NetworkPolicy, PolicyPeer, PolicyPort, Protocol, TargetPort};
+
+use crate::cluster::{Cluster, PolicyPod};
+
+/// One end of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer<'a> {
+    Pod(&'a PolicyPod),
+    /// Anything that is not a pod: a node address or a cluster-external host.
+    Ip(IpAddr),
+}
+
+impl Peer<'_> {
+    pub fn ip(&self) -> IpAddr {
+        match self {
+            Peer::Pod(p) => p.ip,
+            Peer::Ip(ip) => *ip,
+        }
+    }
+}
+
+/// Whether a new connection `src → dst:port/protocol` is admitted: the source's egress
+/// (when it is a pod) and the destination's ingress (when it is a pod) must both allow it.
+/// Services are out of scope here: resolve a ClusterIP to its backend first (policy sees
+/// the connection after DNAT).
+pub fn allows(
+    cluster: &Cluster,
+    src: Peer<'_>,
+    dst: Peer<'_>,
+    port: u16,
+    protocol: Protocol,
+) -> bool {
+    let egress = match src {
+        Peer::Pod(p) => egress_allows(cluster, p, dst, port, protocol),
+        Peer::Ip(_) => true,
+    };
+    let ingress = match dst {
+        Peer::Pod(p) => ingress_allows(cluster, p, src, port, protocol),
+        Peer::Ip(_) => true,
+    };
+    egress && ingress
+}
+
+/// The destination pod's ingress side.
+pub fn ingress_allows(
+    cluster: &Cluster,
+    dst: &PolicyPod,
+    src: Peer<'_>,
+    port: u16,
+    protocol: Protocol,
+) -> bool {
+    // The pod's own node may always reach it (kubelet probes).
+    if let Peer::Ip(ip) = src
+        && cluster
+            .nodes
+            .get(&dst.node)
+            .is_some_and(|n| n.addresses.contains(&ip))
+    {
+        return true;
+    }
+    if !cluster.isolated_for_ingress(dst) {
+        return true;
+    }
+    cluster
+        .selecting(dst)
+        .filter(|p| p.ingress_isolation)
+        .flat_map(|p| p.ingress.iter().map(move |r| (p, r)))
+        .any(|(policy, rule)| {
+            peers_match(cluster, policy, &rule.peers, src)
+                && ports_match(&rule.ports, Some(dst), port, protocol)
+        })
+}
+
+/// The source pod's egress side.
+pub fn egress_allows(
+    cluster: &Cluster,
+    src: &PolicyPod,
+    dst: Peer<'_>,
+    port: u16,
+    protocol: Protocol,
+) -> bool {
+    if !cluster.isolated_for_egress(src) {
+        return true;
+    }
+    let dst_pod = match dst {
+        Peer::Pod(p) => Some(p),
+        Peer::Ip(_) => None,
+    };
+    cluster
+        .selecting(src)
+        .filter(|p| p.egress_isolation)
+        .flat_map(|p| p.egress.iter().map(move |r| (p, r)))
+        .any(|(policy, rule)| {
+            peers_match(cluster, policy, &rule.peers, dst)
+                && ports_match(&rule.ports, dst_pod, port, protocol)
+        })
+}
+
+/// An empty peer list matches everyone, external addresses included.
+fn peers_match(
+    cluster: &Cluster,
+    policy: &NetworkPolicy,
+    peers: &[PolicyPeer],
+    other: Peer<'_>,
+) -> bool {
+    peers.is_empty()
+        || peers
+            .iter()
+            .any(|peer| peer_matches(cluster, policy, peer, other))
+}
+
+pub(crate) fn peer_matches(
+    cluster: &Cluster,
+    policy: &NetworkPolicy,
+    peer: &PolicyPeer,
+    other: Peer<'_>,
+) -> bool {
+    match peer {
+        PolicyPeer::IpBlock { cidr, except } => {
+            let ip = other.ip();
+            cidr.contains(&ip) && !except.iter().any(|x| x.contains(&ip))
+        }
+        PolicyPeer::Pods {
+            namespace_selector,
+            pod_selector,
+        } => {
+            let Peer::Pod(pod) = other else { return false };
+            pod_peer_matches(
+                cluster,
+                &policy.key.namespace,
+                namespace_selector.as_ref(),
+                pod_selector.as_ref(),
+                pod,
+            )
+        }
+    }
+}
+
+/// A selector peer: with no namespaceSelector the pods are the policy's own namespace's.
+pub(crate) fn pod_peer_matches(
+    cluster: &Cluster,
+    policy_namespace: &str,
+    namespace_selector: Option<&twill_model::LabelSelector>,
+    pod_selector: Option<&twill_model::LabelSelector>,
+    pod: &PolicyPod,
+) -> bool {
+    let ns_ok = match namespace_selector {
+        None => pod.key.namespace == policy_namespace,
+        Some(sel) => cluster
+            .namespace_labels(&pod.key.namespace)
+            .is_some_and(|l| sel.matches(l)),
+    };
+    ns_ok && pod_selector.is_none_or(|s| s.matches(&pod.labels))
+}
+
+/// An empty port list matches every port of every protocol. A named port is resolved on
+/// the destination pod (`dst`), and never matches a destination that is not a pod.
+fn ports_match(
+    ports: &[PolicyPort],
+    dst: Option<&PolicyPod>,
+    port: u16,
+    protocol: Protocol,
+) -> bool {
+    ports.is_empty() || ports.iter().any(|p| port_matches(p, dst, port, protocol))
+}
+
+fn port_matches(p: &PolicyPort, dst: Option<&PolicyPod>, port: u16, protocol: Protocol) -> bool {
+    if p.protocol != protocol {
+        return false;
+    }
+    match (&p.port, p.end_port) {
+        (None, _) => true,
+        (Some(TargetPort::Number(n)), None) => *n == port,
+        (Some(TargetPort::Number(n)), Some(end)) => (*n..=end).contains(&port),
+        (Some(TargetPort::Name(name)), _) => {
+            dst.and_then(|d| d.find_port(name, protocol)) == Some(port)
+        }
+    }
+}
