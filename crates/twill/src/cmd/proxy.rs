@@ -1,20 +1,585 @@
-//! Placeholder until the proxy work lands (owned by the proxy work).
+//! `twill proxy` (kube-proxy's job, iptables mode), `twill proxy rules`, and
+//! `twill conformance proxy DIR`.
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context;
+use twill_model::{ClusterState, IpFamily};
+use twill_proxy::corpus::{self, Fixture};
+use twill_proxy_core::{FeatureGates, ModelConfig, build_model};
+use twill_proxy_iptables::trace::Tracer;
+use twill_proxy_iptables::{Config, LocalDetector, SyncMode, render};
 
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub settings: Settings,
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
+}
+
+/// Daemon-only settings.
+#[derive(clap::Args, Clone, Debug)]
+pub struct DaemonArgs {
+    /// Manifests to take cluster state from (standalone mode); re-read when they change.
+    #[arg(short = 'f', long = "filename")]
+    pub files: Vec<String>,
+    /// A KubeProxyConfiguration YAML (flags given on the command line win).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Full resync period (`30s`, `1m`).
+    #[arg(long)]
+    pub sync_period: Option<String>,
+    /// Minimum time between syncs.
+    #[arg(long)]
+    pub min_sync_period: Option<String>,
+    /// Where /healthz listens.
+    #[arg(long)]
+    pub healthz_bind_address: Option<SocketAddr>,
+    /// Where /metrics listens.
+    #[arg(long)]
+    pub metrics_bind_address: Option<SocketAddr>,
+    /// Sync once and exit (for scripts and tests).
+    #[arg(long)]
+    pub once: bool,
+    /// Which iptables binaries to use: the system's `iptables`, or legacy/nft explicitly.
+    #[arg(long, value_enum, default_value = "system")]
+    pub iptables_backend: Backend,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    System,
+    Legacy,
+    Nft,
+}
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// Print the iptables-restore input the proxy would write for these manifests
+    /// (Services and EndpointSlices, e.g. from `kubectl get -o yaml`). Needs no root.
+    Rules(RulesArgs),
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Iptables,
+}
+
+/// kube-proxy's main settings, shared by the daemon and `rules`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct Settings {
+    /// Proxy mode (only iptables is built).
+    #[arg(long, value_enum, default_value = "iptables", global = true)]
+    pub mode: Mode,
+    /// Pod CIDR for the local-traffic detector (off-cluster sources are masqueraded).
+    #[arg(long, global = true)]
+    pub cluster_cidr: Option<String>,
+    /// This node's name (endpoints with this nodeName are local).
+    #[arg(long = "hostname-override", alias = "node", global = true)]
+    pub node: Option<String>,
+    /// The node's primary IP(s).
+    #[arg(long = "node-ip", global = true)]
+    pub node_ips: Vec<IpAddr>,
+    /// Masquerade all ClusterIP traffic.
+    #[arg(long, global = true)]
+    pub masquerade_all: bool,
+    /// CIDRs whose local addresses accept NodePorts (comma separated); default all.
+    #[arg(long, value_delimiter = ',', global = true)]
+    pub nodeport_addresses: Vec<String>,
+    /// IP family this proxier handles.
+    #[arg(long, default_value = "IPv4", global = true)]
+    pub ip_family: String,
+}
+
+#[derive(clap::Args)]
+pub struct RulesArgs {
+    /// Manifest files or folders (`-` for stdin).
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub files: Vec<String>,
+}
 
 #[derive(clap::Args)]
 pub struct ConformanceArgs {
+    /// A folder of proxy cases (shared/testdata/proxy schema).
     pub dir: PathBuf,
+    /// Only the pure checks (expected text and traced flows); skip real-kernel flows.
+    #[arg(long)]
+    pub trace_only: bool,
 }
 
-pub fn run(_a: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("twill proxy is not built yet")
+pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    match a.command {
+        Some(Command::Rules(r)) => run_rules(&a.settings, r),
+        None => run_daemon(a.settings, a.daemon),
+    }
 }
 
-pub fn run_conformance(_a: ConformanceArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("the proxy conformance runner is not built yet")
+/// `30s`, `1m`, `1m30s`, `500ms`, `2h`.
+fn parse_duration(s: &str) -> anyhow::Result<Duration> {
+    let mut total = Duration::ZERO;
+    let mut num = String::new();
+    let mut chars = s.trim().chars().peekable();
+    let mut any = false;
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() || c == '.' {
+            num.push(c);
+            continue;
+        }
+        let mut unit = c.to_string();
+        if c == 'm' && chars.peek() == Some(&'s') {
+            unit.push(chars.next().unwrap_or('s'));
+        }
+        let n: f64 = num.parse().with_context(|| format!("duration {s:?}"))?;
+        num.clear();
+        let secs = match unit.as_str() {
+            "h" => n * 3600.0,
+            "m" => n * 60.0,
+            "s" => n,
+            "ms" => n / 1000.0,
+            _ => anyhow::bail!("duration {s:?}: unknown unit {unit:?}"),
+        };
+        total += Duration::from_secs_f64(secs);
+        any = true;
+    }
+    if !num.is_empty() {
+        anyhow::bail!("duration {s:?}: missing unit");
+    }
+    if !any {
+        anyhow::bail!("duration {s:?} is empty");
+    }
+    Ok(total)
+}
+
+/// The KubeProxyConfiguration fields Twill supports, folded into the flags (flags win).
+fn apply_config_file(path: &PathBuf, s: &mut Settings, d: &mut DaemonArgs) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let v: serde_json::Value =
+        serde_saphyr::from_str(&text).with_context(|| format!("{}: not YAML", path.display()))?;
+    let kind = v.get("kind").and_then(|k| k.as_str()).unwrap_or("");
+    if kind != "KubeProxyConfiguration" {
+        anyhow::bail!(
+            "{}: kind is {kind:?}, expected KubeProxyConfiguration",
+            path.display()
+        );
+    }
+    let st = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
+    let ipt = v.get("iptables");
+    let ist = |k: &str| {
+        ipt.and_then(|i| i.get(k))
+            .and_then(|x| x.as_str())
+            .map(str::to_string)
+    };
+    if let Some(m) = st("mode").filter(|m| !m.is_empty() && m != "iptables") {
+        anyhow::bail!(
+            "{}: mode {m:?} is not supported (only iptables)",
+            path.display()
+        );
+    }
+    if s.cluster_cidr.is_none() {
+        s.cluster_cidr = st("clusterCIDR").filter(|c| !c.is_empty());
+    }
+    if s.node.is_none() {
+        s.node = st("hostnameOverride").filter(|c| !c.is_empty());
+    }
+    if !s.masquerade_all {
+        s.masquerade_all = ipt
+            .and_then(|i| i.get("masqueradeAll"))
+            .and_then(|x| x.as_bool())
+            .unwrap_or(false);
+    }
+    if s.nodeport_addresses.is_empty()
+        && let Some(list) = v.get("nodePortAddresses").and_then(|x| x.as_array())
+    {
+        s.nodeport_addresses = list
+            .iter()
+            .filter_map(|x| x.as_str().map(str::to_string))
+            .collect();
+    }
+    if d.sync_period.is_none() {
+        d.sync_period = ist("syncPeriod");
+    }
+    if d.min_sync_period.is_none() {
+        d.min_sync_period = ist("minSyncPeriod");
+    }
+    if d.healthz_bind_address.is_none() {
+        d.healthz_bind_address = st("healthzBindAddress").and_then(|a| a.parse().ok());
+    }
+    if d.metrics_bind_address.is_none() {
+        d.metrics_bind_address = st("metricsBindAddress").and_then(|a| a.parse().ok());
+    }
+    Ok(())
+}
+
+fn mtimes(files: &[String]) -> Vec<Option<SystemTime>> {
+    files
+        .iter()
+        .map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok())
+        .collect()
+}
+
+/// Load manifests; bad objects are skipped (the others keep working). Returns the state
+/// and how many Services were rejected.
+fn load_state(files: &[String]) -> anyhow::Result<(ClusterState, u64)> {
+    let loaded = twill_manifest::files::load_paths(files);
+    let mut bad_services = 0;
+    for p in &loaded.problems {
+        tracing::warn!("{p}");
+        if p.severity == twill_manifest::Severity::Error
+            && p.object
+                .as_deref()
+                .is_some_and(|o| o.starts_with("Service "))
+        {
+            bad_services += 1;
+        }
+    }
+    Ok((
+        ClusterState::from_objects(loaded.into_objects()),
+        bad_services,
+    ))
+}
+
+fn run_daemon(mut s: Settings, mut d: DaemonArgs) -> anyhow::Result<ExitCode> {
+    if let Some(path) = d.config.clone() {
+        apply_config_file(&path, &mut s, &mut d)?;
+    }
+    if d.files.is_empty() {
+        anyhow::bail!(
+            "standalone mode needs manifests: twill proxy -f MANIFESTS --hostname-override NODE"
+        );
+    }
+    let family =
+        IpFamily::parse(&s.ip_family).with_context(|| format!("--ip-family {:?}", s.ip_family))?;
+    let node = s
+        .node
+        .clone()
+        .context("--hostname-override (or --node) is required")?;
+    let sync_period = parse_duration(d.sync_period.as_deref().unwrap_or("30s"))?;
+    let min_sync_period = parse_duration(d.min_sync_period.as_deref().unwrap_or("1s"))?;
+    let cfg = renderer_config(&s, family)?;
+    for note in twill_proxy::proxier::apply_sysctls(&cfg) {
+        tracing::info!("{note}");
+    }
+    let mc = ModelConfig {
+        family,
+        node_name: node,
+        node_zone: None,
+        gates: FeatureGates::default(),
+    };
+    let mut proxier = twill_proxy::Proxier::new(
+        mc,
+        cfg,
+        sync_period,
+        twill_proxy::Kernel::new(match d.iptables_backend {
+            Backend::System => twill_proxy::Variant::System,
+            Backend::Legacy => twill_proxy::Variant::Legacy,
+            Backend::Nft => twill_proxy::Variant::Nft,
+        }),
+    );
+    let shared: twill_proxy::http::Shared = Default::default();
+    shared.lock().unwrap_or_else(|p| p.into_inner()).sync_period = sync_period;
+    if !d.once {
+        let hz = d
+            .healthz_bind_address
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 10256)));
+        let mx = d
+            .metrics_bind_address
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 10249)));
+        twill_proxy::http::serve(hz, shared.clone())
+            .with_context(|| format!("listening on {hz}"))?;
+        twill_proxy::http::serve(mx, shared.clone())
+            .with_context(|| format!("listening on {mx}"))?;
+    }
+    let mut health_ports = std::collections::BTreeSet::new();
+    let mut seen = mtimes(&d.files);
+    let (mut state, bad) = load_state(&d.files)?;
+    proxier.metrics.services_skipped.inc_by(bad);
+    let mut changed_at: Option<SystemTime> = None;
+    loop {
+        match proxier.sync(&state, Instant::now()) {
+            Ok(Some(r)) => {
+                if let Some(t) = changed_at.take()
+                    && let Ok(lat) = SystemTime::now().duration_since(t)
+                {
+                    proxier
+                        .metrics
+                        .network_programming_duration
+                        .observe(lat.as_secs_f64());
+                }
+                tracing::debug!(?r, "sync");
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!("{e}");
+                if d.once {
+                    return Err(e.into());
+                }
+            }
+        }
+        if d.once {
+            return Ok(ExitCode::SUCCESS);
+        }
+        {
+            let mut st = shared.lock().unwrap_or_else(|p| p.into_inner());
+            st.last_success = proxier.last_success();
+            st.metrics_text = proxier.metrics.encode();
+            st.service_health.clear();
+            if let Some(m) = proxier.synced_model() {
+                for (name, svc) in &m.services {
+                    if let Some(port) = svc.health_check_node_port {
+                        let local = m
+                            .endpoints_of(name)
+                            .iter()
+                            .filter(|e| e.is_local && e.ready)
+                            .count();
+                        let e = st.service_health.entry(port).or_insert((
+                            name.service.namespace.clone(),
+                            name.service.name.clone(),
+                            0,
+                        ));
+                        e.2 = e.2.max(local);
+                    }
+                }
+            }
+            for port in st.service_health.keys() {
+                if health_ports.insert(*port)
+                    && let Err(e) = twill_proxy::http::serve_service_health(*port, shared.clone())
+                {
+                    tracing::warn!(port, "health check node port: {e}");
+                }
+            }
+        }
+        std::thread::sleep(min_sync_period);
+        let now = mtimes(&d.files);
+        if now != seen {
+            seen = now;
+            changed_at = seen.iter().flatten().max().copied();
+            let (st, bad) = load_state(&d.files)?;
+            state = st;
+            proxier.metrics.services_skipped.inc_by(bad);
+        }
+    }
+}
+
+fn renderer_config(s: &Settings, family: IpFamily) -> anyhow::Result<Config> {
+    let detector = match &s.cluster_cidr {
+        Some(c) => LocalDetector::ClusterCidr(
+            twill_model::parse_net_lenient(c)
+                .with_context(|| format!("--cluster-cidr {c:?} is not a CIDR"))?
+                .trunc(),
+        ),
+        None => LocalDetector::None,
+    };
+    let node_ips: Vec<IpAddr> = s
+        .node_ips
+        .iter()
+        .copied()
+        .filter(|ip| IpFamily::of(ip) == family)
+        .collect();
+    let mut cfg = Config::new(family, node_ips, detector);
+    cfg.masquerade_all = s.masquerade_all;
+    for n in &s.nodeport_addresses {
+        cfg.node_port_addresses.push(
+            twill_model::parse_net_lenient(n)
+                .with_context(|| format!("--nodeport-addresses {n:?} is not a CIDR"))?
+                .trunc(),
+        );
+    }
+    Ok(cfg)
+}
+
+fn run_rules(s: &Settings, a: RulesArgs) -> anyhow::Result<ExitCode> {
+    let loaded = twill_manifest::files::load_paths(&a.files);
+    for p in &loaded.problems {
+        eprintln!("{p}");
+    }
+    if loaded.has_errors() {
+        anyhow::bail!("the manifests have errors");
+    }
+    let family =
+        IpFamily::parse(&s.ip_family).with_context(|| format!("--ip-family {:?}", s.ip_family))?;
+    let node = s
+        .node
+        .clone()
+        .context("--node (or --hostname-override) is required")?;
+    let state = ClusterState::from_objects(loaded.into_objects());
+    let mc = ModelConfig {
+        family,
+        node_name: node,
+        node_zone: None,
+        gates: FeatureGates::default(),
+    };
+    let (model, skipped) = build_model(&state, &mc);
+    for sk in skipped {
+        eprintln!("warning: Service {}: skipped: {}", sk.service, sk.reason);
+    }
+    let cfg = renderer_config(s, family)?;
+    print!(
+        "{}",
+        render(&cfg, &model, SyncMode::Full { existing: None }).text
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Run every `*.json` case file: expected text per fixture, and every flow traced
+/// through the rendered rules and, unless `--trace-only` (or not root), sent through a
+/// real kernel in network namespaces.
+pub fn run_conformance(a: ConformanceArgs) -> anyhow::Result<ExitCode> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&a.dir)
+        .with_context(|| format!("reading {}", a.dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    let kernel = !a.trace_only
+        && twill_proxy::lab::available()
+            .map_err(|why| eprintln!("note: real-kernel flows skipped: {why}"))
+            .is_ok();
+    let (mut passed, mut failed) = (0usize, 0usize);
+    for path in files {
+        let file = path.display().to_string();
+        let parsed = std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read: {e}"))
+            .and_then(|t| corpus::parse_case_file(&file, &t).map_err(|e| e.to_string()));
+        let case = match parsed {
+            Ok(c) => c,
+            Err(e) => {
+                failed += 1;
+                println!("FAIL {file}: {e}");
+                continue;
+            }
+        };
+        for fx in &case.fixtures {
+            let (p, f) = run_fixture(&file, fx, kernel);
+            passed += p;
+            failed += f;
+        }
+    }
+    Ok(super::conformance::summary(passed, failed))
+}
+
+fn run_fixture(file: &str, fx: &Fixture, kernel: bool) -> (usize, usize) {
+    let (mut passed, mut failed) = (0, 0);
+    let prepared = match fx.prepare(true) {
+        Ok(p) => p,
+        Err(e) => {
+            println!("FAIL {file} [{}]: {e}", fx.name);
+            return (0, 1 + fx.flows.len());
+        }
+    };
+    let rendered = prepared.render();
+    if let Some(problems) = corpus::check_text(fx, &rendered) {
+        if problems.is_empty() {
+            passed += 1;
+        } else {
+            failed += 1;
+            for p in problems {
+                println!("FAIL {file} [{}] rules: {p}", fx.name);
+            }
+        }
+    }
+    let tracer = match Tracer::new(&rendered.text, &prepared.local_addresses) {
+        Ok(t) => t,
+        Err(e) => {
+            println!(
+                "FAIL {file} [{}]: rendered rules do not parse: {e}",
+                fx.name
+            );
+            return (passed, failed + fx.flows.len());
+        }
+    };
+    let mut results: Vec<Result<(), String>> = fx
+        .flows
+        .iter()
+        .map(|f| corpus::check_flow_traced(f, &tracer).map_err(|e| format!("traced: {e}")))
+        .collect();
+    if kernel {
+        let outcomes = twill_proxy::lab::run_fixture(fx);
+        for (r, k) in results.iter_mut().zip(outcomes) {
+            if r.is_ok()
+                && let Err(e) = k
+            {
+                *r = Err(format!("kernel: {e}"));
+            }
+        }
+    }
+    for (flow, r) in fx.flows.iter().zip(results) {
+        match r {
+            Ok(()) => passed += 1,
+            Err(e) => {
+                failed += 1;
+                println!("FAIL {file} [{}] flow {:?}: {e}", fx.name, flow.name);
+            }
+        }
+    }
+    (passed, failed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{DaemonArgs, Mode, Settings, apply_config_file, parse_duration};
+    use std::time::Duration;
+
+    #[test]
+    fn kube_proxy_configuration_fills_unset_flags_and_flags_win() {
+        let dir = std::env::temp_dir().join(format!("twill-proxy-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("kp.yaml");
+        std::fs::write(
+            &path,
+            "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: iptables\n\
+             clusterCIDR: 10.244.0.0/16\nhostnameOverride: node-a\nnodePortAddresses: [192.168.0.0/24]\n\
+             iptables:\n  masqueradeAll: true\n  syncPeriod: 1m\n  minSyncPeriod: 2s\n",
+        )
+        .unwrap();
+        let mut s = Settings {
+            mode: Mode::Iptables,
+            cluster_cidr: None,
+            node: Some("from-flag".into()),
+            node_ips: vec![],
+            masquerade_all: false,
+            nodeport_addresses: vec![],
+            ip_family: "IPv4".into(),
+        };
+        let mut d = DaemonArgs {
+            files: vec![],
+            config: None,
+            sync_period: None,
+            min_sync_period: None,
+            healthz_bind_address: None,
+            metrics_bind_address: None,
+            once: true,
+            iptables_backend: super::Backend::System,
+        };
+        apply_config_file(&path, &mut s, &mut d).unwrap();
+        assert_eq!(s.cluster_cidr.as_deref(), Some("10.244.0.0/16"));
+        assert_eq!(s.node.as_deref(), Some("from-flag"), "the flag wins");
+        assert!(s.masquerade_all);
+        assert_eq!(s.nodeport_addresses, ["192.168.0.0/24"]);
+        assert_eq!(d.sync_period.as_deref(), Some("1m"));
+        assert_eq!(d.min_sync_period.as_deref(), Some("2s"));
+        std::fs::write(&path, "kind: KubeProxyConfiguration\nmode: ipvs\n").unwrap();
+        assert!(
+            apply_config_file(&path, &mut s, &mut d).is_err(),
+            "only iptables mode is built"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn durations_take_kube_proxy_spellings() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+        assert!(parse_duration("30").is_err());
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("3x").is_err());
+    }
 }

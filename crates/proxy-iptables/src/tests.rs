@@ -1,0 +1,248 @@
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use twill_model::{
+    ClusterState, Endpoint, EndpointPort, EndpointSlice, IpFamily, Object, ObjectKey, Protocol,
+    Service, ServicePort, ServiceType, TargetPort,
+};
+use twill_proxy_core::{FeatureGates, ModelConfig, ProxyModel, build_model};
+
+use crate::render::probability;
+use crate::restore::{diff_rulesets, parse};
+use crate::trace::{Packet, Tracer};
+use crate::{Config, LocalDetector, SyncMode, render};
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn cfg() -> Config {
+    let mut c = Config::new(
+        IpFamily::V4,
+        vec![ip("192.168.0.2")],
+        LocalDetector::ClusterCidr("10.0.0.0/8".parse().unwrap()),
+    );
+    c.local_addresses = vec![ip("127.0.0.1"), ip("192.168.0.2")];
+    c
+}
+
+fn cluster(services: &[(&str, &str, &[&str])]) -> ProxyModel {
+    let mut objs = Vec::new();
+    for (name, cip, eps) in services {
+        objs.push(Object::Service(Service {
+            key: ObjectKey::new("ns", *name),
+            service_type: ServiceType::ClusterIP,
+            cluster_ips: vec![ip(cip)],
+            ports: vec![ServicePort {
+                name: "p80".into(),
+                protocol: Protocol::Tcp,
+                port: 80,
+                target_port: TargetPort::Number(80),
+                node_port: None,
+                app_protocol: None,
+            }],
+            ..Default::default()
+        }));
+        objs.push(Object::EndpointSlice(EndpointSlice {
+            key: ObjectKey::new("ns", format!("{name}-1")),
+            service_name: Some(name.to_string()),
+            endpoints: eps
+                .iter()
+                .map(|a| Endpoint {
+                    addresses: vec![ip(a)],
+                    ..Default::default()
+                })
+                .collect(),
+            ports: vec![EndpointPort {
+                name: "p80".into(),
+                protocol: Protocol::Tcp,
+                port: Some(80),
+                app_protocol: None,
+            }],
+            ..Default::default()
+        }));
+    }
+    let mc = ModelConfig {
+        family: IpFamily::V4,
+        node_name: "n".into(),
+        node_zone: None,
+        gates: FeatureGates::default(),
+    };
+    build_model(&ClusterState::from_objects(objs), &mc).0
+}
+
+#[test]
+fn probabilities_use_ten_decimals_like_upstream() {
+    assert_eq!(probability(1), "1.0000000000");
+    assert_eq!(probability(2), "0.5000000000");
+    assert_eq!(probability(3), "0.3333333333");
+    assert_eq!(probability(10), "0.1000000000");
+    assert_eq!(probability(100001), "0.0000099999");
+}
+
+#[test]
+fn three_endpoints_get_decreasing_probabilities_and_last_has_none() {
+    let m = cluster(&[("a", "172.30.0.1", &["10.1.0.1", "10.1.0.2", "10.1.0.3"])]);
+    let r = render(&cfg(), &m, SyncMode::Full { existing: None });
+    let svc: Vec<&str> = r
+        .text
+        .lines()
+        .filter(|l| l.starts_with("-A KUBE-SVC-"))
+        .collect();
+    assert_eq!(svc.len(), 4, "{}", r.text);
+    assert!(svc[1].contains("--probability 0.3333333333"));
+    assert!(svc[2].contains("--probability 0.5000000000"));
+    assert!(!svc[3].contains("statistic"));
+}
+
+#[test]
+fn output_is_deterministic_and_parses_back() {
+    let m = cluster(&[
+        ("b", "172.30.0.2", &["10.1.0.9"]),
+        ("a", "172.30.0.1", &["10.1.0.1"]),
+    ]);
+    let a = render(&cfg(), &m, SyncMode::Full { existing: None });
+    let b = render(&cfg(), &m, SyncMode::Full { existing: None });
+    assert_eq!(a.text, b.text);
+    let rs = parse(&a.text, true).unwrap();
+    assert!(diff_rulesets(&rs, &rs).is_empty());
+    let last = rs["nat"].rules["KUBE-SERVICES"].last().unwrap();
+    assert!(
+        last.contains("-j KUBE-NODEPORTS"),
+        "node ports jump is last: {last}"
+    );
+}
+
+#[test]
+fn partial_sync_writes_only_changed_service_chains_but_all_top_level_rules() {
+    let m = cluster(&[
+        ("a", "172.30.0.1", &["10.1.0.1"]),
+        ("b", "172.30.0.2", &["10.1.0.2"]),
+    ]);
+    let changed: BTreeSet<ObjectKey> = [ObjectKey::new("ns", "b")].into();
+    let full = render(&cfg(), &m, SyncMode::Full { existing: None });
+    let part = render(
+        &cfg(),
+        &m,
+        SyncMode::Partial {
+            changed: &changed,
+            previous: &full.services,
+        },
+    );
+    assert_eq!(full.active_nat_chains(), part.active_nat_chains());
+    assert_eq!(full.services, part.services);
+    assert!(part.nat_rules_written < full.nat_rules_written);
+    assert_eq!(part.nat_rules_total, full.nat_rules_total);
+    assert!(
+        part.text.contains("ns/a:p80 cluster IP"),
+        "KUBE-SERVICES keeps every service"
+    );
+    assert!(
+        !part.text.contains("ns/a:p80 -> 10.1.0.1:80"),
+        "unchanged service chains are not rewritten"
+    );
+    assert!(part.text.contains("ns/b:p80 -> 10.1.0.2:80"));
+    // Without a record of a's chains, a partial sync writes them too.
+    let none = Default::default();
+    let blind = render(
+        &cfg(),
+        &m,
+        SyncMode::Partial {
+            changed: &changed,
+            previous: &none,
+        },
+    );
+    assert!(blind.text.contains("ns/a:p80 -> 10.1.0.1:80"));
+}
+
+#[test]
+fn partial_sync_deletes_chains_of_removed_endpoints_and_services() {
+    let before = cluster(&[
+        ("a", "172.30.0.1", &["10.1.0.1", "10.1.0.2"]),
+        ("b", "172.30.0.2", &["10.1.0.3"]),
+    ]);
+    let after = cluster(&[("a", "172.30.0.1", &["10.1.0.1"])]);
+    let full = render(&cfg(), &before, SyncMode::Full { existing: None });
+    let changed: BTreeSet<ObjectKey> =
+        [ObjectKey::new("ns", "a"), ObjectKey::new("ns", "b")].into();
+    let part = render(
+        &cfg(),
+        &after,
+        SyncMode::Partial {
+            changed: &changed,
+            previous: &full.services,
+        },
+    );
+    let gone: BTreeSet<String> = full
+        .active_nat_chains()
+        .difference(&part.active_nat_chains())
+        .cloned()
+        .collect();
+    assert_eq!(gone.len(), 3, "a's second SEP, b's SVC and SEP: {gone:?}");
+    assert_eq!(
+        part.deleted_chains.iter().cloned().collect::<BTreeSet<_>>(),
+        gone
+    );
+    for c in &gone {
+        assert!(part.text.contains(&format!("-X {c}\n")));
+    }
+}
+
+#[test]
+fn stale_service_chains_are_declared_then_deleted_and_foreign_chains_are_kept() {
+    let m = cluster(&[("a", "172.30.0.1", &["10.1.0.1"])]);
+    let existing: BTreeSet<String> = [
+        "KUBE-SVC-AAAAAAAAAAAAAAAA".to_string(),
+        "KUBE-SEP-BBBBBBBBBBBBBBBB".into(),
+        "CNI-OTHER".into(),
+    ]
+    .into();
+    let r = render(
+        &cfg(),
+        &m,
+        SyncMode::Full {
+            existing: Some(&existing),
+        },
+    );
+    assert_eq!(
+        r.deleted_chains,
+        ["KUBE-SEP-BBBBBBBBBBBBBBBB", "KUBE-SVC-AAAAAAAAAAAAAAAA"]
+    );
+    assert!(r.text.contains(":KUBE-SVC-AAAAAAAAAAAAAAAA - [0:0]\n"));
+    assert!(r.text.contains("-X KUBE-SVC-AAAAAAAAAAAAAAAA\n"));
+    assert!(!r.text.contains("CNI-OTHER"));
+}
+
+#[test]
+fn tracer_masquerades_hairpin_only_on_the_path_back_to_the_sender() {
+    let m = cluster(&[("a", "172.30.0.1", &["10.1.0.1", "10.1.0.2"])]);
+    let r = render(&cfg(), &m, SyncMode::Full { existing: None });
+    let t = Tracer::new(&r.text, &[ip("192.168.0.2")]).unwrap();
+    let res = t.trace(&Packet {
+        source: ip("10.1.0.1"),
+        dest: ip("172.30.0.1"),
+        dest_port: 80,
+        protocol: "tcp".into(),
+    });
+    let mut outs = res.outputs.clone();
+    outs.sort();
+    assert_eq!(outs, ["10.1.0.1:80", "10.1.0.2:80"]);
+    assert!(res.masq);
+    assert!(res.masq_per_output["10.1.0.1:80"]);
+    assert!(!res.masq_per_output["10.1.0.2:80"]);
+}
+
+#[test]
+fn service_without_endpoints_is_rejected_in_filter() {
+    let m = cluster(&[("a", "172.30.0.1", &[])]);
+    let r = render(&cfg(), &m, SyncMode::Full { existing: None });
+    assert!(r.text.contains("-A KUBE-SERVICES -m comment --comment \"ns/a:p80 has no endpoints\" -m tcp -p tcp -d 172.30.0.1 --dport 80 -j REJECT"), "{}", r.text);
+    let t = Tracer::new(&r.text, &[]).unwrap();
+    let res = t.trace(&Packet {
+        source: ip("10.0.0.2"),
+        dest: ip("172.30.0.1"),
+        dest_port: 80,
+        protocol: "tcp".into(),
+    });
+    assert_eq!(res.outputs, ["REJECT"]);
+}

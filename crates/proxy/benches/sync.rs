@@ -1,0 +1,177 @@
+//! Kernel-side figures (needs root; runs in namespaces it creates):
+//! `iptables-restore` time of the full ruleset, and the end-to-end time of a
+//! one-endpoint change (model, diff, partial render, restore) against a forced full
+//! sync of the same change, at 1k and 10k services × 10 endpoints (50k with
+//! `TWILL_BENCH_50K=1`), plus the process's peak RSS.
+//!
+//! `cargo bench -p twill-proxy --bench sync`
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
+
+use twill_model::{
+    ClusterState, Endpoint, EndpointPort, EndpointSlice, IpFamily, Object, ObjectKey, Protocol,
+    Service, ServicePort, ServiceType, TargetPort,
+};
+use twill_netfilter::Family;
+use twill_proxy::{Backend, Kernel, Proxier, Variant, lab};
+use twill_proxy_core::{FeatureGates, ModelConfig, build_model};
+use twill_proxy_iptables::{Config, LocalDetector, SyncMode, render};
+
+fn v4(n: u32) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::from(n))
+}
+
+fn state(services: u32) -> ClusterState {
+    let mut objs = Vec::new();
+    for i in 0..services {
+        let name = format!("svc{i}");
+        objs.push(Object::Service(Service {
+            key: ObjectKey::new("bench", &name),
+            service_type: ServiceType::ClusterIP,
+            cluster_ips: vec![v4(0xAC1E_0000 + i)],
+            ports: vec![ServicePort {
+                name: "http".into(),
+                protocol: Protocol::Tcp,
+                port: 80,
+                target_port: TargetPort::Number(8080),
+                node_port: None,
+                app_protocol: None,
+            }],
+            ..Default::default()
+        }));
+        objs.push(Object::EndpointSlice(EndpointSlice {
+            key: ObjectKey::new("bench", format!("{name}-a")),
+            service_name: Some(name),
+            endpoints: (0..10)
+                .map(|e| Endpoint {
+                    addresses: vec![v4(0x0A00_0000 + i * 16 + e)],
+                    node_name: Some(format!("n{e}")),
+                    ..Default::default()
+                })
+                .collect(),
+            ports: vec![EndpointPort {
+                name: "http".into(),
+                protocol: Protocol::Tcp,
+                port: Some(8080),
+                app_protocol: None,
+            }],
+            ..Default::default()
+        }));
+    }
+    ClusterState::from_objects(objs)
+}
+
+fn status(key: &str) -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(key))
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("?").to_string())
+        })
+        .unwrap_or_else(|| "?".into())
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn main() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("sync bench skipped: needs root");
+        return;
+    }
+    let mut sizes = vec![1_000u32, 10_000];
+    if std::env::var("TWILL_BENCH_50K").as_deref() == Ok("1") {
+        sizes.push(50_000);
+    }
+    // iptables-nft-restore of a 10k-service ruleset takes minutes; opt in.
+    let nft_max = if std::env::var("TWILL_BENCH_NFT_10K").as_deref() == Ok("1") {
+        10_000
+    } else {
+        1_000
+    };
+    let mc = ModelConfig {
+        family: IpFamily::V4,
+        node_name: "n0".into(),
+        node_zone: None,
+        gates: FeatureGates::default(),
+    };
+    let cfg = Config::new(
+        IpFamily::V4,
+        vec![v4(0xC0A8_0002)],
+        LocalDetector::ClusterCidr("10.0.0.0/8".parse().unwrap()),
+    );
+    println!(
+        "| services | backend | nat rules | model | render full | restore full | 1-endpoint change, partial sync e2e | same change, full sync e2e | VmRSS |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for n in sizes {
+        for (variant, vname) in [(Variant::Legacy, "legacy"), (Variant::Nft, "nft")] {
+            if variant == Variant::Nft && n > nft_max {
+                continue;
+            }
+            let st = state(n);
+            let (mc, cfg) = (mc.clone(), cfg.clone());
+            let ns = lab::Ns::new("bench").expect("namespace");
+            let line = ns
+                .spawn(move || {
+                    let mut k = Kernel::new(variant);
+                    let t = Instant::now();
+                    let (model, _) = build_model(&st, &mc);
+                    let t_model = t.elapsed();
+                    let t = Instant::now();
+                    let r = render(&cfg, &model, SyncMode::Full { existing: None });
+                    let t_render = t.elapsed();
+                    let t = Instant::now();
+                    k.restore(Family::V4, &r.text).expect("restore");
+                    let t_restore = t.elapsed();
+                    drop(model);
+
+                    // The proxier takes over the rules in place (first sync is full).
+                    let mut p = Proxier::new(mc, cfg, Duration::from_secs(3600), k);
+                    p.sync(&st, Instant::now()).expect("first sync");
+                    // One endpoint of one service changes.
+                    let mut st2 = st.clone();
+                    let key = ObjectKey::new("bench", "svc7-a");
+                    st2.endpoint_slices.get_mut(&key).unwrap().endpoints[3].addresses =
+                        vec![v4(0x0B00_0001)];
+                    let t = Instant::now();
+                    let rep = p
+                        .sync(&st2, Instant::now())
+                        .expect("partial sync")
+                        .expect("a change");
+                    let t_partial = t.elapsed();
+                    assert!(!rep.full);
+                    p.request_full_sync();
+                    let t = Instant::now();
+                    let rep = p
+                        .sync(&st, Instant::now())
+                        .expect("full sync")
+                        .expect("a change");
+                    let t_full = t.elapsed();
+                    assert!(rep.full);
+                    format!(
+                        "| {n} | {vname} | {} | {} | {} | {} | {} | {} | {} kB |",
+                        r.nat_rules_total,
+                        ms(t_model),
+                        ms(t_render),
+                        ms(t_restore),
+                        ms(t_partial),
+                        ms(t_full),
+                        status("VmRSS:")
+                    )
+                })
+                .join()
+                .expect("bench thread")
+                .expect("enter namespace");
+            println!("{line}");
+        }
+    }
+    println!(
+        "peak RSS of the bench process (VmHWM): {} kB",
+        status("VmHWM:")
+    );
+}

@@ -1,0 +1,18 @@
+//! The iptables-mode service proxy's I/O side.
+//!
+//! - [`proxier`]: one `iptables-restore --noflush` per sync, partial when only some
+//!   services changed, full periodically and after failures.
+//! - [`metrics`] and [`http`]: kube-proxy's metric names, `/healthz`, `/metrics` and the
+//!   health-check node port servers.
+//! - [`corpus`]: the shared proxy corpus and its pure checks.
+//! - [`lab`]: real-kernel packet flows in network namespaces (a node namespace owning
+//!   the fixture's local addresses, client and endpoint namespaces).
+
+pub mod conntrack;
+pub mod corpus;
+pub mod http;
+pub mod lab;
+pub mod metrics;
+pub mod proxier;
+
+pub use proxier::{Backend, Kernel, Proxier, SyncError, SyncReport, Variant};

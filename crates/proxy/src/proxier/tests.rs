@@ -1,0 +1,237 @@
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use twill_model::{
+    ClusterState, Endpoint, EndpointPort, EndpointSlice, IpFamily, Object, ObjectKey, Protocol,
+    Service, ServicePort, ServiceType, TargetPort,
+};
+use twill_netfilter::Family;
+use twill_proxy_core::{FeatureGates, ModelConfig, StaleConntrack};
+use twill_proxy_iptables::{BaseJump, Config, LocalDetector};
+
+use super::{Backend, Proxier};
+
+#[derive(Default)]
+struct Fake {
+    restores: Vec<String>,
+    chains: BTreeSet<String>,
+    fail_next: bool,
+    canary: bool,
+    jumps_ensured: usize,
+    conntrack_cleared: Vec<StaleConntrack>,
+}
+
+impl Backend for Fake {
+    fn restore(&mut self, _f: Family, text: &str) -> Result<(), twill_netfilter::Error> {
+        if std::mem::take(&mut self.fail_next) {
+            return Err(twill_netfilter::Error::Failed {
+                program: "iptables-restore".into(),
+                status: "1".into(),
+                stderr: "line 3 failed".into(),
+            });
+        }
+        self.restores.push(text.to_string());
+        // Track nat chains as the kernel would.
+        let mut in_nat = false;
+        for l in text.lines() {
+            if l.starts_with('*') {
+                in_nat = l == "*nat";
+            } else if in_nat && let Some(c) = l.strip_prefix(':') {
+                self.chains
+                    .insert(c.split_whitespace().next().unwrap().to_string());
+            } else if in_nat && let Some(c) = l.strip_prefix("-X ") {
+                self.chains.remove(c);
+            }
+        }
+        Ok(())
+    }
+    fn nat_chains(&mut self, _f: Family) -> Result<BTreeSet<String>, twill_netfilter::Error> {
+        Ok(self.chains.clone())
+    }
+    fn ensure_jumps(&mut self, _f: Family, _j: &[BaseJump]) -> Result<(), twill_netfilter::Error> {
+        self.jumps_ensured += 1;
+        self.canary = true;
+        Ok(())
+    }
+    fn canary_present(&mut self, _f: Family) -> bool {
+        self.canary
+    }
+    fn clear_conntrack(
+        &mut self,
+        stale: &[StaleConntrack],
+    ) -> Result<usize, crate::conntrack::ConntrackError> {
+        self.conntrack_cleared.extend(stale.iter().cloned());
+        Ok(stale.len())
+    }
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn state(services: &[(&str, &[&str])]) -> ClusterState {
+    let mut objs = Vec::new();
+    for (i, (name, eps)) in services.iter().enumerate() {
+        objs.push(Object::Service(Service {
+            key: ObjectKey::new("ns", *name),
+            service_type: ServiceType::ClusterIP,
+            cluster_ips: vec![ip(&format!("172.30.0.{}", i + 1))],
+            ports: vec![ServicePort {
+                name: String::new(),
+                protocol: Protocol::Udp,
+                port: 53,
+                target_port: TargetPort::Number(53),
+                node_port: None,
+                app_protocol: None,
+            }],
+            ..Default::default()
+        }));
+        objs.push(Object::EndpointSlice(EndpointSlice {
+            key: ObjectKey::new("ns", format!("{name}-a")),
+            service_name: Some(name.to_string()),
+            endpoints: eps
+                .iter()
+                .map(|a| Endpoint {
+                    addresses: vec![ip(a)],
+                    ..Default::default()
+                })
+                .collect(),
+            ports: vec![EndpointPort {
+                name: String::new(),
+                protocol: Protocol::Udp,
+                port: Some(53),
+                app_protocol: None,
+            }],
+            ..Default::default()
+        }));
+    }
+    ClusterState::from_objects(objs)
+}
+
+fn proxier() -> Proxier<Fake> {
+    let mc = ModelConfig {
+        family: IpFamily::V4,
+        node_name: "n".into(),
+        node_zone: None,
+        gates: FeatureGates::default(),
+    };
+    let cfg = Config::new(
+        IpFamily::V4,
+        vec![ip("192.168.0.2")],
+        LocalDetector::ClusterCidr("10.0.0.0/8".parse().unwrap()),
+    );
+    Proxier::new(mc, cfg, Duration::from_secs(30), Fake::default())
+}
+
+#[test]
+fn first_sync_is_full_and_an_unchanged_state_writes_nothing() {
+    let mut p = proxier();
+    let t0 = Instant::now();
+    let s = state(&[("a", &["10.1.0.1"]), ("b", &["10.1.0.2"])]);
+    let r = p.sync(&s, t0).unwrap().unwrap();
+    assert!(r.full);
+    assert_eq!(p.backend_mut().jumps_ensured, 1);
+    assert!(p.sync(&s, t0 + Duration::from_secs(1)).unwrap().is_none());
+    assert_eq!(p.backend_mut().restores.len(), 1);
+}
+
+#[test]
+fn one_endpoint_change_is_a_partial_sync_of_that_service_and_drops_its_stale_chain() {
+    let mut p = proxier();
+    let t0 = Instant::now();
+    p.sync(
+        &state(&[("a", &["10.1.0.1"]), ("b", &["10.1.0.2", "10.1.0.3"])]),
+        t0,
+    )
+    .unwrap();
+    let before = p.backend_mut().chains.clone();
+    let r = p
+        .sync(
+            &state(&[("a", &["10.1.0.1"]), ("b", &["10.1.0.2"])]),
+            t0 + Duration::from_secs(1),
+        )
+        .unwrap()
+        .unwrap();
+    assert!(!r.full);
+    assert_eq!(r.services_changed, 1);
+    assert_eq!(r.deleted_chains, 1, "the removed endpoint's SEP chain goes");
+    assert_eq!(
+        r.stale_udp.len(),
+        1,
+        "UDP conntrack for the removed endpoint is stale"
+    );
+    let text = p.backend_mut().restores.last().unwrap().clone();
+    assert!(
+        !text.contains("ns/a -> 10.1.0.1:53"),
+        "unchanged service a is not rewritten:\n{text}"
+    );
+    assert!(text.contains("ns/b -> 10.1.0.2:53"));
+    assert!(
+        text.contains("\"ns/a cluster IP\""),
+        "KUBE-SERVICES is always complete"
+    );
+    assert_eq!(before.len(), p.backend_mut().chains.len() + 1);
+}
+
+#[test]
+fn restore_failure_counts_and_forces_a_full_sync_that_still_applies_the_change() {
+    let mut p = proxier();
+    let t0 = Instant::now();
+    p.sync(&state(&[("a", &["10.1.0.1"])]), t0).unwrap();
+    p.backend_mut().fail_next = true;
+    let changed = state(&[("a", &["10.1.0.9"])]);
+    assert!(p.sync(&changed, t0 + Duration::from_secs(1)).is_err());
+    assert!(
+        p.metrics
+            .encode()
+            .contains("kubeproxy_sync_proxy_rules_iptables_restore_failures_total 1")
+    );
+    let r = p
+        .sync(&changed, t0 + Duration::from_secs(2))
+        .unwrap()
+        .unwrap();
+    assert!(r.full);
+    assert!(
+        p.backend_mut()
+            .restores
+            .last()
+            .unwrap()
+            .contains("10.1.0.9:53")
+    );
+}
+
+#[test]
+fn periodic_resync_is_full_and_a_missing_canary_forces_one() {
+    let mut p = proxier();
+    let t0 = Instant::now();
+    let s = state(&[("a", &["10.1.0.1"])]);
+    p.sync(&s, t0).unwrap();
+    assert!(
+        p.sync(&s, t0 + Duration::from_secs(31))
+            .unwrap()
+            .unwrap()
+            .full
+    );
+    p.backend_mut().canary = false;
+    let r = p.sync(&s, t0 + Duration::from_secs(62)).unwrap().unwrap();
+    assert!(r.full);
+}
+
+#[test]
+fn metrics_use_upstream_names() {
+    let mut p = proxier();
+    p.sync(&state(&[("a", &["10.1.0.1"])]), Instant::now())
+        .unwrap();
+    let text = p.metrics.encode();
+    for name in [
+        "kubeproxy_sync_proxy_rules_duration_seconds_bucket",
+        "kubeproxy_sync_full_proxy_rules_duration_seconds_count 1",
+        "kubeproxy_sync_partial_proxy_rules_duration_seconds_count 0",
+        "kubeproxy_network_programming_duration_seconds",
+        "kubeproxy_sync_proxy_rules_iptables_total{table=\"nat\"}",
+        "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+    ] {
+        assert!(text.contains(name), "{name} missing from:\n{text}");
+    }
+}
