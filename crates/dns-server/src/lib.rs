@@ -1,0 +1,290 @@
+//! Twill's cluster DNS server: the wire, threads and I/O around [`twill_dns`]'s answers.
+//!
+//! - UDP: `workers` `SO_REUSEPORT` sockets per listen address, each drained by its own
+//!   thread with `recvmmsg`/`sendmmsg` ([`udp`]). Answers come from an immutable
+//!   [`twill_dns::Snapshot`] behind an `ArcSwap`: the hot path takes no lock, and a
+//!   change swaps the whole snapshot ([`Engine::swap`]).
+//! - TCP on the same addresses ([`tcp`]), for truncated retries.
+//! - Names outside the cluster zones, and CNAME chains that leave it, go to the upstreams
+//!   ([`forward`]) through a response cache ([`cache`]) on separate forwarding threads.
+//! - `/health`, `/ready` (200 once synced) and `/metrics` with CoreDNS's metric names
+//!   ([`metrics`], [`http`]).
+//! - Loop detection as CoreDNS's `loop` plugin does it: a random probe name is sent to
+//!   ourselves once; seeing it come back through the upstream means a forwarding loop.
+
+pub mod cache;
+pub mod engine;
+pub mod forward;
+mod http;
+pub mod metrics;
+mod tcp;
+pub mod udp;
+
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::sync_channel;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+pub use cache::{Cache, CacheConfig};
+pub use engine::{Engine, Transport};
+pub use forward::{ForwardConfig, Forwarder, Policy};
+pub use metrics::Metrics;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    #[error("binding {proto} {addr}: {source}")]
+    Bind {
+        proto: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("starting a server thread: {0}")]
+    Spawn(#[source] std::io::Error),
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// DNS addresses (UDP and TCP). Port 0 picks one port, shared by UDP and TCP.
+    pub listen: Vec<SocketAddr>,
+    /// UDP worker threads (sockets) per listen address.
+    pub workers: usize,
+    /// Threads that wait on upstream answers.
+    pub forward_threads: usize,
+    pub tcp: bool,
+    /// `/health` (CoreDNS: 8080), `/ready` (8181), `/metrics` (9153). Equal addresses share
+    /// one listener; every listener serves all three paths.
+    pub http: Vec<SocketAddr>,
+    /// Send the loop-detection probe to ourselves after binding.
+    pub loop_probe: Option<hickory_proto::rr::Name>,
+    /// Entries in each UDP worker's wire cache (0 disables it). Each costs ~300 bytes.
+    pub answer_cache_entries: usize,
+}
+
+impl ServerConfig {
+    pub fn new(listen: Vec<SocketAddr>) -> Self {
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        ServerConfig {
+            listen,
+            workers: cores,
+            forward_threads: 4,
+            tcp: true,
+            http: vec![],
+            loop_probe: None,
+            answer_cache_entries: 8192,
+        }
+    }
+}
+
+/// A started server. Dropping it does not stop it; call [`Running::shutdown`].
+pub struct Running {
+    pub udp: Vec<SocketAddr>,
+    pub tcp: Vec<SocketAddr>,
+    pub http: Vec<SocketAddr>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stop every thread and wait for them (each notices within ~200 ms).
+    pub fn shutdown(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+
+    /// Block until the process is killed.
+    pub fn wait(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, ServerError> {
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(f)
+        .map_err(ServerError::Spawn)
+}
+
+/// Bind everything and start the threads.
+pub fn start(config: &ServerConfig, engine: Arc<Engine>) -> Result<Running, ServerError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut threads = Vec::new();
+    let (tx, rx) = sync_channel(4096);
+    let rx = Arc::new(Mutex::new(rx));
+    let mut udp_addrs = Vec::new();
+    let mut tcp_addrs = Vec::new();
+    for want in &config.listen {
+        let first = udp::bind_reuseport(*want).map_err(|source| ServerError::Bind {
+            proto: "udp",
+            addr: *want,
+            source,
+        })?;
+        let addr = first.local_addr().map_err(|source| ServerError::Bind {
+            proto: "udp",
+            addr: *want,
+            source,
+        })?;
+        udp_addrs.push(addr);
+        let mut sockets = vec![first];
+        for _ in 1..config.workers.max(1) {
+            sockets.push(
+                udp::bind_reuseport(addr).map_err(|source| ServerError::Bind {
+                    proto: "udp",
+                    addr,
+                    source,
+                })?,
+            );
+        }
+        for (i, s) in sockets.into_iter().enumerate() {
+            let (engine, tx, stop) = (engine.clone(), tx.clone(), stop.clone());
+            let cache = config.answer_cache_entries;
+            threads.push(spawn(format!("dns-udp-{i}"), move || {
+                udp::run_worker(Arc::new(s), engine, tx, stop, cache)
+            })?);
+        }
+        if config.tcp {
+            let l = TcpListener::bind(addr).map_err(|source| ServerError::Bind {
+                proto: "tcp",
+                addr,
+                source,
+            })?;
+            tcp_addrs.push(addr);
+            let (engine, stop) = (engine.clone(), stop.clone());
+            threads.push(spawn("dns-tcp".into(), move || {
+                tcp::run_listener(l, engine, stop)
+            })?);
+        }
+    }
+    for i in 0..config.forward_threads.max(1) {
+        let (engine, rx, stop) = (engine.clone(), rx.clone(), stop.clone());
+        threads.push(spawn(format!("dns-forward-{i}"), move || {
+            udp::run_forwarder(engine, rx, stop)
+        })?);
+    }
+    if engine.forwarder().is_some() {
+        let (engine, stop) = (engine.clone(), stop.clone());
+        threads.push(spawn("dns-healthcheck".into(), move || {
+            let every = engine
+                .forwarder()
+                .map(|f| f.config().health_check)
+                .unwrap_or(Duration::from_secs(1));
+            let tick = Duration::from_millis(50);
+            let mut waited = Duration::ZERO;
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(tick);
+                waited += tick;
+                if waited >= every {
+                    waited = Duration::ZERO;
+                    if let Some(f) = engine.forwarder() {
+                        f.health_check();
+                    }
+                }
+            }
+        })?);
+    }
+    let mut http_addrs = Vec::new();
+    let mut seen = Vec::new();
+    for want in &config.http {
+        if seen.contains(want) {
+            continue;
+        }
+        seen.push(*want);
+        let l = TcpListener::bind(want).map_err(|source| ServerError::Bind {
+            proto: "http",
+            addr: *want,
+            source,
+        })?;
+        http_addrs.push(l.local_addr().map_err(|source| ServerError::Bind {
+            proto: "http",
+            addr: *want,
+            source,
+        })?);
+        let (engine, stop) = (engine.clone(), stop.clone());
+        threads.push(spawn("dns-http".into(), move || {
+            http::run(l, engine, stop)
+        })?);
+    }
+    if let (Some(probe), Some(addr)) = (&config.loop_probe, udp_addrs.first()) {
+        send_probe(probe, *addr);
+    }
+    Ok(Running {
+        udp: udp_addrs,
+        tcp: tcp_addrs,
+        http: http_addrs,
+        stop,
+        threads,
+    })
+}
+
+/// The host's non-loopback interface addresses: what CoreDNS's `boundIPs` uses as the
+/// server's own addresses (for the apex NS record) when it listens on a wildcard address.
+pub fn interface_addresses() -> Vec<std::net::IpAddr> {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        return vec![];
+    };
+    let mut out: Vec<std::net::IpAddr> = addrs
+        .filter_map(|a| a.address)
+        .filter_map(|a| {
+            if let Some(v4) = a.as_sockaddr_in() {
+                Some(std::net::IpAddr::V4(v4.ip()))
+            } else {
+                a.as_sockaddr_in6().map(|v6| std::net::IpAddr::V6(v6.ip()))
+            }
+        })
+        .filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Hand freed heap pages back to the kernel. Loading manifests builds large temporary
+/// JSON trees; glibc keeps their pages after they are freed, which would count against
+/// the server's RSS for its whole life. Call once after the first snapshot is built.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// The address to reach a listener bound to a wildcard address.
+pub fn reachable(addr: SocketAddr) -> SocketAddr {
+    let mut a = addr;
+    if a.ip().is_unspecified() {
+        a.set_ip(if a.is_ipv4() {
+            [127, 0, 0, 1].into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    a
+}
+
+fn send_probe(probe: &hickory_proto::rr::Name, addr: SocketAddr) {
+    use hickory_proto::op::{Message, MessageType, OpCode, Query};
+    let mut m = Message::new(rand::random(), MessageType::Query, OpCode::Query);
+    m.metadata.recursion_desired = true;
+    m.add_query(Query::query(
+        probe.clone(),
+        hickory_proto::rr::RecordType::HINFO,
+    ));
+    let bind: SocketAddr = if addr.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    if let (Ok(s), Ok(bytes)) = (UdpSocket::bind(bind), m.to_vec()) {
+        let _ = s.send_to(&bytes, reachable(addr));
+    }
+}
