@@ -31,6 +31,9 @@ enum Command {
     /// Check this node's networking for what operators get wrong, each finding with its fix
     /// (exit 0: none, 1: warnings, 2: errors).
     Doctor(cmd::doctor::Args),
+    /// Explain one packet's path through this node: every rule that matches, each
+    /// translation, the route, and where and why it is dropped or delivered.
+    Trace(cmd::trace::Args),
     /// Run a conformance corpus (`N passed, N failed`, exit 1 on any failure).
     #[command(subcommand)]
     Conformance(cmd::conformance::Command),
@@ -77,6 +80,7 @@ fn main() -> ExitCode {
         Command::Cluster(c) => cmd::cluster::run(c),
         Command::Conformance(c) => cmd::conformance::run(c),
         Command::Doctor(a) => cmd::doctor::run(a),
+        Command::Trace(a) => cmd::trace::run(a),
         #[cfg(feature = "cni")]
         Command::Cni(c) => cmd::cni::run(c),
         #[cfg(feature = "overlay")]

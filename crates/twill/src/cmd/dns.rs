@@ -255,9 +255,17 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     // the JSON trees and growth leftovers of loading (a few hundred MB at 10k services).
     // The clone made here, on the main arena, is compact; once the thread's copies are
     // dropped its whole arena is free and goes back to the kernel.
+    //
+    // Files that do not exist yet (a lab's cluster state before its first write) leave
+    // the server unsynced: cluster names answer SERVFAIL until they appear.
+    let all_exist = a.files.iter().all(|f| f == "-" || std::path::Path::new(f).exists());
     let (files, cfg) = (a.files.clone(), config.clone());
     let built = std::thread::spawn(move || -> anyhow::Result<Snapshot> {
-        let state = ClusterState::from_objects(load_objects(&files)?);
+        let state = if all_exist {
+            ClusterState::from_objects(load_objects(&files)?)
+        } else {
+            ClusterState::default()
+        };
         Ok(Snapshot::build(&state, &cfg, now_serial()))
     })
     .join()
@@ -311,6 +319,9 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     let engine = Arc::new(engine);
     let running = twill_dns_server::start(&server, engine.clone())?;
+    if !a.files.is_empty() && !a.files.iter().any(|f| f == "-") {
+        follow_files(a.files.clone(), config.clone(), engine.clone());
+    }
     tracing::info!(
         udp = ?running.udp,
         tcp = ?running.tcp,
@@ -322,6 +333,31 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     eprintln!("twill dns: serving {} on {:?}", config.zone, running.udp);
     running.wait();
     Ok(ExitCode::SUCCESS)
+}
+
+/// Watch the manifest files and swap in a new snapshot when they change (the lab's node
+/// agents and DNS pods follow the cluster state file this way). Unreadable or invalid
+/// states keep the last good snapshot.
+fn follow_files(files: Vec<String>, config: Config, engine: Arc<Engine>) {
+    std::thread::spawn(move || {
+        let mut watcher = twill_manifest::files::Watcher::new(&files);
+        loop {
+            if files.iter().all(|f| std::path::Path::new(f).exists()) {
+                let (events, problems) = watcher.poll();
+                if !events.is_empty() {
+                    if problems.iter().any(|p| p.severity == twill_manifest::Severity::Error) {
+                        for p in &problems {
+                            tracing::warn!("{p}");
+                        }
+                    } else {
+                        engine.swap(Snapshot::build(watcher.state(), &config, now_serial()));
+                        tracing::info!(events = events.len(), "cluster state changed");
+                    }
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    });
 }
 
 fn rand_label() -> String {

@@ -4,6 +4,7 @@ pub mod cluster;
 pub mod conformance;
 pub mod doctor;
 pub mod manifests;
+pub mod trace;
 
 #[cfg(feature = "cni")]
 pub mod cni;
