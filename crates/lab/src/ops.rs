@@ -177,8 +177,11 @@ fn install_cni(spec: &LabSpec) -> Result<(), LabError> {
 
 /// The objects the lab itself runs: cluster DNS behind `kube-system/kube-dns`.
 fn write_system(spec: &LabSpec, agents_available: &[&str]) -> Result<(), LabError> {
-    let mut items =
-        vec![json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kube-system"}})];
+    // The namespaces an API server always has.
+    let mut items: Vec<Value> = ["default", "kube-system", "kube-public"]
+        .iter()
+        .map(|n| json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n}}))
+        .collect();
     if spec.dns && agents_available.contains(&"dns") {
         items.push(json!({
             "apiVersion": "v1", "kind": "Service",
