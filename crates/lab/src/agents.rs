@@ -104,7 +104,10 @@ pub fn node_agents(spec: &LabSpec, node: &NodeSpec, available: &[&str]) -> Vec<D
                 "eth0".into(),
                 "--ip-masq".into(),
                 "--subnet-file".into(),
-                spec.node_dir(&node.name).join("subnet.env").display().to_string(),
+                spec.node_dir(&node.name)
+                    .join("subnet.env")
+                    .display()
+                    .to_string(),
                 // Peers show up within a second of joining.
                 "--resync-secs".into(),
                 "1".into(),

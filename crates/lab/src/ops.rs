@@ -100,7 +100,12 @@ fn write_net_conf(spec: &LabSpec) -> Result<(), LabError> {
         "SubnetLen": 24,
         "Backend": {"Type": spec.backend.as_str()},
     });
-    write_atomic(&spec.dir.join("net-conf.json"), serde_json::to_string_pretty(&conf).expect("json").as_bytes())
+    write_atomic(
+        &spec.dir.join("net-conf.json"),
+        serde_json::to_string_pretty(&conf)
+            .expect("json")
+            .as_bytes(),
+    )
 }
 
 /// Read each node's subnet.env once its overlay agent has a lease: the node's pod subnet
@@ -118,7 +123,9 @@ fn adopt_leases(spec: &mut LabSpec, wait: Duration) -> Result<(), LabError> {
                 break;
             }
             if Instant::now() >= deadline {
-                let log = std::fs::read_to_string(spec.node_dir(&spec.nodes[i].name).join("overlay.log")).unwrap_or_default();
+                let log =
+                    std::fs::read_to_string(spec.node_dir(&spec.nodes[i].name).join("overlay.log"))
+                        .unwrap_or_default();
                 return Err(LabError::Command(
                     format!("overlay agent on {}", spec.nodes[i].name),
                     format!("no lease after {wait:?}; its log says: {}", log.trim()),
@@ -132,9 +139,15 @@ fn adopt_leases(spec: &mut LabSpec, wait: Duration) -> Result<(), LabError> {
 
 /// `FLANNEL_SUBNET=10.244.3.1/24` → 10.244.3.0/24, and FLANNEL_MTU.
 pub fn parse_subnet_env(text: &str) -> Option<(ipnet::Ipv4Net, Option<u32>)> {
-    let get = |k: &str| text.lines().find_map(|l| l.strip_prefix(&format!("{k}=")).map(str::trim));
+    let get = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")).map(str::trim))
+    };
     let subnet: ipnet::Ipv4Net = get("FLANNEL_SUBNET")?.parse().ok()?;
-    Some((subnet.trunc(), get("FLANNEL_MTU").and_then(|m| m.parse().ok())))
+    Some((
+        subnet.trunc(),
+        get("FLANNEL_MTU").and_then(|m| m.parse().ok()),
+    ))
 }
 
 /// Wait until every node routes to every other node's pod subnet.
@@ -147,7 +160,11 @@ fn wait_routes(spec: &LabSpec, wait: Duration) {
                 // One route for the whole network into the TUN device; peers live in
                 // the relay's table, refreshed every resync (1 s in the lab).
                 crate::spec::Backend::Udp => routes.contains("dev flannel0"),
-                _ => spec.nodes.iter().filter(|p| p.name != n.name).all(|p| routes.contains(&p.pod_cidr.to_string())),
+                _ => spec
+                    .nodes
+                    .iter()
+                    .filter(|p| p.name != n.name)
+                    .all(|p| routes.contains(&p.pod_cidr.to_string())),
             }
         });
         if done && spec.backend == crate::spec::Backend::Udp {

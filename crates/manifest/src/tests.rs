@@ -244,6 +244,14 @@ spec:
     let state = twill_model::ClusterState::from_objects(r.into_objects());
     let rendered = render_yaml(&state);
     let back = parse_str("out.yaml", &rendered);
-    assert!(back.problems.is_empty(), "{:?}\n{rendered}", messages(&back));
-    assert_eq!(twill_model::ClusterState::from_objects(back.into_objects()), state, "{rendered}");
+    assert!(
+        back.problems.is_empty(),
+        "{:?}\n{rendered}",
+        messages(&back)
+    );
+    assert_eq!(
+        twill_model::ClusterState::from_objects(back.into_objects()),
+        state,
+        "{rendered}"
+    );
 }

@@ -11,7 +11,11 @@ use clap::{Parser, Subcommand};
 mod cmd;
 
 #[derive(Parser)]
-#[command(name = "twill", version, about = "Kubernetes node networking: pod network, services, cluster DNS, network policy, and a lab to see them work")]
+#[command(
+    name = "twill",
+    version,
+    about = "Kubernetes node networking: pod network, services, cluster DNS, network policy, and a lab to see them work"
+)]
 struct Cli {
     /// Log filter (tracing-subscriber syntax), e.g. `info`, `twill_proxy=debug`.
     #[arg(long, global = true, env = "TWILL_LOG", default_value = "warn")]
@@ -65,7 +69,10 @@ enum Command {
 fn init_logging(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn main() -> ExitCode {

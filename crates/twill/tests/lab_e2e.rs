@@ -335,7 +335,16 @@ fn data_plane(backend: &str) {
     }
     let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/examples");
     let extra = manifest(&format!("extra-{backend}.yaml"), EXTRA);
-    let lab = Lab::up(&["--nodes", "2", "--backend", backend, "-f", shared.to_str().unwrap(), "-f", &extra]);
+    let lab = Lab::up(&[
+        "--nodes",
+        "2",
+        "--backend",
+        backend,
+        "-f",
+        shared.to_str().unwrap(),
+        "-f",
+        &extra,
+    ]);
 
     let pods = text(&lab.run(&["get", "pods", "-A", "-o", "wide"]));
     let nodes = text(&lab.run(&["get", "nodes", "-o", "wide"]));
@@ -350,24 +359,55 @@ fn data_plane(backend: &str) {
             (c[6].to_string(), c[7].to_string())
         })
         .collect();
-    assert!(hostnames.iter().any(|(_, n)| n == "node-1") && hostnames.iter().any(|(_, n)| n == "node-2"), "{pods}");
+    assert!(
+        hostnames.iter().any(|(_, n)| n == "node-1")
+            && hostnames.iter().any(|(_, n)| n == "node-2"),
+        "{pods}"
+    );
     for (ip, node) in &hostnames {
-        let body = curl(&lab, &["-n", "shop", "client"], &format!("http://{ip}:9376/"));
-        assert!(body.contains(&format!("ip={ip}")), "pod → pod on {node} ({ip}): {body:?}");
+        let body = curl(
+            &lab,
+            &["-n", "shop", "client"],
+            &format!("http://{ip}:9376/"),
+        );
+        assert!(
+            body.contains(&format!("ip={ip}")),
+            "pod → pod on {node} ({ip}): {body:?}"
+        );
     }
 
     // Pod → ClusterIP reaches pods on both nodes.
     let svcs = text(&lab.run(&["get", "svc", "-A"]));
-    let cluster_ip = svcs.lines().find(|l| l.starts_with("default") && l.contains(" hostnames ")).unwrap().split_whitespace().nth(3).unwrap().to_string();
+    let cluster_ip = svcs
+        .lines()
+        .find(|l| l.starts_with("default") && l.contains(" hostnames "))
+        .unwrap()
+        .split_whitespace()
+        .nth(3)
+        .unwrap()
+        .to_string();
     let mut answered = std::collections::BTreeSet::new();
     for _ in 0..30 {
-        let body = curl(&lab, &["-n", "shop", "client"], &format!("http://{cluster_ip}/"));
+        let body = curl(
+            &lab,
+            &["-n", "shop", "client"],
+            &format!("http://{cluster_ip}/"),
+        );
         answered.insert(body.split_whitespace().next().unwrap_or("").to_string());
     }
     let on_node = |n: &str| {
-        pods.lines().filter(|l| l.contains(&format!(" {n} "))).any(|l| answered.iter().any(|a| !a.is_empty() && l.contains(a.as_str())))
+        pods.lines()
+            .filter(|l| l.contains(&format!(" {n} ")))
+            .any(|l| {
+                answered
+                    .iter()
+                    .any(|a| !a.is_empty() && l.contains(a.as_str()))
+            })
     };
-    assert!(on_node("node-1") && on_node("node-2"), "ClusterIP answers from both nodes: {answered:?}");
+    assert!(
+        on_node("node-1") && on_node("node-2"),
+        "ClusterIP answers from both nodes: {answered:?}"
+    );
 
     // Outside host → NodePort on each node.
     for ip in &node_ips {
@@ -376,33 +416,85 @@ fn data_plane(backend: &str) {
     }
 
     // DNS by name: dig, glibc, search-path short names.
-    let dig = text(&lab.exec(&["-n", "shop", "client"], &["dig", "+short", "+time=2", "+tries=2", "hostnames.default.svc.cluster.local"]));
+    let dig = text(&lab.exec(
+        &["-n", "shop", "client"],
+        &[
+            "dig",
+            "+short",
+            "+time=2",
+            "+tries=2",
+            "hostnames.default.svc.cluster.local",
+        ],
+    ));
     assert_eq!(dig.trim(), cluster_ip, "dig through the kube-dns Service");
-    let web_ip = svcs.lines().find(|l| l.starts_with("shop") && l.contains(" web ")).unwrap().split_whitespace().nth(3).unwrap().to_string();
+    let web_ip = svcs
+        .lines()
+        .find(|l| l.starts_with("shop") && l.contains(" web "))
+        .unwrap()
+        .split_whitespace()
+        .nth(3)
+        .unwrap()
+        .to_string();
     for name in ["web.shop", "web", "web.shop.svc.cluster.local"] {
         let g = text(&lab.exec(&["-n", "shop", "client"], &["getent", "hosts", name]));
         assert!(g.starts_with(&web_ip), "getent hosts {name}: {g:?}");
     }
 
     // Session affinity keeps one backend.
-    let sticky_ip = svcs.lines().find(|l| l.contains(" sticky ")).unwrap().split_whitespace().nth(3).unwrap().to_string();
+    let sticky_ip = svcs
+        .lines()
+        .find(|l| l.contains(" sticky "))
+        .unwrap()
+        .split_whitespace()
+        .nth(3)
+        .unwrap()
+        .to_string();
     let backends: std::collections::BTreeSet<String> = (0..8)
-        .map(|_| curl(&lab, &["-n", "shop", "client"], &format!("http://{sticky_ip}/")).split_whitespace().next().unwrap_or("").to_string())
+        .map(|_| {
+            curl(
+                &lab,
+                &["-n", "shop", "client"],
+                &format!("http://{sticky_ip}/"),
+            )
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .to_string()
+        })
         .collect();
     assert_eq!(backends.len(), 1, "ClientIP affinity: {backends:?}");
 
     // LoadBalancer from the outside host on its pool address.
-    let lb_ip = svcs.lines().find(|l| l.contains(" public ")).unwrap().split_whitespace().nth(4).unwrap().to_string();
+    let lb_ip = svcs
+        .lines()
+        .find(|l| l.contains(" public "))
+        .unwrap()
+        .split_whitespace()
+        .nth(4)
+        .unwrap()
+        .to_string();
     assert!(lb_ip.starts_with("192.168.50.24"), "pool address: {svcs}");
     let body = curl(&lab, &["--host", "client"], &format!("http://{lb_ip}/"));
-    assert!(body.starts_with("hostnames-") || body.starts_with("extra-backend"), "LB {lb_ip}: {body:?}");
+    assert!(
+        body.starts_with("hostnames-") || body.starts_with("extra-backend"),
+        "LB {lb_ip}: {body:?}"
+    );
 
     // hostPort on its node's address.
-    let body = curl(&lab, &["--host", "client"], &format!("http://{}:8088/", node_ips[1]));
+    let body = curl(
+        &lab,
+        &["--host", "client"],
+        &format!("http://{}:8088/", node_ips[1]),
+    );
     assert!(body.starts_with("hp "), "hostPort: {body:?}");
 
     // A deleted pod leaves the EndpointSlices and the rules.
-    let extra_ip = column(&pods, "default", 6).into_iter().zip(column(&pods, "default", 1)).find(|(_, n)| n == "extra-backend").map(|(ip, _)| ip).unwrap();
+    let extra_ip = column(&pods, "default", 6)
+        .into_iter()
+        .zip(column(&pods, "default", 1))
+        .find(|(_, n)| n == "extra-backend")
+        .map(|(ip, _)| ip)
+        .unwrap();
     let del = manifest(&format!("delete-{backend}.yaml"), DELETE_BACKEND);
     assert!(lab.run(&["delete", "-f", &del]).status.success());
     let mut gone = false;
@@ -435,15 +527,26 @@ fn data_plane_udp() {
 
 #[test]
 fn a_network_policy_applied_to_the_lab_changes_what_curl_reaches() {
-    if !twill_testkit::require_root("a_network_policy_applied_to_the_lab_changes_what_curl_reaches") {
+    if !twill_testkit::require_root("a_network_policy_applied_to_the_lab_changes_what_curl_reaches")
+    {
         return;
     }
-    let f = manifest("np-pods.yaml", &PODS.replace("nodeSelector: {kubernetes.io/hostname: node-1}", "nodeSelector: {kubernetes.io/hostname: node-2}"));
+    let f = manifest(
+        "np-pods.yaml",
+        &PODS.replace(
+            "nodeSelector: {kubernetes.io/hostname: node-1}",
+            "nodeSelector: {kubernetes.io/hostname: node-2}",
+        ),
+    );
     let lab = Lab::up(&["--nodes", "2", "--no-dns", "-f", &f]);
     let pods = text(&lab.run(&["get", "pods", "-o", "wide"]));
     let ip = column(&pods, "web-", 5).into_iter().next().unwrap();
     let url = format!("http://{ip}/");
-    let reach = |lab: &Lab| lab.exec(&["client"], &["curl", "-s", "-m", "2", &url]).status.success();
+    let reach = |lab: &Lab| {
+        lab.exec(&["client"], &["curl", "-s", "-m", "2", &url])
+            .status
+            .success()
+    };
     assert!(reach(&lab), "open before any policy");
     let deny = manifest(
         "np-deny.yaml",
@@ -464,5 +567,8 @@ fn a_network_policy_applied_to_the_lab_changes_what_curl_reaches() {
         std::thread::sleep(std::time::Duration::from_millis(100));
         reach(&lab)
     });
-    assert!(open, "an allow rule for pods in the namespace on port 80 opens it again");
+    assert!(
+        open,
+        "an allow rule for pods in the namespace on port 80 opens it again"
+    );
 }

@@ -329,7 +329,10 @@ fn selector_to_k8s(s: &LabelSelector) -> meta::LabelSelector {
 
 fn policy_rule_parts(
     r: &PolicyRule,
-) -> (Option<Vec<k8s_openapi::api::networking::v1::NetworkPolicyPort>>, Option<Vec<k8s_openapi::api::networking::v1::NetworkPolicyPeer>>) {
+) -> (
+    Option<Vec<k8s_openapi::api::networking::v1::NetworkPolicyPort>>,
+    Option<Vec<k8s_openapi::api::networking::v1::NetworkPolicyPeer>>,
+) {
     use k8s_openapi::api::networking::v1 as net;
     let ports = (!r.ports.is_empty()).then(|| {
         r.ports
@@ -345,7 +348,10 @@ fn policy_rule_parts(
         r.peers
             .iter()
             .map(|p| match p {
-                PolicyPeer::Pods { namespace_selector, pod_selector } => net::NetworkPolicyPeer {
+                PolicyPeer::Pods {
+                    namespace_selector,
+                    pod_selector,
+                } => net::NetworkPolicyPeer {
                     namespace_selector: namespace_selector.as_ref().map(selector_to_k8s),
                     pod_selector: pod_selector.as_ref().map(selector_to_k8s),
                     ip_block: None,
@@ -353,7 +359,8 @@ fn policy_rule_parts(
                 PolicyPeer::IpBlock { cidr, except } => net::NetworkPolicyPeer {
                     ip_block: Some(net::IPBlock {
                         cidr: cidr.to_string(),
-                        except: (!except.is_empty()).then(|| except.iter().map(ToString::to_string).collect()),
+                        except: (!except.is_empty())
+                            .then(|| except.iter().map(ToString::to_string).collect()),
                     }),
                     ..Default::default()
                 },

@@ -258,7 +258,10 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     //
     // Files that do not exist yet (a lab's cluster state before its first write) leave
     // the server unsynced: cluster names answer SERVFAIL until they appear.
-    let all_exist = a.files.iter().all(|f| f == "-" || std::path::Path::new(f).exists());
+    let all_exist = a
+        .files
+        .iter()
+        .all(|f| f == "-" || std::path::Path::new(f).exists());
     let (files, cfg) = (a.files.clone(), config.clone());
     let built = std::thread::spawn(move || -> anyhow::Result<Snapshot> {
         let state = if all_exist {
@@ -345,7 +348,10 @@ fn follow_files(files: Vec<String>, config: Config, engine: Arc<Engine>) {
             if files.iter().all(|f| std::path::Path::new(f).exists()) {
                 let (events, problems) = watcher.poll();
                 if !events.is_empty() {
-                    if problems.iter().any(|p| p.severity == twill_manifest::Severity::Error) {
+                    if problems
+                        .iter()
+                        .any(|p| p.severity == twill_manifest::Severity::Error)
+                    {
                         for p in &problems {
                             tracing::warn!("{p}");
                         }

@@ -6,16 +6,16 @@ pub mod doctor;
 pub mod manifests;
 pub mod trace;
 
-#[cfg(feature = "cni")]
-pub mod cni;
 #[cfg(feature = "kube")]
 pub mod agent;
+#[cfg(feature = "cni")]
+pub mod cni;
 #[cfg(feature = "dns")]
 pub mod dns;
-#[cfg(feature = "netpol")]
-pub mod netpol;
 #[cfg(feature = "lab")]
 pub mod lab;
+#[cfg(feature = "netpol")]
+pub mod netpol;
 #[cfg(feature = "overlay")]
 pub mod overlay;
 #[cfg(feature = "proxy")]
