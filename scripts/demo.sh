@@ -42,6 +42,11 @@ echo "# The iptables chains that carried the ClusterIP traffic on node-1 (kube-p
 echo "\$ $TWILL lab exec --node node-1 -- iptables-save -t nat | grep -E 'default/hostnames'"
 "$TWILL" lab exec --node node-1 -- iptables-save -t nat | grep -E 'default/hostnames' || true
 
+echo
+echo "# twill lab trace walks a packet through those same live rules and routes, node by"
+echo "# node, to each pod it can reach (client pod -> shop/web's ClusterIP):"
+run "$TWILL" lab trace --from shop/client --to shop/web:8080 || true
+
 cat <<TXT
 
 The lab "$LAB" is still up. Explore it:
@@ -50,6 +55,8 @@ The lab "$LAB" is still up. Explore it:
   $TWILL lab exec --node node-1 -- ip route
   $TWILL lab exec --host client -- curl -s http://$(echo 192.168.50.11):30080/
   $TWILL lab status
+  $TWILL lab trace --from client --to 192.168.50.11:30080 --reply
+  $TWILL lab doctor
 Tear it down:
   $TWILL lab down --name $LAB
 TXT

@@ -84,6 +84,9 @@ pub fn up(
     if agents_available.contains(&"overlay") {
         wait_routes(&spec, wait.saturating_sub(started.elapsed()));
     }
+    if agents_available.contains(&"proxy") {
+        wait_services(&spec, wait.saturating_sub(started.elapsed()));
+    }
     Ok(UpReport {
         spec,
         problems,
@@ -177,6 +180,62 @@ fn wait_routes(spec: &LabSpec, wait: Duration) {
     }
 }
 
+/// Wait until every node's proxy has programmed every ready endpoint of the current
+/// state, so the first request after `up` already goes through the Service.
+pub fn wait_services(spec: &LabSpec, wait: Duration) {
+    let deadline = Instant::now() + wait;
+    loop {
+        let Ok(cluster) = std::fs::read_to_string(spec.cluster_file()) else {
+            return;
+        };
+        let state = twill_model::ClusterState::from_objects(
+            twill_manifest::parse_str("cluster.yaml", &cluster).into_objects(),
+        );
+        let wanted = ready_endpoints(&state);
+        let done = spec.nodes.iter().all(|n| {
+            let rules = programmed_rules(spec, &n.netns);
+            wanted.iter().all(|ep| rules.contains(ep.as_str()))
+        });
+        if done || Instant::now() >= deadline {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `IP:PORT` of every ready endpoint port of every Service-owned EndpointSlice: what a
+/// proxy DNATs to (`--to-destination IP:PORT` in iptables, `dnat to IP:PORT` in nft).
+pub fn ready_endpoints(state: &twill_model::ClusterState) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for slice in state.endpoint_slices.values() {
+        // Headless Services (no cluster IP) get no proxy rules.
+        let proxied = slice
+            .service_key()
+            .and_then(|k| state.services.get(&k))
+            .is_some_and(|s| !s.cluster_ips.is_empty());
+        if !proxied {
+            continue;
+        }
+        for ep in slice.endpoints.iter().filter(|e| e.conditions.is_ready()) {
+            for port in slice.ports.iter().filter_map(|p| p.port) {
+                for ip in &ep.addresses {
+                    out.insert(std::net::SocketAddr::new(*ip, port).to_string());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The proxy's NAT rules on one node, as text to search for endpoints.
+fn programmed_rules(spec: &LabSpec, netns: &str) -> String {
+    match spec.proxy_mode.as_str() {
+        "nftables" => netns::run(netns, "nft", &["list", "table", "ip", "kube-proxy"]),
+        _ => netns::run(netns, "iptables-save", &["-t", "nat"]),
+    }
+    .unwrap_or_default()
+}
+
 fn install_cni(spec: &LabSpec) -> Result<(), LabError> {
     let out = std::process::Command::new(&spec.twill)
         .args(["cni", "install", "--bin-dir"])
@@ -228,7 +287,13 @@ fn write_system(spec: &LabSpec, agents_available: &[&str]) -> Result<(), LabErro
                             "command": [spec.twill.display().to_string(), "dns",
                                 "--zone", dns::CLUSTER_DOMAIN,
                                 "-f", spec.cluster_file().display().to_string(),
-                                "--listen", "0.0.0.0:53"],
+                                "--listen", "0.0.0.0:53",
+                                // The lab has no way out to the nodes' own resolver (the
+                                // host's), so names outside the cluster fail at once
+                                // (SERVFAIL) instead of after a forwarding timeout: glibc
+                                // asks the bare name last and would stall every lookup
+                                // that walks the search path.
+                                "--upstream-resolv-conf", "/dev/null"],
                             "ports": [
                                 {"name": "dns", "containerPort": 53, "protocol": "UDP"},
                                 {"name": "dns-tcp", "containerPort": 53, "protocol": "TCP"},

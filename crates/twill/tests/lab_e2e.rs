@@ -328,6 +328,28 @@ fn curl(lab: &Lab, target: &[&str], url: &str) -> String {
     text(&lab.exec(target, &["curl", "-s", "-m", "3", url]))
 }
 
+/// `twill lab trace -o json`: each delivered path's (endpoint `IP:PORT`, source address
+/// the endpoint sees).
+fn traced_deliveries(lab: &Lab, from: &str, to: &str) -> Vec<(String, String)> {
+    let out = lab.run(&["trace", "--from", from, "--to", to, "-o", "json"]);
+    let paths: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("lab trace {from} -> {to}: {e}: {}", text(&out)));
+    paths
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| {
+            let b = &p["hops"].as_array()?.last()?["branch"];
+            (b["fate"]["fate"] == "delivered").then(|| {
+                (
+                    b["fate"]["to"].as_str().unwrap().to_string(),
+                    b["packet"]["src"].as_str().unwrap().to_string(),
+                )
+            })
+        })
+        .collect()
+}
+
 fn data_plane(backend: &str) {
     let test = format!("data_plane_{backend}");
     if !twill_testkit::require_root(&test) || !twill_testkit::require_tool(&test, "dig") {
@@ -409,10 +431,59 @@ fn data_plane(backend: &str) {
         "ClusterIP answers from both nodes: {answered:?}"
     );
 
-    // Outside host → NodePort on each node.
+    // `lab trace` predicts what the kernel did: every pod that answered the ClusterIP is
+    // a delivered endpoint of the trace, and the trace reaches every ready backend.
+    let predicted = traced_deliveries(&lab, "shop/client", "default/hostnames");
+    let backends: std::collections::BTreeSet<String> = pods
+        .lines()
+        .filter(|l| {
+            l.starts_with("default") && (l.contains(" hostnames-") || l.contains(" extra-backend "))
+        })
+        .map(|l| l.split_whitespace().nth(6).unwrap().to_string())
+        .collect();
+    let predicted_ips: std::collections::BTreeSet<String> = predicted
+        .iter()
+        .map(|(to, _)| to.split(':').next().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        predicted_ips, backends,
+        "trace endpoints vs the Service's pods"
+    );
+    for a in &answered {
+        let ip = pods
+            .lines()
+            .find(|l| !a.is_empty() && l.contains(a.as_str()))
+            .and_then(|l| l.split_whitespace().nth(6))
+            .unwrap_or("?");
+        assert!(
+            predicted_ips.contains(ip),
+            "{a} ({ip}) answered but the trace never reaches it"
+        );
+    }
+
+    // Outside host → NodePort on each node; the trace's source address at the pod (the
+    // masquerade) is the client address the pod saw.
     for ip in &node_ips {
         let body = curl(&lab, &["--host", "client"], &format!("http://{ip}:30080/"));
         assert!(body.starts_with("web-"), "NodePort on {ip}: {body:?}");
+        let seen_ip = body
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("ip="))
+            .unwrap()
+            .to_string();
+        let seen_client = body
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("client="))
+            .and_then(|c| c.rsplit_once(':'))
+            .map(|(a, _)| a.to_string())
+            .unwrap();
+        let predicted = traced_deliveries(&lab, "client", &format!("{ip}:30080"));
+        assert!(
+            predicted
+                .iter()
+                .any(|(to, src)| to.starts_with(&format!("{seen_ip}:")) && *src == seen_client),
+            "NodePort on {ip}: pod {seen_ip} saw {seen_client}; trace predicted {predicted:?}"
+        );
     }
 
     // DNS by name: dig, glibc, search-path short names.

@@ -132,6 +132,31 @@ enum Command {
         #[arg(short = 'o', long)]
         output: Option<String>,
     },
+    /// Explain a packet's path through the lab's live rules and routes (`twill trace`
+    /// started where the packet starts and followed across every node and pod).
+    Trace {
+        #[command(flatten)]
+        lab: LabName,
+        /// Source: a pod `[NAMESPACE/]NAME`, an outside host (`client`), or an IP.
+        #[arg(long)]
+        from: String,
+        /// Destination: a Service `[NAMESPACE/]NAME[:PORT]`, or `IP:PORT`.
+        #[arg(long)]
+        to: String,
+        /// `tcp`, `udp` or `sctp`.
+        #[arg(long, default_value = "tcp")]
+        proto: String,
+        /// Start on this node instead of where the source lives (for an IP source:
+        /// the packet arrives there from outside).
+        #[arg(long)]
+        node: Option<String>,
+        /// Also trace the reply back to the client.
+        #[arg(long)]
+        reply: bool,
+        /// `json` for tools.
+        #[arg(short = 'o', long)]
+        output: Option<String>,
+    },
     /// (internal) the lab's control plane loop.
     #[command(hide = true)]
     Controller {
@@ -458,6 +483,41 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::from(worst.clamp(0, 255) as u8))
         }
+        Command::Trace {
+            lab,
+            from,
+            to,
+            proto,
+            node,
+            reply,
+            output,
+        } => {
+            let spec = LabSpec::load(&lab.name)?;
+            let running = status::load(&spec)?.pods;
+            let (start, follow) = trace_namespaces(&spec, &running, &from, node.as_deref())?;
+            crate::cmd::trace::run(crate::cmd::trace::Args {
+                to: Some(to),
+                from: Some(
+                    spec.client
+                        .as_ref()
+                        .filter(|c| c.name == from)
+                        .map_or(from, |c| c.ip.to_string()),
+                ),
+                proto,
+                sport: 40000,
+                iif: None,
+                netns: Some(start),
+                snapshot: None,
+                save_snapshot: None,
+                kube_proxy_jumps: false,
+                files: vec![spec.cluster_file().display().to_string()],
+                follow,
+                reply,
+                output,
+                corpus: None,
+                rendered: false,
+            })
+        }
         Command::Controller { lab } => {
             let spec = LabSpec::load(&lab.name)?;
             let mut c = twill_lab::controller::Controller::new(spec);
@@ -474,6 +534,46 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Where a lab trace starts (the source pod's own namespace, the outside host's, or a
+/// node's) and every other namespace it may follow the packet into.
+fn trace_namespaces(
+    spec: &LabSpec,
+    running: &[twill_lab::pod::RunningPod],
+    from: &str,
+    node: Option<&str>,
+) -> anyhow::Result<(String, Vec<String>)> {
+    let (ns, name) = from.split_once('/').unwrap_or(("default", from));
+    let start = if let Some(n) = node {
+        spec.node(n)
+            .with_context(|| format!("--node {n}: lab {} has no such node", spec.name))?
+            .netns
+            .clone()
+    } else if let Some(c) = spec.client.as_ref().filter(|c| c.name == from) {
+        c.netns.clone()
+    } else if let Some(p) = running.iter().find(|p| p.namespace == ns && p.name == name) {
+        p.netns.clone()
+    } else if from.parse::<std::net::IpAddr>().is_ok() {
+        bail!("--from {from}: an IP source needs --node, the node the packet arrives on");
+    } else {
+        bail!(
+            "--from {from}: no running pod {ns}/{name} and no outside host of that name in lab {}",
+            spec.name
+        );
+    };
+    let mut all: Vec<String> = spec.nodes.iter().map(|n| n.netns.clone()).collect();
+    all.extend(spec.client.iter().map(|c| c.netns.clone()));
+    all.extend(
+        running
+            .iter()
+            .filter(|p| !p.host_network)
+            .map(|p| p.netns.clone()),
+    );
+    all.sort();
+    all.dedup();
+    all.retain(|n| *n != start);
+    Ok((start, all))
 }
 
 fn scope_ok(scope: &Scope<'_>, ns: &str) -> bool {
