@@ -148,3 +148,142 @@ fn leaked_addresses_in_a_host_local_store_are_found() {
     assert_eq!(names(&f), ["ipam-leaked"]);
     assert!(f[0].subject.contains("10.244.0.6") && f[0].message.contains("gone"));
 }
+
+/// A cluster with one UDP Service (10.96.0.53:53) whose only endpoint is 10.244.1.7.
+const DNS_CLUSTER: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: dns, namespace: default}
+spec:
+  clusterIP: 10.96.0.53
+  ports: [{name: dns, port: 53, protocol: UDP}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: dns-1
+  namespace: default
+  labels: {kubernetes.io/service-name: dns}
+addressType: IPv4
+endpoints:
+- addresses: [10.244.1.7]
+  conditions: {ready: true}
+ports: [{name: dns, port: 53, protocol: UDP}]
+"#;
+
+fn node_with_cluster(ns: &Netns) -> Vec<Finding> {
+    let cluster = twill_model::ClusterState::from_objects(
+        twill_manifest::parse_str("cluster.yaml", DNS_CLUSTER).into_objects(),
+    );
+    ns.run(move || {
+        let mut s = collect::collect_node();
+        s.cluster = Some(cluster);
+        check(&s)
+    })
+}
+
+#[test]
+fn a_kube_sep_chain_still_dnatting_to_a_gone_address_is_found() {
+    if !twill_testkit::require_root("doctor stale dnat")
+        || !twill_testkit::require_tool("doctor stale dnat", "iptables-save")
+    {
+        return;
+    }
+    let (node, _peer) = healthy_node();
+    // The proxy's chain for the live endpoint: silent.
+    let live = "*nat\n:KUBE-SEP-LIVE - [0:0]\n-A KUBE-SEP-LIVE -p udp -m udp -j DNAT --to-destination 10.244.1.7:53\nCOMMIT\n";
+    node.run(|| twill_netfilter_restore(live));
+    assert!(node_with_cluster(&node).is_empty());
+    // A chain left over from the node's old address.
+    let stale = "*nat\n:KUBE-SEP-OLD - [0:0]\n-A KUBE-SEP-OLD -p udp -m udp -j DNAT --to-destination 192.168.77.99:53\nCOMMIT\n";
+    node.run(|| twill_netfilter_restore(stale));
+    let f = node_with_cluster(&node);
+    assert_eq!(names(&f), ["stale-dnat"], "{f:?}");
+    assert!(
+        f[0].message.contains("192.168.77.99:53"),
+        "{}",
+        f[0].message
+    );
+    assert!(f[0].fix.contains("restart the proxy"), "{}", f[0].fix);
+}
+
+#[test]
+fn a_udp_flow_pinned_to_a_removed_endpoint_is_found_with_the_conntrack_command() {
+    if !twill_testkit::require_root("doctor conntrack")
+        || !twill_testkit::require_tool("doctor conntrack", "conntrack")
+    {
+        return;
+    }
+    let (node, _peer) = healthy_node();
+    let insert = |reply_src: &str| {
+        let out = node.exec(
+            "conntrack",
+            &[
+                "-I",
+                "-p",
+                "udp",
+                "-s",
+                "10.244.2.5",
+                "-d",
+                "10.96.0.53",
+                "--sport",
+                "40000",
+                "--dport",
+                "53",
+                "-r",
+                reply_src,
+                "-q",
+                "10.244.2.5",
+                "--reply-port-src",
+                "53",
+                "--reply-port-dst",
+                "40000",
+                "-t",
+                "60",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "conntrack -I: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    // A flow to the live endpoint: silent.
+    insert("10.244.1.7");
+    assert!(node_with_cluster(&node).is_empty());
+    node.exec("conntrack", &["-F"]);
+    // A flow still going to an endpoint that left the Service.
+    insert("10.244.1.9");
+    let f = node_with_cluster(&node);
+    assert_eq!(names(&f), ["conntrack-stale-udp"], "{f:?}");
+    assert!(
+        f[0].fix
+            .contains("conntrack -D -p udp --orig-dst 10.96.0.53 --reply-src 10.244.1.9"),
+        "{}",
+        f[0].fix
+    );
+}
+
+#[test]
+fn a_rule_count_past_the_iptables_scale_limit_is_found() {
+    if !twill_testkit::require_root("doctor scale")
+        || !twill_testkit::require_tool("doctor scale", "iptables-save")
+    {
+        return;
+    }
+    let (node, _peer) = healthy_node();
+    let mut rules = String::from("*filter\n:TWILL-SCALE - [0:0]\n");
+    for i in 0..twill_doctor::IPTABLES_RULES_WARN {
+        rules.push_str(&format!(
+            "-A TWILL-SCALE -d 10.{}.{}.{}/32 -j RETURN\n",
+            (i >> 16) & 255,
+            (i >> 8) & 255,
+            i & 255
+        ));
+    }
+    rules.push_str("COMMIT\n");
+    node.run(|| twill_netfilter_restore(&rules));
+    let f = findings(&node);
+    assert_eq!(names(&f), ["iptables-scale"], "{f:?}");
+    assert!(f[0].fix.contains("nftables"), "{}", f[0].fix);
+}
