@@ -212,10 +212,10 @@ impl Harness {
         opts: HarnessOptions,
     ) -> Result<Self, HarnessError> {
         crate::netns::sweep_stale();
-        let ul = Netns::new("ul")?;
+        let ul = crate::netns::create("ul")?;
         ul.ip(&["link", "add", "br0", "type", "bridge"])?;
         ul.ip(&["link", "set", "br0", "up"])?;
-        let ext = Netns::new("ext")?;
+        let ext = crate::netns::create("ext")?;
         let stop = Arc::new(AtomicBool::new(false));
         let mut h = Harness {
             opts,
@@ -284,7 +284,7 @@ impl Harness {
                         .find(|a| !pod_ips.contains(a))
                         .unwrap_or(Ipv4Addr::from(base + 1))
                 });
-            let ns = Netns::new(&format!("n{i}"))?;
+            let ns = crate::netns::create(&format!("n{i}"))?;
             let node = NodeNs {
                 ns,
                 ip,
@@ -458,7 +458,7 @@ impl Harness {
             let node = self.nodes.get(&pod.node).ok_or_else(|| {
                 HarnessError::Setup(format!("pod {} is on unknown node {}", pod.key, pod.node))
             })?;
-            let ns = Netns::new("p")?;
+            let ns = crate::netns::create("p")?;
             self.veths += 1;
             let host = format!("vp{}", self.veths);
             node.ns.ip(&[

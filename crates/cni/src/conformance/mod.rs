@@ -200,9 +200,9 @@ impl Runner {
 
     fn run_case_inner(&self, case: &Value) -> Result<Vec<String>, String> {
         let sb = Sandbox {
-            host: Netns::new("h")?,
-            ctr: Netns::new("c")?,
-            ctr2: Netns::new("d")?,
+            host: sandbox::netns("h")?,
+            ctr: sandbox::netns("c")?,
+            ctr2: sandbox::netns("d")?,
             tmp: TempDir::new()?,
         };
         self.build_bin(&sb)?;

@@ -33,7 +33,9 @@ pub struct ObservedRoute {
 }
 
 fn ip_json(ns: &Netns, args: &str) -> Result<Vec<Value>, String> {
-    let out = ns.shell(&format!("ip -j {args}"))?;
+    let out = ns
+        .shell(&format!("ip -j {args}"))
+        .map_err(|e| e.to_string())?;
     if out.trim().is_empty() {
         return Ok(Vec::new());
     }
