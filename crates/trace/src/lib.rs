@@ -23,8 +23,12 @@
 //! entry, the bridge port its MAC was learned on (cni0), or the remote VTEP a vxlan
 //! device (flannel.1) encapsulates it to.
 //!
+//! nftables base chains (`nft -j list ruleset`, minus iptables-nft's own tables) run at
+//! their hooks in priority order between the iptables tables, with the expressions
+//! service proxies write (verdict maps, `numgen`, marks, nat statements).
+//!
 //! Not modelled: policy routing (`ip rule`), conntrack entries of earlier packets,
-//! nftables rulesets (`nft list ruleset`), reverse-path filtering, bridged frames under
+//! reverse-path filtering, bridged frames under
 //! br_netfilter (`-m physdev` never matches; a note says when a packet would be
 //! switched by a bridge), `-m addrtype --limit-iface-*`. Unknown match options are
 //! assumed to match and the branch carries a warning. The collector ([`collect`]) is
@@ -33,6 +37,7 @@
 pub mod collect;
 pub mod corpus;
 pub mod iptables;
+pub mod nft;
 pub mod path;
 pub mod report;
 pub mod route;
@@ -95,6 +100,8 @@ pub const SNAPSHOT_FILES: &[&str] = &[
     "fdb.json",
     "ip_forward",
     "ipv6_forwarding",
+    "nft.json",
+    "nft.txt",
 ];
 
 /// One node's state, parsed.
@@ -109,6 +116,8 @@ pub struct Snapshot {
     /// ipset contents by set name (members as `ipset save` prints them); a set missing
     /// here makes `-m set` fork.
     pub ipsets: BTreeMap<String, Vec<String>>,
+    /// nftables tables other than iptables-nft's (kube-proxy's nftables mode, …).
+    pub nft: nft::NftRuleset,
 }
 
 impl Snapshot {
@@ -141,6 +150,9 @@ impl Snapshot {
         }
         if let Some(t) = get("ipset-save.txt") {
             s.ipsets = parse_ipset_save(t);
+        }
+        if let Some(j) = get("nft.json") {
+            s.nft = nft::NftRuleset::parse("nft.json", j, get("nft.txt"))?;
         }
         s.ip_forward = get("ip_forward").map(|v| v.trim() != "0");
         s.ipv6_forwarding = get("ipv6_forwarding").map(|v| v.trim() != "0");

@@ -234,6 +234,7 @@ enum Flow {
 pub fn trace(snap: &Snapshot, probe: &Probe) -> Result<Trace, Error> {
     let t = Tracer {
         snap,
+        v4: probe.dst.is_ipv4(),
         rules: snap.rules_for(probe.dst),
         forks: Cell::new(1),
         conntrack: &probe.conntrack,
@@ -243,6 +244,7 @@ pub fn trace(snap: &Snapshot, probe: &Probe) -> Result<Trace, Error> {
 
 struct Tracer<'a> {
     snap: &'a Snapshot,
+    v4: bool,
     rules: &'a Ruleset,
     forks: Cell<usize>,
     conntrack: &'a [Translation],
@@ -506,29 +508,36 @@ impl Tracer<'_> {
                 self.unnat(b, false);
             }
         }
-        for table in tables {
-            if !self.rules.has_chain(table, hook) {
-                continue;
-            }
+        for stage in self.stages(hook, tables) {
+            let (is_nat, label, chain_name) = match &stage {
+                Stage::Iptables(table) => (*table == "nat", table.to_string(), hook.to_string()),
+                Stage::Nft(t, c) => (c.kind.as_deref() == Some("nat"), t.label(), c.name.clone()),
+            };
             // Packets of an existing connection skip nat; conntrack translates them.
-            if *table == "nat" && live.iter().all(|b| b.packet.established) {
+            if is_nat && live.iter().all(|b| b.packet.established) {
                 continue;
             }
             let mut next = Vec::new();
             for b in live {
-                for (mut b, flow) in self.chain(table, hook, b, 0)? {
+                let walked = match &stage {
+                    Stage::Iptables(table) => self.chain(table, hook, b, 0)?,
+                    Stage::Nft(t, c) => self.nft_chain(t, &c.name, b, 0)?,
+                };
+                for (mut b, flow) in walked {
                     match flow {
                         Flow::Accept => next.push(b),
                         Flow::Return => {
-                            let policy = self
-                                .rules
-                                .chain(table, hook)
-                                .and_then(|c| c.policy.clone())
-                                .unwrap_or_else(|| "ACCEPT".into());
-                            if policy == "DROP" {
+                            let policy = match &stage {
+                                Stage::Iptables(table) => {
+                                    self.rules.chain(table, hook).and_then(|c| c.policy.clone())
+                                }
+                                Stage::Nft(_, c) => c.policy.clone(),
+                            }
+                            .unwrap_or_else(|| "ACCEPT".into());
+                            if policy.eq_ignore_ascii_case("DROP") {
                                 let at = Loc {
-                                    table: table.to_string(),
-                                    chain: hook.into(),
+                                    table: label.clone(),
+                                    chain: chain_name.clone(),
                                     rule: None,
                                 };
                                 b.steps.push(Step::Policy {
@@ -537,7 +546,7 @@ impl Tracer<'_> {
                                 });
                                 b.fate = Some(Fate::Dropped {
                                     reason: format!(
-                                        "{table} {hook} policy DROP and no rule accepted it"
+                                        "{label} {chain_name} policy {policy} and no rule accepted it"
                                     ),
                                     at: Some(at),
                                 });
@@ -569,6 +578,28 @@ impl Tracer<'_> {
         }
         out.extend(live);
         Ok(out)
+    }
+
+    /// The tables a hook runs, in priority order: iptables' (at their fixed
+    /// priorities) and the nftables base chains on the hook. On equal priority the
+    /// kernel keeps registration order, which a snapshot cannot show; iptables goes
+    /// first here.
+    fn stages<'s>(&'s self, hook: &str, tables: &[&'s str]) -> Vec<Stage<'s>> {
+        let mut v: Vec<(i64, Stage<'s>)> = tables
+            .iter()
+            .filter(|t| self.rules.has_chain(t, hook))
+            .map(|t| (iptables_priority(t, hook), Stage::Iptables(t)))
+            .collect();
+        let family = if self.v4 { "ip" } else { "ip6" };
+        for (t, c) in self
+            .snap
+            .nft
+            .base_chains(family, &hook.to_ascii_lowercase())
+        {
+            v.push((c.prio, Stage::Nft(t, c)));
+        }
+        v.sort_by_key(|(p, _)| *p);
+        v.into_iter().map(|(_, s)| s).collect()
     }
 
     /// Undo this node's translations on a reply: the destination a SNAT/MASQUERADE
@@ -726,35 +757,21 @@ impl Tracer<'_> {
                 one(b, Step2::Next)
             }
             Target::Dnat { to } => {
-                let from = sockaddr(b.packet.dst, b.packet.dport);
                 match parse_nat_to(to) {
                     Some((ip, port)) => {
-                        if let Some(ip) = ip {
-                            b.packet.dst = ip;
-                        }
-                        if let Some(p) = port {
-                            b.packet.dport = p;
-                        }
                         if to.contains('-') {
                             b.warnings.push(format!(
                                 "DNAT range `{to}`: the first address/port stands for the range"
                             ));
                         }
+                        translate_dst(&mut b, ip, port, at);
                     }
-                    None => b
-                        .warnings
-                        .push(format!("DNAT target `{to}` not understood")),
+                    None => {
+                        b.warnings
+                            .push(format!("DNAT target `{to}` not understood"));
+                        translate_dst(&mut b, None, None, at);
+                    }
                 }
-                b.packet.dnat = true;
-                let to_s = sockaddr(b.packet.dst, b.packet.dport);
-                b.steps.push(Step::Translate {
-                    translation: Translation {
-                        kind: "DNAT".into(),
-                        from,
-                        to: to_s,
-                        at,
-                    },
-                });
                 one(b, Step2::End(Flow::Accept))
             }
             Target::Redirect { to_ports } => {
@@ -795,62 +812,16 @@ impl Tracer<'_> {
                 one(b, Step2::End(Flow::Accept))
             }
             Target::Snat { to } => {
-                let from = sockaddr(b.packet.src, b.packet.sport);
-                if let Some((ip, port)) = parse_nat_to(to) {
-                    if let Some(ip) = ip {
-                        b.packet.src = ip;
-                    }
-                    if let Some(p) = port {
-                        b.packet.sport = p;
-                    }
-                }
-                b.packet.snat = true;
-                let to_s = sockaddr(b.packet.src, b.packet.sport);
-                b.steps.push(Step::Translate {
-                    translation: Translation {
-                        kind: "SNAT".into(),
-                        from,
-                        to: to_s,
-                        at,
-                    },
-                });
+                let (ip, port) = parse_nat_to(to).unwrap_or((None, None));
+                translate_src(&mut b, ip, port, at);
                 one(b, Step2::End(Flow::Accept))
             }
             Target::Masquerade { to_ports } => {
-                let from = sockaddr(b.packet.src, b.packet.sport);
-                let src = b
-                    .route()
-                    .cloned()
-                    .and_then(|r| self.snap.routing.source_for(&r, b.packet.dst));
-                match src {
-                    Some(s) => b.packet.src = s,
-                    None => b
-                        .warnings
-                        .push("MASQUERADE: the outgoing device's address is unknown".into()),
-                }
-                if let Some(p) = to_ports
+                let port = to_ports
                     .as_deref()
                     .and_then(|p| p.split('-').next())
-                    .and_then(|p| p.parse().ok())
-                {
-                    b.packet.sport = p;
-                }
-                b.packet.snat = true;
-                let to_s = match src {
-                    Some(_) => sockaddr(b.packet.src, b.packet.sport),
-                    None => format!(
-                        "address of {}",
-                        b.packet.oif.as_deref().unwrap_or("the outgoing device")
-                    ),
-                };
-                b.steps.push(Step::Translate {
-                    translation: Translation {
-                        kind: "MASQUERADE".into(),
-                        from,
-                        to: to_s,
-                        at,
-                    },
-                });
+                    .and_then(|p| p.parse().ok());
+                self.masquerade(&mut b, port, at);
                 one(b, Step2::End(Flow::Accept))
             }
             Target::Goto { chain } => {
@@ -884,6 +855,40 @@ impl Tracer<'_> {
                     .collect())
             }
         }
+    }
+
+    /// MASQUERADE: the source becomes the outgoing route's address.
+    fn masquerade(&self, b: &mut Branch, port: Option<u16>, at: Loc) {
+        let from = sockaddr(b.packet.src, b.packet.sport);
+        let src = b
+            .route()
+            .cloned()
+            .and_then(|r| self.snap.routing.source_for(&r, b.packet.dst));
+        match src {
+            Some(s) => b.packet.src = s,
+            None => b
+                .warnings
+                .push("MASQUERADE: the outgoing device's address is unknown".into()),
+        }
+        if let Some(p) = port {
+            b.packet.sport = p;
+        }
+        b.packet.snat = true;
+        let to = match src {
+            Some(_) => sockaddr(b.packet.src, b.packet.sport),
+            None => format!(
+                "address of {}",
+                b.packet.oif.as_deref().unwrap_or("the outgoing device")
+            ),
+        };
+        b.steps.push(Step::Translate {
+            translation: Translation {
+                kind: "MASQUERADE".into(),
+                from,
+                to,
+                at,
+            },
+        });
     }
 
     /// Evaluate a rule's conditions: one outcome, or several when a condition forks.
@@ -1083,6 +1088,68 @@ enum Step2 {
     End(Flow),
 }
 
+/// One table's turn at a hook.
+enum Stage<'a> {
+    Iptables(&'a str),
+    Nft(&'a crate::nft::NftTable, &'a crate::nft::NftChain),
+}
+
+/// The netfilter priority of an iptables table's built-in chain
+/// (include/uapi/linux/netfilter_ipv4.h): raw -300, mangle -150, DNAT -100, filter 0,
+/// security 50, SNAT 100.
+fn iptables_priority(table: &str, hook: &str) -> i64 {
+    match table {
+        "raw" => -300,
+        "mangle" => -150,
+        "nat" if matches!(hook, "PREROUTING" | "OUTPUT") => -100,
+        "nat" => 100,
+        "security" => 50,
+        _ => 0,
+    }
+}
+
+/// DNAT: rewrite the destination (either part may stay) and record the translation.
+fn translate_dst(b: &mut Branch, ip: Option<IpAddr>, port: Option<u16>, at: Loc) {
+    let from = sockaddr(b.packet.dst, b.packet.dport);
+    if let Some(ip) = ip {
+        b.packet.dst = ip;
+    }
+    if let Some(p) = port {
+        b.packet.dport = p;
+    }
+    b.packet.dnat = true;
+    let to = sockaddr(b.packet.dst, b.packet.dport);
+    b.steps.push(Step::Translate {
+        translation: Translation {
+            kind: "DNAT".into(),
+            from,
+            to,
+            at,
+        },
+    });
+}
+
+/// SNAT to a fixed address: rewrite the source and record the translation.
+fn translate_src(b: &mut Branch, ip: Option<IpAddr>, port: Option<u16>, at: Loc) {
+    let from = sockaddr(b.packet.src, b.packet.sport);
+    if let Some(ip) = ip {
+        b.packet.src = ip;
+    }
+    if let Some(p) = port {
+        b.packet.sport = p;
+    }
+    b.packet.snat = true;
+    let to = sockaddr(b.packet.src, b.packet.sport);
+    b.steps.push(Step::Translate {
+        translation: Translation {
+            kind: "SNAT".into(),
+            from,
+            to,
+            at,
+        },
+    });
+}
+
 enum Outcome {
     Certain(bool),
     Assumed(bool, String),
@@ -1198,5 +1265,6 @@ fn set_contains(members: &[String], flags: &[String], p: &Packet) -> bool {
     })
 }
 
+mod nft;
 #[cfg(test)]
 mod tests;

@@ -12,6 +12,8 @@ use std::time::Duration;
 use twill_testkit::netns::{Netns, veth_pair};
 use twill_trace::{Fate, Probe, collect, trace, trace_across};
 
+mod nft;
+
 const RULES: &str = r#"*filter
 :INPUT ACCEPT [0:0]
 :FORWARD DROP [0:0]
@@ -101,6 +103,25 @@ struct Lab {
 }
 
 fn lab() -> Lab {
+    let lab = topology();
+    let mut restore = lab
+        .node
+        .command("iptables-restore")
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("iptables-restore");
+    restore
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(RULES.as_bytes())
+        .unwrap();
+    assert!(restore.wait().unwrap().success(), "iptables-restore failed");
+    lab
+}
+
+/// A node routing between a client and two endpoint servers, with no rules yet.
+fn topology() -> Lab {
     let node = Netns::new("trn");
     let client = Netns::new("trc");
     let e1 = Netns::new("tre1");
@@ -122,18 +143,6 @@ fn lab() -> Lab {
     sh(&node, "sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
     // A default route, as every node has: unmatched service IPs are routed, not unroutable.
     node.ip(&["route", "add", "default", "via", "10.1.0.2"]);
-    let mut restore = node
-        .command("iptables-restore")
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .expect("iptables-restore");
-    restore
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(RULES.as_bytes())
-        .unwrap();
-    assert!(restore.wait().unwrap().success(), "iptables-restore failed");
     serve(&e1, "10.2.1.2:8080", "e1");
     serve(&e2, "10.2.2.2:8080", "e2");
     Lab {
