@@ -85,6 +85,12 @@ pub fn parse_conntrack(text: &str) -> Vec<ConntrackEntry> {
         .collect()
 }
 
+/// The dump could not be read: the iptables checks are skipped; say why on stderr
+/// (the doctor's output is its findings).
+fn warn_unparsed(msg: &str) {
+    eprintln!("doctor: iptables-save not understood ({msg}); iptables checks skipped");
+}
+
 /// A host-local store: `<dir>/<network>/<ip>` files holding `containerid\nifname`.
 pub fn read_ipam(dir: &Path) -> Vec<IpamReservation> {
     let mut out = Vec::new();
@@ -121,7 +127,11 @@ pub fn collect_node() -> Snapshot {
         .iter()
         .map(|k| (k.to_string(), read_sysctl(k)))
         .collect();
-    let iptables = output("iptables-save", &[]).map(|t| IptablesDump::parse(&t));
+    let iptables = output("iptables-save", &[]).and_then(|t| {
+        IptablesDump::parse("iptables-save", &t)
+            .map_err(|e| warn_unparsed(&e.to_string()))
+            .ok()
+    });
     let links = output("ip", &["-j", "-d", "link", "show"])
         .map(|j| parse_links(&j))
         .unwrap_or_default();

@@ -6,7 +6,6 @@
 //! [`collect`] takes the snapshot from the network namespace the calling thread is in.
 
 pub mod collect;
-mod iptables;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
@@ -14,7 +13,9 @@ use std::net::{IpAddr, SocketAddr};
 use serde::Serialize;
 use twill_model::{ClusterState, DnsPolicy, TargetPort};
 
-pub use iptables::{Chain, IptablesDump};
+/// `iptables-save` output, parsed by the tracer's parser (one parser for both tools).
+pub use twill_trace::Ruleset as IptablesDump;
+pub use twill_trace::iptables::Chain;
 
 /// One link of the node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -164,8 +165,8 @@ fn check_forward_policy(ipt: &IptablesDump, out: &mut Vec<Finding>) {
     if fwd.policy.as_deref() != Some("DROP") {
         return;
     }
-    let jumps_to_kube = fwd.rules.iter().any(|r| r.contains("-j KUBE-FORWARD"));
-    let accepts_any = fwd.rules.iter().any(|r| {
+    let jumps_to_kube = fwd.rules.iter().any(|r| r.text.contains("-j KUBE-FORWARD"));
+    let accepts_any = fwd.rules.iter().map(|r| &r.text).any(|r| {
         r.ends_with("-j ACCEPT") && !r.contains("-i ") && !r.contains("-s ") && !r.contains("-d ")
     });
     if !jumps_to_kube && !accepts_any {
@@ -201,11 +202,11 @@ fn check_firewall_ahead(ipt: &IptablesDump, out: &mut Vec<Finding>) {
         let Some(c) = ipt.chain(table, chain) else {
             continue;
         };
-        let first_kube = c.rules.iter().position(|r| is_kube_jump(r));
+        let first_kube = c.rules.iter().position(|r| is_kube_jump(&r.text));
         let Some(first_kube) = first_kube else {
             continue;
         };
-        if let Some(blocker) = c.rules[..first_kube].iter().find(|r| {
+        if let Some(blocker) = c.rules[..first_kube].iter().map(|r| &r.text).find(|r| {
             let t: Vec<&str> = r.split_whitespace().collect();
             t.windows(2)
                 .any(|w| w[0] == "-j" && matches!(w[1], "DROP" | "REJECT"))
@@ -247,7 +248,7 @@ fn check_vxlan_port(s: &Snapshot, ipt: &IptablesDump, out: &mut Vec<Finding>) {
             continue;
         };
         let needle = format!("--dport {port}");
-        let blocked = input.rules.iter().any(|r| {
+        let blocked = input.rules.iter().map(|r| &r.text).any(|r| {
             r.contains("-p udp")
                 && r.contains(&needle)
                 && (r.ends_with("-j DROP") || r.ends_with("-j REJECT") || r.contains("-j REJECT "))
@@ -256,7 +257,7 @@ fn check_vxlan_port(s: &Snapshot, ipt: &IptablesDump, out: &mut Vec<Finding>) {
             && !input
                 .rules
                 .iter()
-                .any(|r| r.contains(&needle) && r.ends_with("-j ACCEPT"));
+                .any(|r| r.text.contains(&needle) && r.text.ends_with("-j ACCEPT"));
         if blocked || policy_drop {
             out.push(Finding {
                 check: "vxlan-port-blocked",
@@ -371,7 +372,7 @@ fn check_stale_dnat(s: &Snapshot, ipt: &IptablesDump, out: &mut Vec<Finding>) {
         .filter(|(n, _)| n.starts_with("KUBE-SEP-"))
     {
         for r in &chain.rules {
-            let t: Vec<&str> = r.split_whitespace().collect();
+            let t: Vec<&str> = r.text.split_whitespace().collect();
             let Some(dst) = t
                 .windows(2)
                 .find(|w| w[0] == "--to-destination")
@@ -481,7 +482,7 @@ fn check_host_network(c: &ClusterState, ipt: Option<&IptablesDump>, out: &mut Ve
         .and_then(|i| i.chain("filter", "FORWARD"))
         .is_some_and(|f| {
             f.policy.as_deref() == Some("DROP")
-                && !f.rules.iter().any(|r| r.contains("-j KUBE-FORWARD"))
+                && !f.rules.iter().any(|r| r.text.contains("-j KUBE-FORWARD"))
         });
     for svc in c
         .services

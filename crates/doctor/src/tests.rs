@@ -12,8 +12,9 @@ fn healthy() -> Snapshot {
         ]
         .into(),
         iptables: Some(IptablesDump::parse(
+            "iptables-save",
             "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:KUBE-FORWARD - [0:0]\n-A FORWARD -m comment --comment \"kubernetes forwarding rules\" -j KUBE-FORWARD\nCOMMIT\n",
-        )),
+        ).unwrap()),
         links: vec![
             Link {
                 name: "eth0".into(),
@@ -89,9 +90,9 @@ fn missing_br_netfilter_and_disabled_forwarding_are_errors_with_fixes() {
 #[test]
 fn forward_drop_without_kube_forward_is_found() {
     let mut s = healthy();
-    s.iptables = Some(IptablesDump::parse(
-        "*filter\n:FORWARD DROP [0:0]\nCOMMIT\n",
-    ));
+    s.iptables = Some(
+        IptablesDump::parse("iptables-save", "*filter\n:FORWARD DROP [0:0]\nCOMMIT\n").unwrap(),
+    );
     assert_eq!(checks(&s), ["forward-policy-drop"]);
 }
 
@@ -99,8 +100,9 @@ fn forward_drop_without_kube_forward_is_found() {
 fn firewall_rules_ahead_of_kube_chains_and_blocked_vxlan_port() {
     let mut s = healthy();
     s.iptables = Some(IptablesDump::parse(
+        "iptables-save",
         "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n-A INPUT -p udp -m udp --dport 8472 -j DROP\n-A FORWARD -j ufw-before-forward\n-A FORWARD -j KUBE-FORWARD\nCOMMIT\n",
-    ));
+    ).unwrap());
     assert_eq!(checks(&s), ["firewall-ahead-of-kube", "vxlan-port-blocked"]);
 }
 
@@ -171,9 +173,13 @@ ports: [{port: 80}]
 #[test]
 fn host_network_pitfalls() {
     let mut s = healthy();
-    s.iptables = Some(IptablesDump::parse(
-        "*filter\n:FORWARD DROP [0:0]\n-A FORWARD -s 10.244.0.0/16 -j ACCEPT\nCOMMIT\n",
-    ));
+    s.iptables = Some(
+        IptablesDump::parse(
+            "iptables-save",
+            "*filter\n:FORWARD DROP [0:0]\n-A FORWARD -s 10.244.0.0/16 -j ACCEPT\nCOMMIT\n",
+        )
+        .unwrap(),
+    );
     s.cluster = Some(cluster(
         "
 apiVersion: v1
@@ -258,6 +264,6 @@ fn stale_dnat_targets_and_rule_counts() {
         ));
     }
     text.push_str("COMMIT\n");
-    s.iptables = Some(IptablesDump::parse(&text));
+    s.iptables = Some(IptablesDump::parse("iptables-save", &text).unwrap());
     assert_eq!(checks(&s), ["iptables-scale", "stale-dnat"]);
 }

@@ -295,6 +295,14 @@ impl Ruleset {
         self.tables.get(table)?.chains.get(chain)
     }
 
+    /// The chains of `table`, by name.
+    pub fn chains<'a>(&'a self, table: &str) -> impl Iterator<Item = (&'a String, &'a Chain)> + 'a {
+        self.tables
+            .get(table)
+            .into_iter()
+            .flat_map(|t| t.chains.iter())
+    }
+
     pub fn has_chain(&self, table: &str, chain: &str) -> bool {
         self.chain(table, chain).is_some()
     }
