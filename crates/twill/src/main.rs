@@ -111,3 +111,14 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// clap checks a command tree only when it is used; check every subcommand at once
+    /// (duplicate argument names, bad defaults, conflicting flags).
+    #[test]
+    fn every_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

@@ -84,8 +84,12 @@ enum Command {
     Get {
         #[command(flatten)]
         lab: LabName,
-        /// nodes, pods, svc, endpointslices or networkpolicies (kubectl's short names work).
+        /// nodes, pods, svc, endpointslices or networkpolicies (kubectl's short names
+        /// work, and `svc/NAME`).
         resource: String,
+        /// Only this object.
+        #[arg(value_name = "NAME")]
+        object: Option<String>,
         #[arg(short = 'n', long, default_value = "default")]
         namespace: String,
         #[arg(short = 'A', long)]
@@ -318,12 +322,24 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         Command::Get {
             lab,
             resource,
+            object,
             namespace,
             all_namespaces,
             output,
         } => {
             let spec = LabSpec::load(&lab.name)?;
-            let state = load_state(&spec)?;
+            let mut state = load_state(&spec)?;
+            let (resource, name) = match resource.split_once('/') {
+                Some((r, n)) => (r.to_string(), Some(n.to_string())),
+                None => (resource, object),
+            };
+            if let Some(n) = &name {
+                let found = only_named(&mut state, &resource, n);
+                if !found {
+                    eprintln!("Error from server (NotFound): {resource} \"{n}\" not found");
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
             let scope = if all_namespaces {
                 Scope::All
             } else {
@@ -533,6 +549,34 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             twill_lab::responder::run(&pod, &namespace, &ports)?;
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// Keep only the objects of `resource` named `name` (in any namespace; the scope
+/// filter narrows further); whether any is left.
+fn only_named(state: &mut ClusterState, resource: &str, name: &str) -> bool {
+    match resource {
+        "nodes" | "node" | "no" => {
+            state.nodes.retain(|k, _| k == name);
+            !state.nodes.is_empty()
+        }
+        "pods" | "pod" | "po" => {
+            state.pods.retain(|k, _| k.name == name);
+            !state.pods.is_empty()
+        }
+        "services" | "service" | "svc" => {
+            state.services.retain(|k, _| k.name == name);
+            !state.services.is_empty()
+        }
+        "endpointslices" | "endpointslice" => {
+            state.endpoint_slices.retain(|k, _| k.name == name);
+            !state.endpoint_slices.is_empty()
+        }
+        "networkpolicies" | "networkpolicy" | "netpol" => {
+            state.network_policies.retain(|k, _| k.name == name);
+            !state.network_policies.is_empty()
+        }
+        _ => true,
     }
 }
 
