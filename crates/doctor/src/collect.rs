@@ -62,25 +62,14 @@ pub fn parse_links(json: &str) -> Vec<Link> {
         .unwrap_or_default()
 }
 
-/// Entries from `conntrack -L` output (`udp 17 29 src=.. dst=.. sport=.. dport=.. src=.. dst=.. sport=.. dport=..`).
+/// Entries from `conntrack -L` output, read with the tracer's parser.
 pub fn parse_conntrack(text: &str) -> Vec<ConntrackEntry> {
-    text.lines()
-        .filter_map(|line| {
-            let t: Vec<&str> = line.split_whitespace().collect();
-            let protocol = t.first()?.to_string();
-            let vals =
-                |k: &str| -> Vec<&str> { t.iter().filter_map(|x| x.strip_prefix(k)).collect() };
-            let (src, dst, sport, dport) =
-                (vals("src="), vals("dst="), vals("sport="), vals("dport="));
-            let dst0: IpAddr = dst.first()?.parse().ok()?;
-            let dport0: u16 = dport.first()?.parse().ok()?;
-            let src1: IpAddr = src.get(1)?.parse().ok()?;
-            let sport1: u16 = sport.get(1)?.parse().ok()?;
-            Some(ConntrackEntry {
-                protocol,
-                orig_dst: SocketAddr::new(dst0, dport0),
-                reply_src: SocketAddr::new(src1, sport1),
-            })
+    twill_trace::conntrack::parse(text)
+        .into_iter()
+        .map(|e| ConntrackEntry {
+            protocol: e.proto,
+            orig_dst: SocketAddr::new(e.original.dst, e.original.dport),
+            reply_src: SocketAddr::new(e.reply.src, e.reply.sport),
         })
         .collect()
 }

@@ -1,7 +1,7 @@
 //! Taking a snapshot of a live network namespace: `iptables-save`, `ip6tables-save`,
 //! `ip -j route show table all` (both families), `ip -j -d addr show`, `ip -j neigh`,
 //! `bridge -j fdb show`, `ipset save`, `nft -j list ruleset` (and `nft -a list ruleset` for
-//! rule texts) and the forwarding sysctls. The only I/O in this crate, kept to reading.
+//! rule texts), `conntrack -L` and the forwarding sysctls. The only I/O in this crate, kept to reading.
 //!
 //! Parsing stays in [`Snapshot::from_files`], so a snapshot written with [`write_dir`]
 //! traces exactly like the live node it came from. A named namespace is entered with
@@ -47,6 +47,18 @@ pub fn collect_files() -> BTreeMap<String, String> {
     put("ipset-save.txt", output("ipset", &["save"]));
     put("neigh.json", output("ip", &["-j", "neigh", "show"]));
     put("nft.json", output("nft", &["-j", "list", "ruleset"]));
+    let ct4 = output("conntrack", &["-L"]);
+    let ct6 = output("conntrack", &["-L", "-f", "ipv6"]);
+    if ct4.is_some() || ct6.is_some() {
+        put(
+            "conntrack.txt",
+            Some(format!(
+                "{}{}",
+                ct4.unwrap_or_default(),
+                ct6.unwrap_or_default()
+            )),
+        );
+    }
     put("nft.txt", output("nft", &["-a", "list", "ruleset"]));
     put("fdb.json", output("bridge", &["-j", "fdb", "show"]));
     put(

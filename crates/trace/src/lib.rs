@@ -27,7 +27,11 @@
 //! their hooks in priority order between the iptables tables, with the expressions
 //! service proxies write (verdict maps, `numgen`, marks, nat statements).
 //!
-//! Not modelled: policy routing (`ip rule`), conntrack entries of earlier packets,
+//! A probe whose 5-tuple is an existing conntrack entry's original direction belongs to
+//! that connection: the nat rules are skipped and the entry's translations apply (how
+//! a stale UDP entry keeps a client on a gone endpoint).
+//!
+//! Not modelled: policy routing (`ip rule`),
 //! reverse-path filtering, bridged frames under
 //! br_netfilter (`-m physdev` never matches; a note says when a packet would be
 //! switched by a bridge), `-m addrtype --limit-iface-*`. Unknown match options are
@@ -35,6 +39,7 @@
 //! this crate's only I/O.
 
 pub mod collect;
+pub mod conntrack;
 pub mod corpus;
 pub mod iptables;
 pub mod nft;
@@ -102,6 +107,7 @@ pub const SNAPSHOT_FILES: &[&str] = &[
     "ipv6_forwarding",
     "nft.json",
     "nft.txt",
+    "conntrack.txt",
 ];
 
 /// One node's state, parsed.
@@ -118,6 +124,9 @@ pub struct Snapshot {
     pub ipsets: BTreeMap<String, Vec<String>>,
     /// nftables tables other than iptables-nft's (kube-proxy's nftables mode, …).
     pub nft: nft::NftRuleset,
+    /// Connections conntrack knows: a probe matching one's original tuple is part of
+    /// it (no nat rules, the connection's translations).
+    pub conntrack: Vec<conntrack::CtEntry>,
 }
 
 impl Snapshot {
@@ -153,6 +162,9 @@ impl Snapshot {
         }
         if let Some(j) = get("nft.json") {
             s.nft = nft::NftRuleset::parse("nft.json", j, get("nft.txt"))?;
+        }
+        if let Some(t) = get("conntrack.txt") {
+            s.conntrack = conntrack::parse(t);
         }
         s.ip_forward = get("ip_forward").map(|v| v.trim() != "0");
         s.ipv6_forwarding = get("ipv6_forwarding").map(|v| v.trim() != "0");

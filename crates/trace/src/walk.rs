@@ -232,7 +232,21 @@ enum Flow {
 
 /// Trace `probe` through `snap`.
 pub fn trace(snap: &Snapshot, probe: &Probe) -> Result<Trace, Error> {
+    let key = crate::conntrack::Tuple {
+        src: probe.src,
+        dst: probe.dst,
+        sport: probe.sport,
+        dport: probe.dport,
+    };
+    let existing = if probe.established {
+        None
+    } else {
+        snap.conntrack
+            .iter()
+            .find(|e| e.proto == probe.proto.to_lowercase() && e.original == key)
+    };
     let t = Tracer {
+        existing,
         snap,
         v4: probe.dst.is_ipv4(),
         rules: snap.rules_for(probe.dst),
@@ -243,6 +257,8 @@ pub fn trace(snap: &Snapshot, probe: &Probe) -> Result<Trace, Error> {
 }
 
 struct Tracer<'a> {
+    /// The conntrack entry the probe belongs to, if any.
+    existing: Option<&'a crate::conntrack::CtEntry>,
     snap: &'a Snapshot,
     v4: bool,
     rules: &'a Ruleset,
@@ -275,13 +291,23 @@ impl Tracer<'_> {
                 oif: None,
                 dnat: false,
                 snat: false,
-                established: probe.established,
+                established: probe.established || self.existing.is_some(),
             },
             fate: None,
             accepted_by: None,
             link: None,
             warnings: vec![],
         };
+        if let Some(e) = self.existing {
+            b.note(format!(
+                "conntrack: part of the existing connection {}; the nat rules are not consulted, the connection's translations apply",
+                e.describe()
+            ));
+            b.conditions.push(format!(
+                "the conntrack entry {} is still there",
+                e.describe()
+            ));
+        }
         let origin;
         let mut done = Vec::new();
         if local_origin {
@@ -506,6 +532,7 @@ impl Tracer<'_> {
         if matches!(hook, "PREROUTING" | "OUTPUT") {
             for b in &mut live {
                 self.unnat(b, false);
+                self.existing_nat(b, false);
             }
         }
         for stage in self.stages(hook, tables) {
@@ -574,6 +601,7 @@ impl Tracer<'_> {
         if matches!(hook, "POSTROUTING" | "INPUT") {
             for b in &mut live {
                 self.unnat(b, true);
+                self.existing_nat(b, true);
             }
         }
         out.extend(live);
@@ -600,6 +628,28 @@ impl Tracer<'_> {
         }
         v.sort_by_key(|(p, _)| *p);
         v.into_iter().map(|(_, s)| s).collect()
+    }
+
+    /// A packet of an existing connection gets that connection's translations: the
+    /// destination at PREROUTING/OUTPUT, the source at POSTROUTING/INPUT.
+    fn existing_nat(&self, b: &mut Branch, source: bool) {
+        let Some(e) = self.existing else { return };
+        let at = Loc {
+            table: "conntrack".into(),
+            chain: "existing connection".into(),
+            rule: None,
+        };
+        if source {
+            if let Some((ip, port)) = e.snat_to()
+                && (b.packet.src, b.packet.sport) == (e.original.src, e.original.sport)
+            {
+                translate_src(b, Some(ip), Some(port), at);
+            }
+        } else if let Some((ip, port)) = e.dnat_to()
+            && (b.packet.dst, b.packet.dport) == (e.original.dst, e.original.dport)
+        {
+            translate_dst(b, Some(ip), Some(port), at);
+        }
     }
 
     /// Undo this node's translations on a reply: the destination a SNAT/MASQUERADE

@@ -12,6 +12,7 @@ use std::time::Duration;
 use twill_testkit::netns::{Netns, veth_pair};
 use twill_trace::{Fate, Probe, collect, trace, trace_across};
 
+mod conntrack;
 mod nft;
 
 const RULES: &str = r#"*filter
