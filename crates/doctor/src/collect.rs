@@ -77,7 +77,7 @@ pub fn parse_conntrack(text: &str) -> Vec<ConntrackEntry> {
 /// The dump could not be read: the iptables checks are skipped; say why on stderr
 /// (the doctor's output is its findings).
 fn warn_unparsed(msg: &str) {
-    eprintln!("doctor: iptables-save not understood ({msg}); iptables checks skipped");
+    eprintln!("doctor: rules not understood ({msg}); the checks that read them are skipped");
 }
 
 /// A host-local store: `<dir>/<network>/<ip>` files holding `containerid\nifname`.
@@ -139,12 +139,21 @@ pub fn collect_node() -> Snapshot {
     let conntrack = output("conntrack", &["-L", "-p", "udp"])
         .map(|t| parse_conntrack(&t))
         .unwrap_or_default();
+    let nft = output("nft", &["-j", "list", "ruleset"])
+        .and_then(|j| {
+            let text = output("nft", &["-a", "list", "ruleset"]);
+            twill_trace::nft::NftRuleset::parse("nft -j list ruleset", &j, text.as_deref())
+                .map_err(|e| warn_unparsed(&e.to_string()))
+                .ok()
+        })
+        .unwrap_or_default();
     Snapshot {
         sysctls,
         iptables,
         links,
         node_ips,
         conntrack,
+        nft,
         ..Default::default()
     }
 }

@@ -64,6 +64,9 @@ pub struct Snapshot {
     /// Container ids the runtime knows; `None` when unknown (the leak check is skipped).
     pub live_containers: Option<BTreeSet<String>>,
     pub conntrack: Vec<ConntrackEntry>,
+    /// nftables tables besides iptables-nft's (host firewalls, kube-proxy's nftables
+    /// mode).
+    pub nft: twill_trace::nft::NftRuleset,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -113,6 +116,7 @@ pub fn check(s: &Snapshot) -> Vec<Finding> {
         check_scale(ipt, &mut out);
         check_stale_dnat(s, ipt, &mut out);
     }
+    check_nft_firewall(&s.nft, &mut out);
     check_mtu(s, &mut out);
     if let Some(c) = &s.cluster {
         check_services(c, &mut out);
@@ -232,6 +236,50 @@ fn check_firewall_ahead(ipt: &IptablesDump, out: &mut Vec<Finding>) {
                 subject: format!("iptables {table} {chain}"),
                 message: format!("a host firewall rule is evaluated before the KUBE-* chains and may drop or divert Service and pod traffic: `-A {chain} {blocker}`"),
                 fix: format!("move the KUBE-* jumps first (the proxy inserts them at the top on restart), or allow the cluster and service CIDRs in the firewall before `{blocker}`"),
+            });
+        }
+    }
+}
+
+/// A host firewall in nftables (firewalld, a hand-written `inet filter`) whose forward
+/// or input chain drops by default and accepts nothing beyond established traffic: it
+/// runs beside the KUBE-* chains, not under them, so their ACCEPT does not help.
+fn check_nft_firewall(nft: &twill_trace::nft::NftRuleset, out: &mut Vec<Finding>) {
+    for t in nft.tables.iter().filter(|t| t.name != "kube-proxy") {
+        for c in t.chains.values() {
+            let Some(hook) = c
+                .hook
+                .as_deref()
+                .filter(|h| matches!(*h, "forward" | "input"))
+            else {
+                continue;
+            };
+            if c.policy.as_deref() != Some("drop") {
+                continue;
+            }
+            let accepts_new = c.rules.iter().any(|r| {
+                r.expr.iter().any(|e| e.get("accept").is_some()) && !r.text.contains("established")
+            });
+            if accepts_new {
+                continue;
+            }
+            let what = if hook == "forward" {
+                "pod traffic between nodes and NodePort traffic forwarded to other nodes is dropped"
+            } else {
+                "VXLAN from other nodes, NodePorts and health checks addressed to this node are dropped"
+            };
+            out.push(Finding {
+                check: "nft-firewall-drop",
+                severity: Severity::Error,
+                subject: format!("nftables {} chain {}", t.label(), c.name),
+                message: format!(
+                    "hook {hook} with policy drop and no rule accepting new traffic: {what}; an nftables table is a separate hook registration, so the KUBE-* ACCEPTs do not override it"
+                ),
+                fix: format!(
+                    "nft add rule {} {} ip saddr <cluster-cidr> accept (and ip daddr <cluster-cidr> accept), or set the chain's policy to accept",
+                    t.label(),
+                    c.name
+                ),
             });
         }
     }

@@ -287,3 +287,38 @@ fn a_rule_count_past_the_iptables_scale_limit_is_found() {
     assert_eq!(names(&f), ["iptables-scale"], "{f:?}");
     assert!(f[0].fix.contains("nftables"), "{}", f[0].fix);
 }
+
+#[test]
+fn an_nftables_host_firewall_dropping_forwarded_traffic_is_found_until_it_accepts_pods() {
+    let test = "doctor nft firewall";
+    if !twill_testkit::require_root(test) || !twill_testkit::require_tool(test, "nft") {
+        return;
+    }
+    let (node, _peer) = healthy_node();
+    let nft = |script: &str| {
+        let out = node.exec("nft", &[script]);
+        assert!(
+            out.status.success(),
+            "nft {script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    nft("add table inet filter");
+    nft("add chain inet filter forward { type filter hook forward priority 0 ; policy drop ; }");
+    nft("add rule inet filter forward ct state established,related accept");
+    let f = findings(&node);
+    assert_eq!(names(&f), ["nft-firewall-drop"], "{f:?}");
+    assert!(
+        f[0].subject.contains("inet filter chain forward"),
+        "{}",
+        f[0].subject
+    );
+    assert!(
+        f[0].fix
+            .contains("nft add rule inet filter forward ip saddr"),
+        "{}",
+        f[0].fix
+    );
+    nft("add rule inet filter forward ip saddr 10.244.0.0/16 accept");
+    assert!(findings(&node).is_empty());
+}
