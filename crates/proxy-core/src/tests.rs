@@ -261,3 +261,29 @@ fn other_family_services_are_left_out() {
     let m = model(vec![Object::Service(svc("v6", "fd00::1"))]);
     assert!(m.services.is_empty());
 }
+
+proptest::proptest! {
+    #[test]
+    fn allocation_free_chain_names_equal_the_string_forms(
+        svc in "[a-z0-9-]{1,20}/[a-z0-9-]{1,20}(:[a-z0-9-]{1,10})?",
+        proto in "(tcp|udp|sctp)",
+        ep in "(10\\.[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}|\\[fd00::[0-9a-f]{1,4}\\]):[0-9]{1,5}",
+    ) {
+        let input = format!("{svc}{proto}{ep}");
+        let parts = chain::hash16_parts(&[svc.as_bytes(), proto.as_bytes(), ep.as_bytes()]);
+        proptest::prop_assert_eq!(std::str::from_utf8(&parts).unwrap(), chain::hash16(&input));
+        proptest::prop_assert_eq!(
+            chain::ChainName::endpoint(&svc, &proto, &ep).to_string(),
+            chain::endpoint_chain(&svc, &proto, &ep)
+        );
+    }
+}
+
+#[test]
+fn chain_names_longer_than_iptables_limit_are_refused() {
+    assert!(chain::ChainName::new("KUBE-SEP-ABCDEFGHIJKLMNOP").is_some());
+    assert!(chain::ChainName::new(&"K".repeat(29)).is_none());
+    let a = chain::ChainName::new("KUBE-SVC-B").unwrap();
+    let b = chain::ChainName::new("KUBE-SVC-AB").unwrap();
+    assert!(b < a, "ordered as strings");
+}

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use twill_model::{ObjectKey, Protocol};
 
-use crate::model::{ProxyModel, ServicePortInfo};
+use crate::model::{ProxyModel, ServicePortInfo, ServicePortName};
 use crate::topology::categorize_endpoints;
 
 /// UDP conntrack entries that would keep sending packets to the wrong place.
@@ -67,17 +67,21 @@ impl ChangeTracker {
         let empty = ProxyModel::default();
         let prev = self.last.as_ref().unwrap_or(&empty);
         let mut out = SyncChanges::default();
-        let names: BTreeSet<_> = prev
-            .services
-            .keys()
-            .chain(next.services.keys())
-            .chain(prev.endpoints.keys())
-            .chain(next.endpoints.keys())
-            .cloned()
-            .collect();
+        // Four sorted runs of borrowed keys; a stable sort merges runs in linear-ish
+        // time, and nothing is cloned (at 10k services the cloned set cost more than
+        // the comparisons).
+        let mut names: Vec<&ServicePortName> = Vec::with_capacity(
+            prev.services.len() + next.services.len() + prev.endpoints.len() + next.endpoints.len(),
+        );
+        names.extend(prev.services.keys());
+        names.extend(next.services.keys());
+        names.extend(prev.endpoints.keys());
+        names.extend(next.endpoints.keys());
+        names.sort();
+        names.dedup();
         for name in names {
-            let (ps, ns) = (prev.services.get(&name), next.services.get(&name));
-            let (pe, ne) = (prev.endpoints_of(&name), next.endpoints_of(&name));
+            let (ps, ns) = (prev.services.get(name), next.services.get(name));
+            let (pe, ne) = (prev.endpoints_of(name), next.endpoints_of(name));
             if ps != ns || pe != ne {
                 out.services.insert(name.service.clone());
             }

@@ -21,7 +21,10 @@ pub mod restore;
 pub mod trace;
 
 pub use config::{Config, LocalDetector};
-pub use render::{BaseJump, Rendered, ServiceChains, SyncMode, base_chain_jumps, render};
+pub use render::{
+    BaseJump, LARGE_CLUSTER_ENDPOINTS_THRESHOLD, Rendered, ServiceChains, SyncMode,
+    base_chain_jumps, large_cluster_mode, render,
+};
 
 #[cfg(test)]
 mod tests;

@@ -246,3 +246,61 @@ fn service_without_endpoints_is_rejected_in_filter() {
     });
     assert_eq!(res.outputs, ["REJECT"]);
 }
+
+#[test]
+fn above_a_thousand_endpoints_endpoint_comments_are_dropped_like_upstream() {
+    let names: Vec<(String, String, Vec<String>)> = (0..101)
+        .map(|i| {
+            (
+                format!("s{i}"),
+                format!("172.30.{}.{}", i / 200, i % 200 + 1),
+                (1..=10).map(|e| format!("10.{i}.0.{e}")).collect(),
+            )
+        })
+        .collect();
+    let eps: Vec<Vec<&str>> = names
+        .iter()
+        .map(|(_, _, e)| e.iter().map(String::as_str).collect())
+        .collect();
+    let spec: Vec<(&str, &str, &[&str])> = names
+        .iter()
+        .zip(&eps)
+        .map(|((n, c, _), e)| (n.as_str(), c.as_str(), e.as_slice()))
+        .collect();
+    let big = cluster(&spec);
+    assert!(crate::large_cluster_mode(&big));
+    let r = render(&cfg(), &big, SyncMode::Full { existing: None });
+    assert!(r.large_cluster_mode);
+    let sep_lines = r.text.lines().filter(|l| l.starts_with("-A KUBE-SEP-"));
+    assert_eq!(sep_lines.clone().count(), 101 * 10 * 2);
+    for l in sep_lines {
+        assert!(!l.contains("--comment"), "{l}");
+    }
+    for l in r
+        .text
+        .lines()
+        .filter(|l| l.starts_with("-A KUBE-SVC-") && l.contains("-j KUBE-SEP-"))
+    {
+        assert!(!l.contains("--comment"), "{l}");
+    }
+    assert!(
+        r.text.contains("\"ns/s0:p80 cluster IP\""),
+        "service-level comments stay"
+    );
+    let t = Tracer::new(&r.text, &[ip("192.168.0.2")]).unwrap();
+    let mut outs = t
+        .trace(&Packet {
+            source: ip("192.168.5.5"),
+            dest: ip("172.30.0.1"),
+            dest_port: 80,
+            protocol: "tcp".into(),
+        })
+        .outputs;
+    outs.sort();
+    assert_eq!(outs.len(), 10, "every endpoint still reachable: {outs:?}");
+
+    let small = cluster(&spec[..100]);
+    assert!(!crate::large_cluster_mode(&small));
+    let r = render(&cfg(), &small, SyncMode::Full { existing: None });
+    assert!(r.text.contains("\"ns/s0:p80 -> 10.0.0.1:80\""));
+}

@@ -168,10 +168,56 @@ fn one_endpoint_change_is_a_partial_sync_of_that_service_and_drops_its_stale_cha
     );
     assert!(text.contains("ns/b -> 10.1.0.2:53"));
     assert!(
-        text.contains("\"ns/a cluster IP\""),
-        "KUBE-SERVICES is always complete"
+        !text.contains(":KUBE-SERVICES "),
+        "KUBE-SERVICES did not change, so it is left as it is:\n{text}"
+    );
+    assert!(
+        !text.contains("*filter"),
+        "no filter chain changed, so no filter section"
     );
     assert_eq!(before.len(), p.backend_mut().chains.len() + 1);
+}
+
+#[test]
+fn a_changed_top_level_chain_is_rewritten_complete_in_a_partial_sync() {
+    let mut p = proxier();
+    let t0 = Instant::now();
+    p.sync(&state(&[("a", &["10.1.0.1"])]), t0).unwrap();
+    let r = p
+        .sync(
+            &state(&[("a", &["10.1.0.1"]), ("b", &[])]),
+            t0 + Duration::from_secs(1),
+        )
+        .unwrap()
+        .unwrap();
+    assert!(!r.full);
+    let text = p.backend_mut().restores.last().unwrap().clone();
+    // b has no endpoints: a REJECT in filter KUBE-SERVICES, which is rewritten whole.
+    assert!(text.contains("*filter\n"), "{text}");
+    assert!(text.contains("\"ns/b has no endpoints\""), "{text}");
+    assert!(
+        !text.contains("\"ns/a cluster IP\""),
+        "nat KUBE-SERVICES is unchanged and left out:\n{text}"
+    );
+    // b gets an endpoint: nat KUBE-SERVICES changes and is written with every service.
+    p.sync(
+        &state(&[("a", &["10.1.0.1"]), ("b", &["10.1.0.2"])]),
+        t0 + Duration::from_secs(2),
+    )
+    .unwrap()
+    .unwrap();
+    let text = p.backend_mut().restores.last().unwrap().clone();
+    assert!(text.contains(":KUBE-SERVICES - [0:0]"));
+    assert!(text.contains("\"ns/a cluster IP\""), "{text}");
+    assert!(text.contains("\"ns/b cluster IP\""), "{text}");
+    // After a failed restore, the next (full) sync writes every chain again.
+    p.backend_mut().fail_next = true;
+    let s3 = state(&[("a", &["10.1.0.1"]), ("b", &["10.1.0.3"])]);
+    assert!(p.sync(&s3, t0 + Duration::from_secs(3)).is_err());
+    let r = p.sync(&s3, t0 + Duration::from_secs(4)).unwrap().unwrap();
+    assert!(r.full);
+    let text = p.backend_mut().restores.last().unwrap().clone();
+    assert!(text.contains("*filter\n") && text.contains("\"ns/a cluster IP\""));
 }
 
 #[test]
@@ -234,4 +280,38 @@ fn metrics_use_upstream_names() {
     ] {
         assert!(text.contains(name), "{name} missing from:\n{text}");
     }
+}
+
+#[test]
+fn crossing_the_large_cluster_threshold_rewrites_every_chain_in_one_full_sync() {
+    let mut p = proxier();
+    let t0 = Instant::now();
+    let few: Vec<String> = (1..=3).map(|i| format!("10.1.0.{i}")).collect();
+    let many: Vec<String> = (0..1001)
+        .map(|i| format!("10.2.{}.{}", i / 250, i % 250 + 1))
+        .collect();
+    let few: Vec<&str> = few.iter().map(String::as_str).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    p.sync(&state(&[("a", &few), ("b", &few)]), t0).unwrap();
+    let r = p
+        .sync(
+            &state(&[("a", &few), ("b", &many)]),
+            t0 + Duration::from_secs(1),
+        )
+        .unwrap()
+        .unwrap();
+    assert!(r.full, "a's chains must lose their comments too");
+    let text = p.backend_mut().restores.last().unwrap().clone();
+    assert!(
+        !text.contains("\"ns/a -> 10.1.0.1:53\""),
+        "large-cluster form has no endpoint comments"
+    );
+    let r = p
+        .sync(
+            &state(&[("a", &few[..2]), ("b", &many)]),
+            t0 + Duration::from_secs(2),
+        )
+        .unwrap()
+        .unwrap();
+    assert!(!r.full, "no flip, so a partial sync");
 }
