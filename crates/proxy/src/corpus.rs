@@ -48,6 +48,9 @@ pub struct Fixture {
     pub iptables_restore: Option<Vec<String>>,
     pub iptables_chains: Option<BTreeMap<String, BTreeMap<String, Vec<String>>>>,
     pub expected_chains: Option<Vec<ExpectedChain>>,
+    /// Expected `nft list table` lines (each must appear, whitespace-trimmed).
+    #[serde(default)]
+    pub nftables: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -284,6 +287,42 @@ impl Prepared {
     pub fn render(&self) -> Rendered {
         render(&self.config, &self.model, SyncMode::Full { existing: None })
     }
+
+    /// The same settings for the nftables renderer.
+    pub fn nft_config(&self) -> twill_proxy_nftables::Config {
+        nft_config(&self.config)
+    }
+}
+
+/// The iptables-mode settings as nftables-mode settings (the fields both modes share).
+pub fn nft_config(c: &Config) -> twill_proxy_nftables::Config {
+    use twill_proxy_nftables::LocalDetector as N;
+    let detector = match &c.local_detector {
+        LocalDetector::None => N::None,
+        LocalDetector::ClusterCidr(n) => N::ClusterCidr(*n),
+        LocalDetector::NodeCidr(n) => N::NodeCidr(*n),
+        LocalDetector::BridgeInterface(i) => N::BridgeInterface(i.clone()),
+        LocalDetector::InterfaceNamePrefix(p) => N::InterfaceNamePrefix(p.clone()),
+    };
+    let mut n = twill_proxy_nftables::Config::new(c.family, c.node_ips.clone(), detector);
+    n.local_addresses = c.local_addresses.clone();
+    n.masquerade_all = c.masquerade_all;
+    n.masquerade_bit = c.masquerade_bit;
+    n.node_port_addresses = c.node_port_addresses.clone();
+    n
+}
+
+/// Which expected lines of `fx.nftables` are missing from an `nft list table` listing
+/// (compared whitespace-trimmed). `None` when the fixture states none.
+pub fn check_nft_listing(fx: &Fixture, listing: &str) -> Option<Vec<String>> {
+    let want = fx.nftables.as_ref()?;
+    let have: std::collections::BTreeSet<&str> = listing.lines().map(str::trim).collect();
+    Some(
+        want.iter()
+            .filter(|l| !have.contains(l.trim()))
+            .map(|l| format!("nft list table lacks {:?}", l.trim()))
+            .collect(),
+    )
 }
 
 /// Read one case file.

@@ -10,8 +10,9 @@
 //!                                    └──vs── sink ns (default route; swallows the rest)
 //! ```
 //!
-//! The node namespace gets the rendered rules through `iptables-restore --noflush` plus
-//! kube-proxy's base-chain jumps. Endpoints answer with `ip:port|peer`, so a flow sees
+//! The node namespace gets the rendered rules: in iptables mode through
+//! `iptables-restore --noflush` plus kube-proxy's base-chain jumps, in nftables mode as
+//! one `nft -f -` transaction building table `kube-proxy`. Endpoints answer with `ip:port|peer`, so a flow sees
 //! which endpoint answered and whether its source was rewritten (masquerade). Flows from
 //! a node-local source (or from an address equal to the destination, the LB-hairpin
 //! case) are sent from inside the node namespace (the OUTPUT path); flows from an
@@ -32,7 +33,52 @@ use std::time::Duration;
 use twill_model::IpFamily;
 use twill_proxy_iptables::base_chain_jumps;
 
-use crate::corpus::{Fixture, Flow, Outcome, canonical_endpoint, parse_ip};
+use crate::corpus::{Fixture, Flow, Outcome, canonical_endpoint, check_nft_listing, parse_ip};
+
+/// Which proxy mode programs the node namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Iptables,
+    Nftables,
+}
+
+/// What became of one flow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FlowOutcome {
+    Passed,
+    Failed(String),
+    /// The mode lacks what the flow needs (counted neither passed nor failed).
+    Skipped(String),
+}
+
+/// One fixture run in one mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModeRun {
+    /// One per flow, in order.
+    pub flows: Vec<FlowOutcome>,
+    /// Problems with the fixture's `nftables` lines (nftables mode, when it states any).
+    pub nftables: Option<Vec<String>>,
+}
+
+/// Why `flow` cannot be checked in `mode`, if it cannot. Localhost NodePorts exist only
+/// in iptables mode for IPv4 (upstream's nftables mode has no `localhostNodePorts`), and
+/// SCTP cannot be sent here (no SCTP sockets in this kernel); iptables mode checks those
+/// with its rule tracer instead.
+pub fn skip_reason(mode: Mode, flow: &Flow) -> Option<String> {
+    if mode == Mode::Iptables {
+        return None;
+    }
+    if flow.protocol.eq_ignore_ascii_case("sctp") {
+        return Some("SCTP flows cannot be sent in this kernel (no SCTP sockets) and nftables mode has no rule tracer".into());
+    }
+    let dst = parse_ip(&flow.dest_ip)?;
+    if dst.is_loopback() && !matches!(flow.expected.outcome(), Ok(Outcome::None)) {
+        return Some(
+            "localhost NodePorts are an iptables/IPv4 feature; nftables mode does not support localhostNodePorts".into(),
+        );
+    }
+    None
+}
 
 const PREFIX: &str = "twp";
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
@@ -41,11 +87,20 @@ const TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// Whether real-kernel flows can run here.
 pub fn available() -> Result<(), String> {
+    available_for(Mode::Iptables)
+}
+
+/// Whether real-kernel flows of `mode` can run here.
+pub fn available_for(mode: Mode) -> Result<(), String> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Err("needs root (CAP_NET_ADMIN)".into());
     }
-    for tool in ["ip", "iptables-restore", "ip6tables-restore", "sysctl"] {
+    let tools: &[&str] = match mode {
+        Mode::Iptables => &["ip", "iptables-restore", "ip6tables-restore", "sysctl"],
+        Mode::Nftables => &["ip", "nft", "sysctl"],
+    };
+    for &tool in tools {
         let ok = Command::new(tool)
             .arg("-V")
             .stdout(Stdio::null())
@@ -123,6 +178,24 @@ impl Ns {
         let mut a = vec!["netns", "exec", &self.name, program];
         a.extend_from_slice(args);
         run("ip", &a, input)
+    }
+    /// Run a program inside the namespace; return its stdout.
+    pub fn output(&self, program: &str, args: &[&str]) -> Result<String, String> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.name, program])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("{program}: {e}"))?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(format!(
+                "{program} {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
     }
     /// Run `f` on a new thread inside the namespace.
     pub fn spawn<R: Send + 'static>(
@@ -259,7 +332,7 @@ impl Addrs {
 
 /// Where a flow is sent from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Sender {
+pub enum Sender {
     Node,
     Endpoint(IpAddr),
     Client,
@@ -415,9 +488,11 @@ fn is_tcp(p: &str) -> bool {
 }
 
 /// A listener that answers `identity|peer` until stopped.
-type Server = std::thread::JoinHandle<Result<(), String>>;
+pub type Server = std::thread::JoinHandle<Result<(), String>>;
 
-fn serve(
+/// A listener in `ns` answering every connection (TCP) or datagram (UDP) with
+/// `identity|peer` until `stop`; other proxy modes' runners use it too.
+pub fn serve(
     ns: &Ns,
     addr: SocketAddr,
     tcp: bool,
@@ -474,7 +549,7 @@ fn serve(
 
 /// What one connection attempt saw.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Seen {
+pub enum Seen {
     Answer { identity: String, peer: String },
     Refused,
     Timeout,
@@ -500,7 +575,8 @@ fn set_timeouts(fd: &OwnedFd, t: Duration) {
     }
 }
 
-fn send_flow(source: IpAddr, dest: SocketAddr, tcp: bool) -> Seen {
+/// Connect from `source` (bound explicitly, as the flow's sender) and read one answer.
+pub fn send_flow(source: IpAddr, dest: SocketAddr, tcp: bool) -> Seen {
     use nix::sys::socket::{
         AddressFamily, SockFlag, SockProtocol, SockType, SockaddrStorage, bind, connect, socket,
     };
@@ -569,10 +645,14 @@ fn send_flow(source: IpAddr, dest: SocketAddr, tcp: bool) -> Seen {
     {
         return classify(e);
     }
+    if buf.is_empty() {
+        return Seen::Unreachable("connection closed without an answer".into());
+    }
     let text = String::from_utf8_lossy(&buf);
     let (identity, peer) = text.trim().split_once('|').unwrap_or((text.trim(), ""));
     Seen::Answer {
-        identity: identity.to_string(),
+        identity: crate::corpus::canonical_endpoint(identity)
+            .unwrap_or_else(|| identity.to_string()),
         peer: peer.to_string(),
     }
 }
@@ -615,19 +695,94 @@ fn judge(flow: &Flow, seen: &Seen) -> Result<(), String> {
     }
 }
 
-/// Send every flow of `fx` through a real kernel; one result per flow, in order.
+/// Send every flow of `fx` through a real kernel programmed in iptables mode; one
+/// result per flow, in order.
 pub fn run_fixture(fx: &Fixture) -> Vec<Result<(), String>> {
-    match run_fixture_inner(fx) {
+    run_fixture_mode(fx, Mode::Iptables)
+        .flows
+        .into_iter()
+        .map(|o| match o {
+            FlowOutcome::Passed | FlowOutcome::Skipped(_) => Ok(()),
+            FlowOutcome::Failed(e) => Err(e),
+        })
+        .collect()
+}
+
+/// Send every flow of `fx` through a real kernel programmed in `mode`.
+pub fn run_fixture_mode(fx: &Fixture, mode: Mode) -> ModeRun {
+    let skips: Vec<Option<String>> = fx.flows.iter().map(|f| skip_reason(mode, f)).collect();
+    let (results, nftables) = match run_fixture_inner(fx, mode, &skips) {
         Ok(v) => v,
-        Err(e) => fx
-            .flows
-            .iter()
-            .map(|_| Err(format!("topology: {e}")))
-            .collect(),
+        Err(e) => (
+            fx.flows
+                .iter()
+                .map(|_| Err(format!("topology: {e}")))
+                .collect(),
+            None,
+        ),
+    };
+    let flows = results
+        .into_iter()
+        .zip(skips)
+        .map(|(r, skip)| match (skip, r) {
+            (Some(why), _) => FlowOutcome::Skipped(why),
+            (None, Ok(())) => FlowOutcome::Passed,
+            (None, Err(e)) => FlowOutcome::Failed(e),
+        })
+        .collect();
+    ModeRun { flows, nftables }
+}
+
+/// Program the node namespace in `mode`; in nftables mode, return the problems with
+/// the fixture's `nftables` lines.
+fn program_node(
+    topo: &Topology,
+    prepared: &crate::corpus::Prepared,
+    fx: &Fixture,
+    mode: Mode,
+) -> Result<Option<Vec<String>>, String> {
+    match mode {
+        Mode::Iptables => {
+            let rendered = prepared.render();
+            let with_fw = rendered.text.contains(":KUBE-FIREWALL ");
+            let input = with_base_jumps(&rendered.text, with_fw);
+            let program = if prepared.family == IpFamily::V6 {
+                "ip6tables-restore"
+            } else {
+                "iptables-restore"
+            };
+            topo.node
+                .exec(program, &["--noflush", "-w", "5"], Some(input.as_bytes()))?;
+            Ok(None)
+        }
+        Mode::Nftables => {
+            let desired = twill_proxy_nftables::render(&prepared.nft_config(), &prepared.model);
+            let script = twill_proxy_nftables::full_script(&desired, None);
+            topo.node
+                .exec("nft", &["-f", "-"], Some(script.as_bytes()))?;
+            if fx.nftables.is_none() {
+                return Ok(None);
+            }
+            let fam = if prepared.family == IpFamily::V6 {
+                "ip6"
+            } else {
+                "ip"
+            };
+            let listing = topo
+                .node
+                .output("nft", &["list", "table", fam, twill_proxy_nftables::TABLE])?;
+            Ok(check_nft_listing(fx, &listing))
+        }
     }
 }
 
-fn run_fixture_inner(fx: &Fixture) -> Result<Vec<Result<(), String>>, String> {
+type FixtureResults = (Vec<Result<(), String>>, Option<Vec<String>>);
+
+fn run_fixture_inner(
+    fx: &Fixture,
+    mode: Mode,
+    skips: &[Option<String>],
+) -> Result<FixtureResults, String> {
     let prepared = fx.prepare(false)?;
     let v6 = prepared.family == IpFamily::V6;
     let fam = |ip: &IpAddr| ip.is_ipv6() == v6;
@@ -662,16 +817,7 @@ fn run_fixture_inner(fx: &Fixture) -> Result<Vec<Result<(), String>>, String> {
         senders.push(s);
     }
     let topo = build(v6, &node_local, &endpoint_ips, &client_ips)?;
-    let rendered = prepared.render();
-    let with_fw = rendered.text.contains(":KUBE-FIREWALL ");
-    let input = with_base_jumps(&rendered.text, with_fw);
-    let program = if v6 {
-        "ip6tables-restore"
-    } else {
-        "iptables-restore"
-    };
-    topo.node
-        .exec(program, &["--noflush", "-w", "5"], Some(input.as_bytes()))?;
+    let nft_problems = program_node(&topo, &prepared, fx, mode)?;
 
     // Servers: every endpoint on TCP and UDP, and the node's health-check ports.
     let stop = Arc::new(AtomicBool::new(false));
@@ -716,7 +862,11 @@ fn run_fixture_inner(fx: &Fixture) -> Result<Vec<Result<(), String>>, String> {
 
     // Flows, in parallel.
     let mut handles = Vec::new();
-    for (f, s) in fx.flows.iter().zip(&senders) {
+    for ((f, s), skip) in fx.flows.iter().zip(&senders).zip(skips) {
+        if skip.is_some() {
+            handles.push(None);
+            continue;
+        }
         let ns = match s {
             Sender::Node => &topo.node,
             Sender::Endpoint(ip) => topo.endpoint(*ip).ok_or("endpoint namespace missing")?,
@@ -752,5 +902,5 @@ fn run_fixture_inner(fx: &Fixture) -> Result<Vec<Result<(), String>>, String> {
     for s in servers {
         let _ = s.join();
     }
-    Ok(results)
+    Ok((results, nft_problems))
 }

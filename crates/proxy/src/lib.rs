@@ -4,6 +4,8 @@
 //!   services changed, full periodically and after failures.
 //! - [`metrics`] and [`http`]: kube-proxy's metric names, `/healthz`, `/metrics` and the
 //!   health-check node port servers.
+//! - [`nft_proxier`]: the nftables mode's applier, one `nft -f -` transaction per sync
+//!   (incremental when it can be).
 //! - [`corpus`]: the shared proxy corpus and its pure checks.
 //! - [`lab`]: real-kernel packet flows in network namespaces (a node namespace owning
 //!   the fixture's local addresses, client and endpoint namespaces).
@@ -13,6 +15,7 @@ pub mod corpus;
 pub mod http;
 pub mod lab;
 pub mod metrics;
+pub mod nft_proxier;
 pub mod proxier;
 
 pub use proxier::{Backend, Kernel, Proxier, SyncError, SyncReport, Variant};

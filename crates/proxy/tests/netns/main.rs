@@ -14,6 +14,8 @@ use twill_proxy_core::{FeatureGates, ModelConfig};
 use twill_proxy_iptables::trace::Tracer;
 use twill_testkit::testdata::json_cases;
 
+mod nft;
+
 fn ready(test: &str) -> bool {
     twill_testkit::require_root(test) && twill_testkit::require_tool(test, "iptables-restore")
 }
