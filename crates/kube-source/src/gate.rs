@@ -12,6 +12,12 @@
 //!   produce nothing.
 //! - Updates that change nothing the model keeps (a Pod's condition timestamps, a
 //!   Node's heartbeat) are dropped, as `ClusterState::apply` reports no change.
+//! - Objects that fail validation are absent from the state and come out as
+//!   [`Error::Invalid`]. The gate remembers them, so that their deletion (or their
+//!   absence from a relist) still comes out as `Deleted`: a consumer that acts on
+//!   invalid objects (the policy enforcer isolates a namespace with an unreadable
+//!   NetworkPolicy) learns when to stop. An object turning invalid comes out as
+//!   `Deleted` first, then the `Invalid` saying why.
 //!
 //! The events are exactly those the manifest source (`twill_manifest::files::Watcher`)
 //! emits for the same objects: both are `ClusterState::diff_events` between the state
@@ -22,7 +28,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use kube::runtime::watcher::Event;
-use twill_model::{ClusterState, Object, ObjectEvent};
+use twill_model::{ClusterState, Object, ObjectEvent, ObjectRef};
 
 use crate::{Entry, Error, WatchedKind};
 
@@ -35,6 +41,10 @@ pub struct SyncGate {
     unlisted: BTreeSet<WatchedKind>,
     /// Lists in progress: the objects received since `Init`.
     listing: BTreeMap<WatchedKind, Vec<Object>>,
+    /// Objects known only as invalid (reported, absent from `state`).
+    invalid: BTreeSet<ObjectRef>,
+    /// Lists in progress: the invalid objects received since `Init`.
+    listing_invalid: BTreeMap<WatchedKind, BTreeSet<ObjectRef>>,
 }
 
 /// The objects of one kind, as an unsynced state.
@@ -58,6 +68,8 @@ impl SyncGate {
             state: ClusterState::default(),
             unlisted: kinds.into_iter().collect(),
             listing: BTreeMap::new(),
+            invalid: BTreeSet::new(),
+            listing_invalid: BTreeMap::new(),
         }
     }
 
@@ -85,11 +97,19 @@ impl SyncGate {
             Event::Init => {
                 // A failed list restarts with another `Init`: drop the partial buffer.
                 self.listing.insert(kind, Vec::new());
+                self.listing_invalid.insert(kind, BTreeSet::new());
             }
             Event::InitApply(entry) => {
-                if let Some(object) = self.validate(entry, &mut out) {
+                let object_ref = entry.object_ref.clone();
+                match self.validate(entry, &mut out) {
                     // The watcher always sends `Init` first; tolerate a missing one anyway.
-                    self.listing.entry(kind).or_default().push(object);
+                    Some(object) => self.listing.entry(kind).or_default().push(object),
+                    None => {
+                        self.listing_invalid
+                            .entry(kind)
+                            .or_default()
+                            .insert(object_ref);
+                    }
                 }
             }
             Event::InitDone => {
@@ -98,10 +118,29 @@ impl SyncGate {
                     listed.apply(ObjectEvent::Applied(o));
                 }
                 // Only this kind is compared, so a relist costs the size of its kind.
-                let changes = only_kind(&self.state, kind).diff_events(&listed);
+                let mut changes = only_kind(&self.state, kind).diff_events(&listed);
                 for e in &changes {
                     self.state.apply(e.clone());
                 }
+                // Invalid objects of this kind that the relist no longer shows.
+                let now_invalid = self.listing_invalid.remove(&kind).unwrap_or_default();
+                let model_kind = kind.model_kind();
+                let gone: Vec<ObjectRef> = self
+                    .invalid
+                    .iter()
+                    .filter(|r| r.kind == model_kind && !now_invalid.contains(r))
+                    .cloned()
+                    .collect();
+                self.invalid.retain(|r| r.kind != model_kind);
+                for r in gone {
+                    let still_listed = changes
+                        .iter()
+                        .any(|e| matches!(e, ObjectEvent::Applied(o) if o.object_ref() == r));
+                    if !still_listed {
+                        changes.push(ObjectEvent::Deleted(r));
+                    }
+                }
+                self.invalid.extend(now_invalid);
                 self.unlisted.remove(&kind);
                 if self.state.synced {
                     out.extend(changes.into_iter().map(Ok));
@@ -117,15 +156,30 @@ impl SyncGate {
             }
             Event::Apply(entry) => {
                 let object_ref = entry.object_ref.clone();
-                let event = match self.validate(entry, &mut out) {
-                    Some(object) => ObjectEvent::Applied(object),
+                let mut why = Vec::new();
+                match self.validate(entry, &mut why) {
+                    Some(object) => {
+                        self.invalid.remove(&object_ref);
+                        self.forward(ObjectEvent::Applied(object), &mut out);
+                    }
                     // Now invalid: like a manifest edited into an error, it goes away.
-                    None => ObjectEvent::Deleted(object_ref),
-                };
-                self.forward(event, &mut out);
+                    None => {
+                        self.invalid.insert(object_ref.clone());
+                        self.forward(ObjectEvent::Deleted(object_ref), &mut out);
+                    }
+                }
+                out.extend(why);
             }
             Event::Delete(entry) => {
-                self.forward(ObjectEvent::Deleted(entry.object_ref), &mut out);
+                let object_ref = entry.object_ref;
+                if self.invalid.remove(&object_ref) {
+                    // Absent from the state, so nothing changes there; say it anyway.
+                    if self.state.synced {
+                        out.push(Ok(ObjectEvent::Deleted(object_ref)));
+                    }
+                } else {
+                    self.forward(ObjectEvent::Deleted(object_ref), &mut out);
+                }
             }
         }
         out

@@ -13,11 +13,17 @@
 //! [`spawn`] (a thread with its own runtime feeding a std channel, for the blocking
 //! sync loops).
 //!
+//! The pod network's flannel-style "kube subnet manager" lives here too: [`subnet`]
+//! (pure: Node objects → peer leases, this node's lease → an annotation patch) and its
+//! I/O, [`watch_node_leases`] and [`publish_node_lease`].
+//!
 //! The RBAC a deployment needs is derived from the same table the watchers are built
-//! from: [`api_calls`].
+//! from, plus the one write (the lease patch): [`api_calls`].
 
 mod gate;
 mod kinds;
+mod node_leases;
+pub mod subnet;
 mod watch;
 
 use std::collections::BTreeSet;
@@ -25,6 +31,8 @@ use std::time::Duration;
 
 pub use gate::SyncGate;
 pub use kinds::{ApiCall, Entry, WATCH_VERBS, WatchedKind};
+pub use kube::Client;
+pub use node_leases::{NODE_LEASE_PATCH, publish_node_lease, watch_node_leases};
 pub use watch::{client, spawn, state_summary, watch};
 
 use twill_model::ObjectRef;
@@ -40,17 +48,22 @@ pub struct SourceConfig {
     /// Retry pacing after errors; `None` is kube-runtime's default (exponential from
     /// 800 ms to 30 s, with jitter, reset after 2 minutes of health).
     pub backoff: Option<Backoff>,
+    /// The process also publishes its node's subnet lease as Node annotations (the
+    /// kube subnet manager, [`publish_node_lease`]): one more API call to allow.
+    pub publishes_node_lease: bool,
 }
 
 impl SourceConfig {
     /// Everything a node agent reads: Services and EndpointSlices (proxy), Nodes
     /// (overlay routes), Namespaces, Pods and NetworkPolicies (policy). Every Pod, not
-    /// just this node's: a policy's peers live on any node.
+    /// just this node's: a policy's peers live on any node. It may publish its node's
+    /// lease (kube subnet manager).
     pub fn node_agent() -> Self {
         Self {
             kinds: WatchedKind::ALL.into_iter().collect(),
             pods_on_node: None,
             backoff: None,
+            publishes_node_lease: true,
         }
     }
 
@@ -78,6 +91,7 @@ impl SourceConfig {
             .collect(),
             pods_on_node: None,
             backoff: None,
+            publishes_node_lease: false,
         }
     }
 
@@ -135,6 +149,9 @@ impl Role {
 /// ClusterRole must allow.
 pub fn api_calls(config: &SourceConfig) -> Vec<ApiCall> {
     let mut calls: Vec<ApiCall> = config.kinds.iter().map(|k| k.api_call()).collect();
+    if config.publishes_node_lease {
+        calls.push(NODE_LEASE_PATCH);
+    }
     calls.sort();
     calls
 }
@@ -155,6 +172,13 @@ pub enum Error {
     NoConfig(#[source] kube::config::InferConfigError),
     #[error("building the Kubernetes client: {0}")]
     Client(#[source] kube::Error),
+    /// Publishing this node's lease annotations failed.
+    #[error("patching Node {node}'s flannel.alpha.coreos.com annotations: {source}")]
+    Patch {
+        node: String,
+        #[source]
+        source: kube::Error,
+    },
     /// A list or watch failed; the watcher retries it after a backoff.
     #[error("watching {kind}s: {source}")]
     Watch {
@@ -183,7 +207,10 @@ impl Error {
     /// Whether the stream goes on by itself after this error (watch failures are
     /// retried, invalid objects skipped); the others stop the source from starting.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Error::Watch { .. } | Error::Invalid { .. })
+        matches!(
+            self,
+            Error::Watch { .. } | Error::Invalid { .. } | Error::Patch { .. }
+        )
     }
 
     /// A watch that restarted with a relist because its resourceVersion expired.

@@ -2,6 +2,7 @@
 //! the source.
 
 mod kubeconfig;
+mod node_leases;
 mod rbac;
 mod replay;
 mod support;

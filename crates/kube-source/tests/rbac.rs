@@ -140,13 +140,21 @@ fn the_rbac_check_catches_a_missing_verb_and_an_extra_grant() {
     );
 }
 
-/// The `--role` a container runs `twill agent` with, if it runs it.
+/// The role a container reads the API as, if it does: `twill agent [--role R]`, or
+/// `twill dns` with `--source kube` (or `--in-cluster`, `--kubeconfig`).
 fn agent_role(container: &Value) -> Option<Role> {
     let args: Vec<&str> = container["args"]
         .as_array()?
         .iter()
         .filter_map(Value::as_str)
         .collect();
+    if args.first() == Some(&"dns") {
+        let from_api = args.windows(2).any(|w| w == ["--source", "kube"])
+            || args
+                .iter()
+                .any(|a| *a == "--in-cluster" || a.starts_with("--kubeconfig"));
+        return from_api.then_some(Role::Dns);
+    }
     if args.first() != Some(&"agent") {
         return None;
     }

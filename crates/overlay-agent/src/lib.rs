@@ -363,7 +363,8 @@ async fn store_backoff(
     Ok(stopped)
 }
 
-async fn existing_or_new_mac(
+/// The existing vxlan device's MAC (peers already route to it), else a new one.
+pub async fn existing_or_new_mac(
     handle: &Handle,
     config: &NetworkConfig,
     node: &NodeSpec,
@@ -449,7 +450,8 @@ fn write_file(path: &std::path::Path, text: &str) -> Result<(), Error> {
     std::fs::rename(&tmp, path).map_err(io)
 }
 
-fn write_subnet_files(
+/// subnet.env (what the CNI plugin reads) and, when asked, a twill-bridge CNI config.
+pub fn write_subnet_files(
     opts: &AgentOptions,
     config: &NetworkConfig,
     kind: BackendKind,
@@ -472,7 +474,7 @@ fn write_subnet_files(
 
 /// Chains via one `iptables-restore --noflush`; each jump from a built-in chain appended
 /// only when `iptables-save` does not show it yet (so re-running never duplicates it).
-fn apply_masquerade(
+pub fn apply_masquerade(
     opts: &AgentOptions,
     config: &NetworkConfig,
     own: SubnetKey,

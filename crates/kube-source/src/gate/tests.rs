@@ -153,24 +153,55 @@ fn listed_one(gate: &mut SyncGate, e: Entry) {
 }
 
 #[test]
-fn an_object_turning_invalid_is_reported_and_removed() {
+fn an_object_turning_invalid_is_removed_then_reported() {
     let mut gate = SyncGate::new([SVC]);
     listed_one(&mut gate, svc("web", 80));
-    let out = gate.step(SVC, Event::Apply(svc("web", 70000)));
+    let mut out = gate.step(SVC, Event::Apply(svc("web", 70000)));
     assert_eq!(out.len(), 2, "{out:?}");
-    match &out[0] {
-        Err(e @ Error::Invalid { object, .. }) => {
+    // Deleted first, then why: a consumer that fails closed on invalid objects ends
+    // with the object marked invalid, not merely gone.
+    match out.pop().unwrap() {
+        Err(e @ Error::Invalid { .. }) => {
+            let Error::Invalid { object, .. } = &e else {
+                unreachable!()
+            };
             assert_eq!(object.kind, Kind::Service);
             assert!(e.to_string().contains("spec.ports[0].port"), "{e}");
             assert!(e.is_transient());
         }
         other => panic!("expected Invalid, got {other:?}"),
     }
-    assert_eq!(
-        names(&ok(out.into_iter().skip(1).collect())),
-        ["-Service default/web"]
-    );
+    assert_eq!(names(&ok(out)), ["-Service default/web"]);
     assert!(gate.state().services.is_empty());
+}
+
+#[test]
+fn deleting_an_invalid_object_is_announced_though_it_was_never_applied() {
+    let mut gate = SyncGate::new([SVC]);
+    ok(gate.step(SVC, Event::Init));
+    assert!(gate.step(SVC, Event::InitApply(svc("bad", 0)))[0].is_err());
+    ok(gate.step(SVC, Event::InitDone));
+    let out = ok(gate.step(SVC, Event::Delete(svc("bad", 0))));
+    assert_eq!(names(&out), ["-Service default/bad"]);
+    // Once: it is forgotten.
+    assert!(ok(gate.step(SVC, Event::Delete(svc("bad", 0)))).is_empty());
+}
+
+#[test]
+fn a_relist_without_an_invalid_object_announces_its_deletion_and_a_fixed_one_applies() {
+    let mut gate = SyncGate::new([SVC]);
+    ok(gate.step(SVC, Event::Init));
+    assert!(gate.step(SVC, Event::InitApply(svc("gone", 0)))[0].is_err());
+    assert!(gate.step(SVC, Event::InitApply(svc("fixed", 0)))[0].is_err());
+    ok(gate.step(SVC, Event::InitDone));
+    // 410 Gone, relist: `gone` was deleted meanwhile, `fixed` was corrected.
+    ok(gate.step(SVC, Event::Init));
+    ok(gate.step(SVC, Event::InitApply(svc("fixed", 80))));
+    let out = ok(gate.step(SVC, Event::InitDone));
+    assert_eq!(
+        names(&out),
+        ["+Service default/fixed", "-Service default/gone"]
+    );
 }
 
 #[test]

@@ -49,6 +49,18 @@ pub struct ServeArgs {
     /// Manifests with Namespaces, Services, EndpointSlices and Pods (repeatable; `-` for stdin).
     #[arg(short = 'f', long = "filename")]
     pub files: Vec<String>,
+    /// Where cluster state comes from: `manifests` (`-f`) or `kube` (the API server:
+    /// `--kubeconfig`, `KUBECONFIG`, `~/.kube/config`, then the pod's service account).
+    /// From the API, cluster names answer SERVFAIL until every initial list is in.
+    #[arg(long, value_enum, default_value = "manifests")]
+    pub source: Source,
+    /// kubeconfig for `--source kube` (implies it).
+    #[arg(long, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Use the pod's service account (implies `--source kube`; what CoreDNS's
+    /// `kubernetes` plugin does with no kubeconfig).
+    #[arg(long)]
+    pub in_cluster: bool,
     /// Reverse zones served authoritatively (e.g. `in-addr.arpa`, `ip6.arpa`, `0.10.in-addr.arpa`).
     #[arg(long = "reverse-zone")]
     pub reverse_zones: Vec<String>,
@@ -117,6 +129,12 @@ pub struct ServeArgs {
     /// Do not send the forwarding-loop probe.
     #[arg(long)]
     pub no_loop_check: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    Manifests,
+    Kube,
 }
 
 #[derive(clap::Args)]
@@ -219,7 +237,17 @@ fn parse_upstream(s: &str) -> anyhow::Result<SocketAddr> {
     Ok(SocketAddr::new(ip, 53))
 }
 
-fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
+fn serve(mut a: ServeArgs) -> anyhow::Result<ExitCode> {
+    if a.kubeconfig.is_some() || a.in_cluster {
+        a.source = Source::Kube;
+    }
+    if a.source == Source::Kube && !a.files.is_empty() {
+        bail!("--source kube takes cluster state from the API server; drop -f");
+    }
+    #[cfg(not(feature = "kube"))]
+    if a.source == Source::Kube {
+        bail!("this twill was built without the `kube` feature");
+    }
     let mut config = Config::new(&a.zone)?.with_reverse_zones(&a.reverse_zones)?;
     config.pods = a.pods.parse::<PodMode>()?;
     config.ttl = a.ttl;
@@ -263,8 +291,10 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .all(|f| f == "-" || std::path::Path::new(f).exists());
     let (files, cfg) = (a.files.clone(), config.clone());
+    // From the API, the state starts empty and unsynced: SERVFAIL until listed.
+    let from_files = a.source == Source::Manifests;
     let built = std::thread::spawn(move || -> anyhow::Result<Snapshot> {
-        let state = if all_exist {
+        let state = if all_exist && from_files {
             ClusterState::from_objects(load_objects(&files)?)
         } else {
             ClusterState::default()
@@ -325,6 +355,15 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     if !a.files.is_empty() && !a.files.iter().any(|f| f == "-") {
         follow_files(a.files.clone(), config.clone(), engine.clone());
     }
+    #[cfg(feature = "kube")]
+    if a.source == Source::Kube {
+        let kubeconfig = if a.in_cluster {
+            None
+        } else {
+            a.kubeconfig.clone()
+        };
+        follow_kube(kubeconfig, config.clone(), engine.clone())?;
+    }
     tracing::info!(
         udp = ?running.udp,
         tcp = ?running.tcp,
@@ -364,6 +403,53 @@ fn follow_files(files: Vec<String>, config: Config, engine: Arc<Engine>) {
             std::thread::sleep(std::time::Duration::from_millis(200));
         }
     });
+}
+
+/// Follow the API server (what cluster DNS reads: Namespaces, Pods, Services,
+/// EndpointSlices) and swap in a new snapshot after the first complete listing and after
+/// each batch of changes. Until then the snapshot built from the empty, unsynced state
+/// answers SERVFAIL for cluster names (and `/ready` says not ready), so no client caches
+/// an NXDOMAIN for a service that merely was not listed yet.
+#[cfg(feature = "kube")]
+fn follow_kube(
+    kubeconfig: Option<PathBuf>,
+    config: Config,
+    engine: Arc<Engine>,
+) -> anyhow::Result<()> {
+    let events = twill_kube_source::spawn(kubeconfig, twill_kube_source::SourceConfig::dns())
+        .context("starting the Kubernetes source")?;
+    std::thread::Builder::new()
+        .name("dns-kube-source".into())
+        .spawn(move || {
+            let mut state = ClusterState::default();
+            while let Ok(first) = events.recv() {
+                // Batch what arrives together (a relist, a burst of endpoint changes) into
+                // one snapshot.
+                std::thread::sleep(Duration::from_millis(50));
+                let mut changed = false;
+                for item in std::iter::once(first).chain(events.try_iter()) {
+                    match item {
+                        Ok(e) => changed |= state.apply(e),
+                        // Logged by the source, which retries (or skips the object).
+                        Err(e) if e.is_transient() => {}
+                        Err(e) => {
+                            eprintln!("twill dns: {e}");
+                            std::process::exit(2);
+                        }
+                    }
+                }
+                if changed && state.synced {
+                    engine.swap(Snapshot::build(&state, &config, now_serial()));
+                    tracing::info!(
+                        services = state.services.len(),
+                        "cluster state from the API server"
+                    );
+                }
+            }
+            eprintln!("twill dns: the Kubernetes source stopped");
+            std::process::exit(2);
+        })?;
+    Ok(())
 }
 
 fn rand_label() -> String {

@@ -1,0 +1,126 @@
+//! The NetworkPolicy part's view of the cluster, from the model state the source feeds.
+//!
+//! A local adapter: `twill_netpol_agent::daemon::cluster_from_manifests` builds the same
+//! [`Cluster`] from a manifest load result; this does it from a [`ClusterState`] plus
+//! the policies the source rejected (which the state does not hold: an invalid object
+//! is absent from it). Those fail closed for their whole namespace, as the manifest path
+//! does.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use twill_model::{ClusterState, ObjectKey};
+use twill_netpol::{BrokenPolicy, Cluster, NodeInfo, PolicyPod};
+
+/// `rejected`: NetworkPolicies the source reported invalid, with why.
+pub fn cluster_from_state(
+    state: &ClusterState,
+    rejected: &BTreeMap<ObjectKey, String>,
+    extra_node_addresses: &[(String, IpAddr)],
+) -> Cluster {
+    let mut c = Cluster::default();
+    for n in state.namespaces.values() {
+        c.namespaces.insert(n.name.clone(), n.labels.clone());
+    }
+    for n in state.nodes.values() {
+        c.nodes.insert(
+            n.name.clone(),
+            NodeInfo {
+                name: n.name.clone(),
+                addresses: n.internal_ips.clone(),
+            },
+        );
+    }
+    for p in state.pods.values() {
+        if let Some(pp) = PolicyPod::from_model(p) {
+            c.pods.insert(pp.key.clone(), pp);
+        }
+    }
+    for p in state.network_policies.values() {
+        c.upsert_policy(p.clone());
+    }
+    for (node, addr) in extra_node_addresses {
+        let n = c.nodes.entry(node.clone()).or_insert_with(|| NodeInfo {
+            name: node.clone(),
+            addresses: vec![],
+        });
+        if !n.addresses.contains(addr) {
+            n.addresses.push(*addr);
+        }
+    }
+    for (key, reason) in rejected {
+        c.upsert_broken(BrokenPolicy {
+            key: key.clone(),
+            pod_selector: None,
+            ingress: true,
+            egress: true,
+            reason: reason.clone(),
+        });
+    }
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use twill_model::ObjectEvent;
+
+    fn state(yaml: &str) -> ClusterState {
+        let loaded = twill_manifest::parse_str("test.yaml", yaml);
+        assert!(!loaded.has_errors(), "{:?}", loaded.problems);
+        let mut s = ClusterState::default();
+        for o in loaded.into_objects() {
+            s.apply(ObjectEvent::Applied(o));
+        }
+        s
+    }
+
+    const CLUSTER: &str = "
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {team: a}}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: node-a}
+status: {addresses: [{type: InternalIP, address: 192.168.56.10}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: shop, labels: {app: web}}
+spec: {nodeName: node-a, containers: [{name: c, image: i}]}
+status: {phase: Running, podIP: 10.244.0.5, podIPs: [{ip: 10.244.0.5}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-web, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress: [{from: [{podSelector: {}}]}]
+";
+
+    #[test]
+    fn the_state_gives_the_same_policy_view_as_the_same_manifests() {
+        let s = state(CLUSTER);
+        let extra = [("node-a".to_string(), "10.244.0.1".parse().unwrap())];
+        let from_state = cluster_from_state(&s, &BTreeMap::new(), &extra);
+        let load = twill_manifest::parse_str("test.yaml", CLUSTER);
+        let (from_files, problems) =
+            twill_netpol_agent::daemon::cluster_from_manifests(&load, &extra);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(from_state, from_files);
+        assert_eq!(from_state.pods.len(), 1);
+        assert_eq!(from_state.nodes["node-a"].addresses.len(), 2);
+    }
+
+    #[test]
+    fn a_rejected_policy_isolates_its_namespace_both_ways() {
+        let s = state(CLUSTER);
+        let key = ObjectKey::new("shop", "broken");
+        let rejected = BTreeMap::from([(key.clone(), "spec.podSelector: bad".to_string())]);
+        let c = cluster_from_state(&s, &rejected, &[]);
+        let web = c.pods.values().next().unwrap();
+        assert!(c.isolated_for_ingress(web) && c.isolated_for_egress(web));
+        assert_eq!(c.broken[&key].reason, "spec.podSelector: bad");
+    }
+}
