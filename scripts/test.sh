@@ -31,6 +31,13 @@ for area in cni overlay proxy dns netpol; do
     "$TWILL_BIN" conformance "$area" "$dir" 2>&1 | tee -a "$log" || status=1
   fi
 done
+# The proxy corpus again for the other modes (iptables ran above).
+for mode in nftables userspace ipvs; do
+  if "$TWILL_BIN" conformance proxy --help 2>/dev/null | grep -q "$mode"; then
+    echo "== twill conformance proxy --mode $mode $SHARED/testdata/proxy"
+    "$TWILL_BIN" conformance proxy --mode "$mode" "$SHARED/testdata/proxy" 2>&1 | tee -a "$log" || status=1
+  fi
+done
 
 echo "== cargo test"
 cargo test --workspace --lib --bins --tests 2>&1 | tee -a "$log" || status=1

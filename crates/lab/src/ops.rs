@@ -191,7 +191,12 @@ pub fn wait_services(spec: &LabSpec, wait: Duration) {
         let state = twill_model::ClusterState::from_objects(
             twill_manifest::parse_str("cluster.yaml", &cluster).into_objects(),
         );
-        let wanted = ready_endpoints(&state);
+        // The userspace mode's rules send each portal to its own listener (which picks a
+        // backend per connection): wait for the portals instead of the endpoints.
+        let wanted = match spec.proxy_mode.as_str() {
+            "userspace" => service_portals(&state),
+            _ => ready_endpoints(&state),
+        };
         let done = spec.nodes.iter().all(|n| {
             let rules = programmed_rules(spec, &n.netns);
             wanted.iter().all(|ep| rules.contains(ep.as_str()))
@@ -225,6 +230,23 @@ pub fn ready_endpoints(state: &twill_model::ClusterState) -> std::collections::B
         }
     }
     out
+}
+
+/// `-d IP/32` of every cluster IP whose Service has a ready endpoint: the userspace
+/// mode's portal rules.
+pub fn service_portals(state: &twill_model::ClusterState) -> std::collections::BTreeSet<String> {
+    let with_endpoints: std::collections::BTreeSet<twill_model::ObjectKey> = state
+        .endpoint_slices
+        .values()
+        .filter(|s| s.endpoints.iter().any(|e| e.conditions.is_ready()))
+        .filter_map(|s| s.service_key())
+        .collect();
+    state
+        .services
+        .values()
+        .filter(|s| with_endpoints.contains(&s.key))
+        .flat_map(|s| s.cluster_ips.iter().map(|ip| format!("-d {ip}/32")))
+        .collect()
 }
 
 /// The proxy's NAT rules on one node, as text to search for endpoints.

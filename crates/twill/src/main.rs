@@ -54,8 +54,8 @@ enum Command {
     /// A multi-node cluster out of network namespaces, running ordinary manifests.
     #[cfg(feature = "lab")]
     Lab(cmd::lab::Args),
-    /// The node agent on a real cluster, fed by the Kubernetes API (for now: connect and
-    /// print the event stream).
+    /// The node agent on a real cluster: pod network, service proxy and NetworkPolicy,
+    /// fed by the Kubernetes API.
     #[cfg(feature = "kube")]
     Agent(cmd::agent::Args),
     /// The cluster DNS server (CoreDNS's job) and pod resolv.conf.

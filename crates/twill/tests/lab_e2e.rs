@@ -351,7 +351,11 @@ fn traced_deliveries(lab: &Lab, from: &str, to: &str) -> Vec<(String, String)> {
 }
 
 fn data_plane(backend: &str) {
-    let test = format!("data_plane_{backend}");
+    data_plane_with(backend, "iptables");
+}
+
+fn data_plane_with(backend: &str, mode: &str) {
+    let test = format!("data_plane_{backend}_{mode}");
     if !twill_testkit::require_root(&test) || !twill_testkit::require_tool(&test, "dig") {
         return;
     }
@@ -362,6 +366,8 @@ fn data_plane(backend: &str) {
         "2",
         "--backend",
         backend,
+        "--proxy-mode",
+        mode,
         "-f",
         shared.to_str().unwrap(),
         "-f",
@@ -571,7 +577,13 @@ fn data_plane(backend: &str) {
     let mut gone = false;
     for _ in 0..50 {
         let slices = text(&lab.run(&["get", "endpointslices", "-o", "yaml"]));
-        let rules = text(&lab.exec(&["--node", "node-1"], &["iptables-save", "-t", "nat"]));
+        let rules = match mode {
+            "nftables" => text(&lab.exec(
+                &["--node", "node-1"],
+                &["nft", "list", "table", "ip", "kube-proxy"],
+            )),
+            _ => text(&lab.exec(&["--node", "node-1"], &["iptables-save", "-t", "nat"])),
+        };
         if !slices.contains(&extra_ip) && !rules.contains(&format!("{extra_ip}:9376")) {
             gone = true;
             break;
@@ -594,6 +606,12 @@ fn data_plane_host_gw() {
 #[test]
 fn data_plane_udp() {
     data_plane("udp");
+}
+
+/// The same walkthrough with kube-proxy's nftables mode on every node.
+#[test]
+fn data_plane_vxlan_nftables() {
+    data_plane_with("vxlan", "nftables");
 }
 
 #[test]

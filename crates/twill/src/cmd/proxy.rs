@@ -1,5 +1,6 @@
-//! `twill proxy` (kube-proxy's job, iptables mode), `twill proxy rules`, and
-//! `twill conformance proxy DIR`.
+//! `twill proxy` (kube-proxy's job, iptables or nftables mode), `twill proxy rules`, and
+//! `twill conformance proxy DIR [--mode …]`. userspace and ipvs have a dispatch point
+//! that says they are not built into this binary.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -66,17 +67,38 @@ pub enum Command {
     Rules(RulesArgs),
 }
 
+/// kube-proxy's modes. ipvs is planning only: it says what the kernel lacks (or that
+/// the applier is not built) instead of running.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
     Iptables,
+    Nftables,
+    Userspace,
+    Ipvs,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Iptables => "iptables",
+            Mode::Nftables => "nftables",
+            Mode::Userspace => "userspace",
+            Mode::Ipvs => "ipvs",
+        }
+    }
+    fn parse(s: &str) -> Option<Mode> {
+        [Mode::Iptables, Mode::Nftables, Mode::Userspace, Mode::Ipvs]
+            .into_iter()
+            .find(|m| m.name() == s)
+    }
 }
 
 /// kube-proxy's main settings, shared by the daemon and `rules`.
 #[derive(clap::Args, Clone, Debug)]
 pub struct Settings {
-    /// Proxy mode (only iptables is built).
-    #[arg(long, value_enum, default_value = "iptables", global = true)]
-    pub mode: Mode,
+    /// Proxy mode (default iptables, or the config file's `mode`).
+    #[arg(long, value_enum, global = true)]
+    pub mode: Option<Mode>,
     /// Pod CIDR for the local-traffic detector (off-cluster sources are masqueraded).
     #[arg(long, global = true)]
     pub cluster_cidr: Option<String>,
@@ -102,6 +124,9 @@ pub struct RulesArgs {
     /// Manifest files or folders (`-` for stdin).
     #[arg(short = 'f', long = "filename", required = true)]
     pub files: Vec<String>,
+    /// ipvs mode's scheduler (rr, wrr, lc, wlc, lblc, lblcr, dh, sh, sed, nq).
+    #[arg(long, default_value = "rr")]
+    pub ipvs_scheduler: String,
 }
 
 #[derive(clap::Args)]
@@ -111,6 +136,9 @@ pub struct ConformanceArgs {
     /// Only the pure checks (expected text and traced flows); skip real-kernel flows.
     #[arg(long)]
     pub trace_only: bool,
+    /// Which proxy mode runs the cases.
+    #[arg(long, value_enum, default_value = "iptables")]
+    pub mode: Mode,
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
@@ -121,7 +149,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
 }
 
 /// `30s`, `1m`, `1m30s`, `500ms`, `2h`.
-fn parse_duration(s: &str) -> anyhow::Result<Duration> {
+pub(crate) fn parse_duration(s: &str) -> anyhow::Result<Duration> {
     let mut total = Duration::ZERO;
     let mut num = String::new();
     let mut chars = s.trim().chars().peekable();
@@ -170,18 +198,25 @@ fn apply_config_file(path: &PathBuf, s: &mut Settings, d: &mut DaemonArgs) -> an
         );
     }
     let st = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
-    let ipt = v.get("iptables");
+    if let Some(m) = st("mode").filter(|m| !m.is_empty()) {
+        let Some(mode) = Mode::parse(&m) else {
+            anyhow::bail!("{}: mode {m:?} is not a kube-proxy mode", path.display());
+        };
+        // A mode given on the command line wins over the file's.
+        if s.mode.is_none() {
+            s.mode = Some(mode);
+        }
+    }
+    // Sync periods and masqueradeAll live in the section of the mode in use.
+    let ipt = match s.mode {
+        Some(Mode::Nftables) => v.get("nftables").or_else(|| v.get("iptables")),
+        _ => v.get("iptables"),
+    };
     let ist = |k: &str| {
         ipt.and_then(|i| i.get(k))
             .and_then(|x| x.as_str())
             .map(str::to_string)
     };
-    if let Some(m) = st("mode").filter(|m| !m.is_empty() && m != "iptables") {
-        anyhow::bail!(
-            "{}: mode {m:?} is not supported (only iptables)",
-            path.display()
-        );
-    }
     if s.cluster_cidr.is_none() {
         s.cluster_cidr = st("clusterCIDR").filter(|c| !c.is_empty());
     }
@@ -249,6 +284,17 @@ fn run_daemon(mut s: Settings, mut d: DaemonArgs) -> anyhow::Result<ExitCode> {
     if let Some(path) = d.config.clone() {
         apply_config_file(&path, &mut s, &mut d)?;
     }
+    let mode = s.mode.unwrap_or(Mode::Iptables);
+    if mode == Mode::Ipvs {
+        // Say exactly what this kernel lacks; with IPVS present, the applier is what is
+        // missing (the planning and the netlink encoding exist, the kernel half does not).
+        match twill_proxy_ipvs::check_kernel() {
+            Err(missing) => anyhow::bail!("--mode ipvs cannot run here: {missing}"),
+            Ok(()) => anyhow::bail!(
+                "--mode ipvs: this kernel has IPVS, but Twill's ipvs applier is not built yet (`twill proxy rules --mode ipvs` shows the plan)"
+            ),
+        }
+    }
     if d.files.is_empty() {
         anyhow::bail!(
             "standalone mode needs manifests: twill proxy -f MANIFESTS --hostname-override NODE"
@@ -262,26 +308,48 @@ fn run_daemon(mut s: Settings, mut d: DaemonArgs) -> anyhow::Result<ExitCode> {
         .context("--hostname-override (or --node) is required")?;
     let sync_period = parse_duration(d.sync_period.as_deref().unwrap_or("30s"))?;
     let min_sync_period = parse_duration(d.min_sync_period.as_deref().unwrap_or("1s"))?;
-    let cfg = renderer_config(&s, family)?;
-    for note in twill_proxy::proxier::apply_sysctls(&cfg) {
-        tracing::info!("{note}");
-    }
+    let mut cfg = renderer_config(&s, family)?;
     let mc = ModelConfig {
         family,
         node_name: node,
         node_zone: None,
         gates: FeatureGates::default(),
     };
-    let mut proxier = twill_proxy::Proxier::new(
-        mc,
-        cfg,
-        sync_period,
-        twill_proxy::Kernel::new(match d.iptables_backend {
-            Backend::System => twill_proxy::Variant::System,
-            Backend::Legacy => twill_proxy::Variant::Legacy,
-            Backend::Nft => twill_proxy::Variant::Nft,
-        }),
-    );
+    let mut proxier: Box<dyn ModeProxier> = if mode == Mode::Userspace {
+        Box::new(UserspaceMode::new(
+            mc,
+            twill_proxy_userspace::Config::from_iptables(&cfg),
+        ))
+    } else if mode == Mode::Nftables {
+        // nftables mode has no localhost NodePorts (so no route_localnet), and picks
+        // NodePort addresses from the namespace's own addresses.
+        cfg.localhost_node_ports = false;
+        for note in twill_proxy::proxier::apply_sysctls(&cfg) {
+            tracing::info!("{note}");
+        }
+        let mut ncfg = corpus::nft_config(&cfg);
+        ncfg.local_addresses = twill_proxy::nft_proxier::local_addresses(family);
+        Box::new(twill_proxy::nft_proxier::NftProxier::new(
+            mc,
+            ncfg,
+            sync_period,
+            twill_proxy::nft_proxier::NftKernel,
+        ))
+    } else {
+        for note in twill_proxy::proxier::apply_sysctls(&cfg) {
+            tracing::info!("{note}");
+        }
+        Box::new(twill_proxy::Proxier::new(
+            mc,
+            cfg,
+            sync_period,
+            twill_proxy::Kernel::new(match d.iptables_backend {
+                Backend::System => twill_proxy::Variant::System,
+                Backend::Legacy => twill_proxy::Variant::Legacy,
+                Backend::Nft => twill_proxy::Variant::Nft,
+            }),
+        ))
+    };
     let shared: twill_proxy::http::Shared = Default::default();
     shared.lock().unwrap_or_else(|p| p.into_inner()).sync_period = sync_period;
     if !d.once {
@@ -299,26 +367,25 @@ fn run_daemon(mut s: Settings, mut d: DaemonArgs) -> anyhow::Result<ExitCode> {
     let mut health_ports = std::collections::BTreeSet::new();
     let mut seen = mtimes(&d.files);
     let (mut state, bad) = load_state(&d.files)?;
-    proxier.metrics.services_skipped.inc_by(bad);
+    proxier.metrics().services_skipped.inc_by(bad);
     let mut changed_at: Option<SystemTime> = None;
     loop {
-        match proxier.sync(&state, Instant::now()) {
-            Ok(Some(r)) => {
+        match proxier.sync_state(&state, Instant::now()) {
+            Ok(true) => {
                 if let Some(t) = changed_at.take()
                     && let Ok(lat) = SystemTime::now().duration_since(t)
                 {
                     proxier
-                        .metrics
+                        .metrics()
                         .network_programming_duration
                         .observe(lat.as_secs_f64());
                 }
-                tracing::debug!(?r, "sync");
             }
-            Ok(None) => {}
+            Ok(false) => {}
             Err(e) => {
                 tracing::error!("{e}");
                 if d.once {
-                    return Err(e.into());
+                    return Err(e);
                 }
             }
         }
@@ -328,7 +395,7 @@ fn run_daemon(mut s: Settings, mut d: DaemonArgs) -> anyhow::Result<ExitCode> {
         {
             let mut st = shared.lock().unwrap_or_else(|p| p.into_inner());
             st.last_success = proxier.last_success();
-            st.metrics_text = proxier.metrics.encode();
+            st.metrics_text = proxier.metrics().encode();
             st.service_health.clear();
             if let Some(m) = proxier.synced_model() {
                 for (name, svc) in &m.services {
@@ -362,8 +429,51 @@ fn run_daemon(mut s: Settings, mut d: DaemonArgs) -> anyhow::Result<ExitCode> {
             changed_at = seen.iter().flatten().max().copied();
             let (st, bad) = load_state(&d.files)?;
             state = st;
-            proxier.metrics.services_skipped.inc_by(bad);
+            proxier.metrics().services_skipped.inc_by(bad);
         }
+    }
+}
+
+/// What the daemon loop needs from a mode's proxier.
+pub(crate) trait ModeProxier {
+    /// Sync; `true` when something was written.
+    fn sync_state(&mut self, state: &ClusterState, now: Instant) -> anyhow::Result<bool>;
+    fn metrics(&self) -> &twill_proxy::metrics::Metrics;
+    fn synced_model(&self) -> Option<&twill_proxy_core::ProxyModel>;
+    fn last_success(&self) -> Option<Instant>;
+}
+
+impl ModeProxier for twill_proxy::Proxier<twill_proxy::Kernel> {
+    fn sync_state(&mut self, state: &ClusterState, now: Instant) -> anyhow::Result<bool> {
+        let r = self.sync(state, now)?;
+        tracing::debug!(?r, "sync");
+        Ok(r.is_some())
+    }
+    fn metrics(&self) -> &twill_proxy::metrics::Metrics {
+        &self.metrics
+    }
+    fn synced_model(&self) -> Option<&twill_proxy_core::ProxyModel> {
+        twill_proxy::Proxier::synced_model(self)
+    }
+    fn last_success(&self) -> Option<Instant> {
+        twill_proxy::Proxier::last_success(self)
+    }
+}
+
+impl ModeProxier for twill_proxy::nft_proxier::NftProxier<twill_proxy::nft_proxier::NftKernel> {
+    fn sync_state(&mut self, state: &ClusterState, now: Instant) -> anyhow::Result<bool> {
+        let r = self.sync(state, now)?;
+        tracing::debug!(?r, "sync");
+        Ok(r.is_some())
+    }
+    fn metrics(&self) -> &twill_proxy::metrics::Metrics {
+        &self.metrics
+    }
+    fn synced_model(&self) -> Option<&twill_proxy_core::ProxyModel> {
+        twill_proxy::nft_proxier::NftProxier::synced_model(self)
+    }
+    fn last_success(&self) -> Option<Instant> {
+        twill_proxy::nft_proxier::NftProxier::last_success(self)
     }
 }
 
@@ -395,6 +505,7 @@ fn renderer_config(s: &Settings, family: IpFamily) -> anyhow::Result<Config> {
 }
 
 fn run_rules(s: &Settings, a: RulesArgs) -> anyhow::Result<ExitCode> {
+    let mode = s.mode.unwrap_or(Mode::Iptables);
     let loaded = twill_manifest::files::load_paths(&a.files);
     for p in &loaded.problems {
         eprintln!("{p}");
@@ -420,6 +531,27 @@ fn run_rules(s: &Settings, a: RulesArgs) -> anyhow::Result<ExitCode> {
         eprintln!("warning: Service {}: skipped: {}", sk.service, sk.reason);
     }
     let cfg = renderer_config(s, family)?;
+    match mode {
+        Mode::Nftables => {
+            let desired = twill_proxy_nftables::render(&corpus::nft_config(&cfg), &model);
+            print!("{}", twill_proxy_nftables::full_script(&desired, None));
+            return Ok(ExitCode::SUCCESS);
+        }
+        Mode::Userspace => {
+            let ucfg = twill_proxy_userspace::Config::from_iptables(&cfg);
+            let plan = twill_proxy_userspace::plan_listeners(&ucfg, &model);
+            print!("{}", twill_proxy_userspace::preview(&ucfg, &plan));
+            return Ok(ExitCode::SUCCESS);
+        }
+        Mode::Ipvs => {
+            let mut icfg = twill_proxy_ipvs::Config::from_iptables(&cfg);
+            icfg.scheduler = twill_proxy_ipvs::Scheduler::parse(&a.ipvs_scheduler)
+                .with_context(|| format!("--ipvs-scheduler {:?}", a.ipvs_scheduler))?;
+            print!("{}", twill_proxy_ipvs::render_text(&icfg, &model));
+            return Ok(ExitCode::SUCCESS);
+        }
+        Mode::Iptables => {}
+    }
     print!(
         "{}",
         render(&cfg, &model, SyncMode::Full { existing: None }).text
@@ -431,6 +563,11 @@ fn run_rules(s: &Settings, a: RulesArgs) -> anyhow::Result<ExitCode> {
 /// through the rendered rules and, unless `--trace-only` (or not root), sent through a
 /// real kernel in network namespaces.
 pub fn run_conformance(a: ConformanceArgs) -> anyhow::Result<ExitCode> {
+    match a.mode {
+        Mode::Iptables => {}
+        Mode::Nftables => return run_conformance_nft(&a),
+        Mode::Userspace | Mode::Ipvs => return run_conformance_other(&a),
+    }
     let mut files: Vec<PathBuf> = std::fs::read_dir(&a.dir)
         .with_context(|| format!("reading {}", a.dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -462,6 +599,223 @@ pub fn run_conformance(a: ConformanceArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(super::conformance::summary(passed, failed))
+}
+
+/// The case files of `dir` (`*.json`, sorted).
+fn case_files(dir: &PathBuf) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// nftables mode: every flow through a real kernel whose node namespace holds the
+/// rendered `kube-proxy` table, plus the fixture's `nftables` lines where it states
+/// them. Flows needing what the mode lacks are reported `skipped: …` and not counted.
+fn run_conformance_nft(a: &ConformanceArgs) -> anyhow::Result<ExitCode> {
+    use twill_proxy::lab::{self, FlowOutcome, Mode as LabMode};
+    let kernel = if a.trace_only {
+        Err("--trace-only (nftables mode has no rule tracer)".to_string())
+    } else {
+        lab::available_for(LabMode::Nftables)
+    };
+    let (mut passed, mut failed, mut skipped) = (0usize, 0usize, 0usize);
+    for path in case_files(&a.dir)? {
+        let file = path.display().to_string();
+        let parsed = std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read: {e}"))
+            .and_then(|t| corpus::parse_case_file(&file, &t).map_err(|e| e.to_string()));
+        let case = match parsed {
+            Ok(c) => c,
+            Err(e) => {
+                failed += 1;
+                println!("FAIL {file}: {e}");
+                continue;
+            }
+        };
+        for fx in &case.fixtures {
+            if let Err(e) = fx.prepare(false) {
+                println!("FAIL {file} [{}]: {e}", fx.name);
+                failed += 1 + fx.flows.len();
+                continue;
+            }
+            if let Err(why) = &kernel {
+                skipped += fx.flows.len();
+                println!("skipped: {file} [{}]: real-kernel flows: {why}", fx.name);
+                continue;
+            }
+            let run = lab::run_fixture_mode(fx, LabMode::Nftables);
+            if let Some(problems) = run.nftables {
+                if problems.is_empty() {
+                    passed += 1;
+                } else {
+                    failed += 1;
+                    for p in problems {
+                        println!("FAIL {file} [{}] nftables: {p}", fx.name);
+                    }
+                }
+            }
+            for (flow, o) in fx.flows.iter().zip(run.flows) {
+                match o {
+                    FlowOutcome::Passed => passed += 1,
+                    FlowOutcome::Failed(e) => {
+                        failed += 1;
+                        println!("FAIL {file} [{}] flow {:?}: {e}", fx.name, flow.name);
+                    }
+                    FlowOutcome::Skipped(why) => {
+                        skipped += 1;
+                        println!("skipped: {file} [{}] flow {:?}: {why}", fx.name, flow.name);
+                    }
+                }
+            }
+        }
+    }
+    println!("{skipped} skipped");
+    Ok(super::conformance::summary(passed, failed))
+}
+
+/// A flow's result in the userspace and ipvs runners.
+enum Outcome {
+    Pass,
+    Fail(String),
+    Skip(String),
+}
+
+/// userspace mode: every flow through real listeners in a node namespace; ipvs mode:
+/// every flow judged against the plan (virtual and real servers, ipsets), the kernel
+/// half reported as skipped with what this kernel lacks.
+fn run_conformance_other(a: &ConformanceArgs) -> anyhow::Result<ExitCode> {
+    let kernel: Result<(), String> = match a.mode {
+        Mode::Userspace if a.trace_only => Err("--trace-only".into()),
+        Mode::Userspace => twill_proxy::lab::available(),
+        _ => twill_proxy_ipvs::check_kernel().map_err(|m| m.to_string()),
+    };
+    if a.mode == Mode::Ipvs
+        && let Err(why) = &kernel
+    {
+        println!("skipped: the kernel half of every fixture (applying the plan): {why}");
+    }
+    let (mut passed, mut failed, mut skipped) = (0usize, 0usize, 0usize);
+    for path in case_files(&a.dir)? {
+        let file = path.display().to_string();
+        let parsed = std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read: {e}"))
+            .and_then(|t| corpus::parse_case_file(&file, &t).map_err(|e| e.to_string()));
+        let case = match parsed {
+            Ok(c) => c,
+            Err(e) => {
+                failed += 1;
+                println!("FAIL {file}: {e}");
+                continue;
+            }
+        };
+        for fx in &case.fixtures {
+            let outcomes: Vec<Outcome> = match a.mode {
+                Mode::Userspace => match &kernel {
+                    Err(why) => fx
+                        .flows
+                        .iter()
+                        .map(|_| Outcome::Skip(format!("real-kernel flows: {why}")))
+                        .collect(),
+                    Ok(()) => twill_proxy_userspace::flows::run_fixture(fx)
+                        .into_iter()
+                        .map(|o| {
+                            use twill_proxy_userspace::flows::FlowOutcome as F;
+                            match o {
+                                F::Pass => Outcome::Pass,
+                                F::Fail(e) => Outcome::Fail(e),
+                                F::Skip(w) => Outcome::Skip(w),
+                            }
+                        })
+                        .collect(),
+                },
+                _ => twill_proxy_ipvs::conformance::run_fixture_plan(fx, kernel.clone())
+                    .flows
+                    .into_iter()
+                    .map(|o| {
+                        use twill_proxy_ipvs::conformance::FlowOutcome as F;
+                        match o {
+                            F::Pass => Outcome::Pass,
+                            F::Fail(e) => Outcome::Fail(e),
+                            F::Skip(w) => Outcome::Skip(w),
+                        }
+                    })
+                    .collect(),
+            };
+            for (flow, o) in fx.flows.iter().zip(outcomes) {
+                match o {
+                    Outcome::Pass => passed += 1,
+                    Outcome::Fail(e) => {
+                        failed += 1;
+                        println!("FAIL {file} [{}] flow {:?}: {e}", fx.name, flow.name);
+                    }
+                    Outcome::Skip(why) => {
+                        skipped += 1;
+                        println!("skipped: {file} [{}] flow {:?}: {why}", fx.name, flow.name);
+                    }
+                }
+            }
+        }
+    }
+    println!("{skipped} skipped");
+    Ok(super::conformance::summary(passed, failed))
+}
+
+/// The userspace proxier behind the daemon loop: it syncs models, not states.
+struct UserspaceMode {
+    mc: ModelConfig,
+    proxier: twill_proxy_userspace::Proxier,
+    metrics: twill_proxy::metrics::Metrics,
+    model: Option<twill_proxy_core::ProxyModel>,
+    last_success: Option<Instant>,
+}
+
+impl UserspaceMode {
+    fn new(mc: ModelConfig, cfg: twill_proxy_userspace::Config) -> Self {
+        UserspaceMode {
+            mc,
+            proxier: twill_proxy_userspace::Proxier::new(
+                cfg,
+                twill_proxy_userspace::Options::default(),
+            ),
+            metrics: twill_proxy::metrics::Metrics::new(),
+            model: None,
+            last_success: None,
+        }
+    }
+}
+
+impl ModeProxier for UserspaceMode {
+    fn sync_state(&mut self, state: &ClusterState, now: Instant) -> anyhow::Result<bool> {
+        let (model, skipped) = build_model(state, &self.mc);
+        for sk in &skipped {
+            tracing::warn!(service = %sk.service, reason = %sk.reason, "service skipped");
+        }
+        if self.model.as_ref() == Some(&model) {
+            return Ok(false);
+        }
+        let started = Instant::now();
+        let r = self.proxier.sync(&model)?;
+        self.metrics
+            .sync_duration
+            .observe(started.elapsed().as_secs_f64());
+        tracing::info!(?r, "userspace sync");
+        self.model = Some(model);
+        self.last_success = Some(now);
+        Ok(true)
+    }
+    fn metrics(&self) -> &twill_proxy::metrics::Metrics {
+        &self.metrics
+    }
+    fn synced_model(&self) -> Option<&twill_proxy_core::ProxyModel> {
+        self.model.as_ref()
+    }
+    fn last_success(&self) -> Option<Instant> {
+        self.last_success
+    }
 }
 
 fn run_fixture(file: &str, fx: &Fixture, kernel: bool) -> (usize, usize) {
@@ -539,7 +893,7 @@ mod tests {
         )
         .unwrap();
         let mut s = Settings {
-            mode: Mode::Iptables,
+            mode: None,
             cluster_cidr: None,
             node: Some("from-flag".into()),
             node_ips: vec![],
@@ -564,10 +918,28 @@ mod tests {
         assert_eq!(s.nodeport_addresses, ["192.168.0.0/24"]);
         assert_eq!(d.sync_period.as_deref(), Some("1m"));
         assert_eq!(d.min_sync_period.as_deref(), Some("2s"));
-        std::fs::write(&path, "kind: KubeProxyConfiguration\nmode: ipvs\n").unwrap();
+        assert_eq!(s.mode, Some(Mode::Iptables));
+        std::fs::write(&path, "kind: KubeProxyConfiguration\nmode: nftables\n").unwrap();
+        apply_config_file(&path, &mut s, &mut d).unwrap();
+        assert_eq!(s.mode, Some(Mode::Iptables), "a mode already chosen wins");
+        s.mode = None;
+        d.sync_period = None;
+        std::fs::write(
+            &path,
+            "kind: KubeProxyConfiguration\nmode: nftables\nnftables:\n  syncPeriod: 1h\n",
+        )
+        .unwrap();
+        apply_config_file(&path, &mut s, &mut d).unwrap();
+        assert_eq!(s.mode, Some(Mode::Nftables), "the file's mode is taken");
+        assert_eq!(
+            d.sync_period.as_deref(),
+            Some("1h"),
+            "from the nftables section"
+        );
+        std::fs::write(&path, "kind: KubeProxyConfiguration\nmode: bogus\n").unwrap();
         assert!(
             apply_config_file(&path, &mut s, &mut d).is_err(),
-            "only iptables mode is built"
+            "an unknown mode is refused"
         );
         let _ = std::fs::remove_dir_all(&dir);
     }
