@@ -528,6 +528,7 @@ fn saved_rules() -> String {
             .trim_end()
             .trim_end_matches('}')
             .split("\n\n")
+            .map(str::trim_end)
             .collect();
         blocks.sort_unstable();
         out.push_str(&blocks.join("\n\n"));
@@ -643,7 +644,7 @@ fn agent_programs_what_the_standalone_commands_program(name: &str, mode: &str) {
             // synced. The end state is what is compared.
             replay.release_watches();
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let scratch = Scratch::new("agent", listener.local_addr().unwrap());
+            let scratch = Scratch::new(&format!("agent-{mode}"), listener.local_addr().unwrap());
             serve(listener, replay.clone());
             let log_path = scratch.0.join("agent.log");
             let child = Command::new(twill)
