@@ -94,6 +94,7 @@ raw_down() {
   [ -f "$WORK/raw.pids" ] && xargs -r kill <"$WORK/raw.pids" 2>/dev/null
   rm -f "$WORK/raw.pids"
   for ns in $(ip netns list | awk '/^tbl-/ {print $1}'); do ip netns del $ns; done
+  rm -rf "$WORK"/ipam-*
 }
 
 echo "3 nodes, $PODS pods; $ROUNDS rounds; $(nproc) CPUs; $(uname -r)"
