@@ -659,17 +659,12 @@ fn run_conformance_nft(a: &ConformanceArgs) -> anyhow::Result<ExitCode> {
                 }
             }
             for (flow, o) in fx.flows.iter().zip(run.flows) {
-                match o {
-                    FlowOutcome::Passed => passed += 1,
-                    FlowOutcome::Failed(e) => {
-                        failed += 1;
-                        println!("FAIL {file} [{}] flow {:?}: {e}", fx.name, flow.name);
-                    }
-                    FlowOutcome::Skipped(why) => {
-                        skipped += 1;
-                        println!("skipped: {file} [{}] flow {:?}: {why}", fx.name, flow.name);
-                    }
-                }
+                let o = match o {
+                    FlowOutcome::Passed => Outcome::Pass,
+                    FlowOutcome::Failed(e) => Outcome::Fail(e),
+                    FlowOutcome::Skipped(why) => Outcome::Skip(why),
+                };
+                record(&file, fx, flow, o, (&mut passed, &mut failed, &mut skipped));
             }
         }
     }
@@ -677,11 +672,33 @@ fn run_conformance_nft(a: &ConformanceArgs) -> anyhow::Result<ExitCode> {
     Ok(super::conformance::summary(passed, failed))
 }
 
-/// A flow's result in the userspace and ipvs runners.
+/// A flow's result in the nftables, userspace and ipvs runners.
 enum Outcome {
     Pass,
     Fail(String),
     Skip(String),
+}
+
+/// Count one flow's outcome into (passed, failed, skipped) and print a line for a
+/// failure or a skip, the same way for every mode.
+fn record(
+    file: &str,
+    fx: &Fixture,
+    flow: &twill_proxy::corpus::Flow,
+    o: Outcome,
+    (passed, failed, skipped): (&mut usize, &mut usize, &mut usize),
+) {
+    match o {
+        Outcome::Pass => *passed += 1,
+        Outcome::Fail(e) => {
+            *failed += 1;
+            println!("FAIL {file} [{}] flow {:?}: {e}", fx.name, flow.name);
+        }
+        Outcome::Skip(why) => {
+            *skipped += 1;
+            println!("skipped: {file} [{}] flow {:?}: {why}", fx.name, flow.name);
+        }
+    }
 }
 
 /// userspace mode: every flow through real listeners in a node namespace; ipvs mode:
@@ -746,17 +763,7 @@ fn run_conformance_other(a: &ConformanceArgs) -> anyhow::Result<ExitCode> {
                     .collect(),
             };
             for (flow, o) in fx.flows.iter().zip(outcomes) {
-                match o {
-                    Outcome::Pass => passed += 1,
-                    Outcome::Fail(e) => {
-                        failed += 1;
-                        println!("FAIL {file} [{}] flow {:?}: {e}", fx.name, flow.name);
-                    }
-                    Outcome::Skip(why) => {
-                        skipped += 1;
-                        println!("skipped: {file} [{}] flow {:?}: {why}", fx.name, flow.name);
-                    }
-                }
+                record(&file, fx, flow, o, (&mut passed, &mut failed, &mut skipped));
             }
         }
     }
