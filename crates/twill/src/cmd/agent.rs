@@ -225,6 +225,11 @@ fn proxy_part(
                 .trunc(),
         );
     }
+    // As `twill proxy` does: nftables mode has no localhost NodePorts (so no
+    // route_localnet).
+    if a.proxy_mode == ProxyMode::Nftables {
+        cfg.localhost_node_ports = false;
+    }
     for note in twill_proxy::proxier::apply_sysctls(&cfg) {
         tracing::info!("{note}");
     }
