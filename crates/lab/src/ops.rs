@@ -414,12 +414,12 @@ pub fn apply(spec: &LabSpec, files: &[String]) -> Result<LoadResult, LabError> {
     if files.is_empty() {
         return Ok(LoadResult::default());
     }
-    let loaded = twill_manifest::files::load_paths(files);
+    let loaded = twill_manifest::files::load_paths_keep_raw(files);
     let mut items = applied(spec)?;
-    for l in &loaded.objects {
-        let id = identity(&l.raw);
+    for raw in loaded.objects.iter().filter_map(|l| l.raw.as_ref()) {
+        let id = identity(raw);
         items.retain(|v| identity(v) != id);
-        items.push(l.raw.clone());
+        items.push(raw.clone());
     }
     save_applied(spec, items)?;
     Ok(loaded)
@@ -427,8 +427,12 @@ pub fn apply(spec: &LabSpec, files: &[String]) -> Result<LoadResult, LabError> {
 
 /// Remove the objects named in `files`; returns the load result and how many were removed.
 pub fn delete(spec: &LabSpec, files: &[String]) -> Result<(LoadResult, usize), LabError> {
-    let loaded = twill_manifest::files::load_paths(files);
-    let ids: Vec<String> = loaded.objects.iter().map(|l| identity(&l.raw)).collect();
+    let loaded = twill_manifest::files::load_paths_keep_raw(files);
+    let ids: Vec<String> = loaded
+        .objects
+        .iter()
+        .filter_map(|l| l.raw.as_ref().map(identity))
+        .collect();
     let mut items = applied(spec)?;
     let before = items.len();
     items.retain(|v| !ids.contains(&identity(v)));

@@ -40,13 +40,22 @@ fn io_problem(source: &str, e: std::io::Error) -> Problem {
 
 /// Load every path (`-` reads stdin). Unreadable paths become problems; the rest load.
 pub fn load_paths<S: AsRef<str>>(paths: &[S]) -> LoadResult {
+    load(paths, crate::parse_str)
+}
+
+/// [`load_paths`], also keeping each object's document as written.
+pub fn load_paths_keep_raw<S: AsRef<str>>(paths: &[S]) -> LoadResult {
+    load(paths, crate::parse_str_keep_raw)
+}
+
+fn load<S: AsRef<str>>(paths: &[S], parse: fn(&str, &str) -> LoadResult) -> LoadResult {
     let mut out = LoadResult::default();
     for p in paths {
         let p = p.as_ref();
         if p == "-" {
             let mut text = String::new();
             match std::io::stdin().read_to_string(&mut text) {
-                Ok(_) => out.extend(crate::parse_str("<stdin>", &text)),
+                Ok(_) => out.extend(parse("<stdin>", &text)),
                 Err(e) => out.problems.push(io_problem("<stdin>", e)),
             }
             continue;
@@ -63,7 +72,7 @@ pub fn load_paths<S: AsRef<str>>(paths: &[S]) -> LoadResult {
         for f in files {
             let name = f.display().to_string();
             match std::fs::read_to_string(&f) {
-                Ok(text) => out.extend(crate::parse_str(&name, &text)),
+                Ok(text) => out.extend(parse(&name, &text)),
                 Err(e) => out.problems.push(io_problem(&name, e)),
             }
         }

@@ -83,8 +83,10 @@ impl fmt::Display for Problem {
 pub struct Loaded {
     pub object: Object,
     pub location: Location,
-    /// The object as written (for stores that keep what the user applied).
-    pub raw: serde_json::Value,
+    /// The object as written, for stores that keep what the user applied; only kept
+    /// when asked ([`parse_str_keep_raw`], [`files::load_paths_keep_raw`]): a daemon
+    /// loading 10k Services would otherwise hold every document twice.
+    pub raw: Option<serde_json::Value>,
 }
 
 /// What a load produced: the good objects, in input order, and every problem.
@@ -115,8 +117,17 @@ impl LoadResult {
 
 /// Parse one source's text (YAML or JSON, any number of documents).
 pub fn parse_str(source: &str, text: &str) -> LoadResult {
+    parse(source, text, false)
+}
+
+/// [`parse_str`], also keeping each object's document as written ([`Loaded::raw`]).
+pub fn parse_str_keep_raw(source: &str, text: &str) -> LoadResult {
+    parse(source, text, true)
+}
+
+fn parse(source: &str, text: &str, keep_raw: bool) -> LoadResult {
     let mut out = LoadResult::default();
-    for doc in split::documents(source, text) {
+    split::for_each_document(source, text, &mut |doc| {
         let location = Location {
             source: source.to_string(),
             doc: doc.index,
@@ -130,24 +141,36 @@ pub fn parse_str(source: &str, text: &str) -> LoadResult {
                 path: String::new(),
                 message,
             }),
-            Ok(value) => decode_into(&value, "", &location, &mut out),
+            Ok(value) => decode_into(value, "", &location, keep_raw, &mut out),
         }
-    }
+    });
     out
 }
 
 /// Decode one document's value (following `kind: List` items) into `out`.
-fn decode_into(value: &serde_json::Value, prefix: &str, location: &Location, out: &mut LoadResult) {
-    match decode_value(value) {
+fn decode_into(
+    value: serde_json::Value,
+    prefix: &str,
+    location: &Location,
+    keep_raw: bool,
+    out: &mut LoadResult,
+) {
+    match decode_value(&value) {
         Ok(Decoded::Object(object)) => out.objects.push(Loaded {
             object,
             location: location.clone(),
-            raw: value.clone(),
+            raw: keep_raw.then_some(value),
         }),
         Ok(Decoded::Ignored { .. }) => {}
         Ok(Decoded::List(items)) => {
-            for (i, item) in items.iter().enumerate() {
-                decode_into(item, &format!("{prefix}items[{i}]."), location, out);
+            for (i, item) in items.into_iter().enumerate() {
+                decode_into(
+                    item,
+                    &format!("{prefix}items[{i}]."),
+                    location,
+                    keep_raw,
+                    out,
+                );
             }
         }
         Err(e) => {

@@ -24,11 +24,31 @@ fn looks_like_json(text: &str) -> bool {
         .is_some_and(|l| l.trim_start().starts_with('{') || l.trim_start().starts_with('['))
 }
 
-pub(crate) fn documents(source: &str, text: &str) -> Vec<Document> {
+/// Hand each document to `emit` as soon as it is parsed, so a large stream is never
+/// held as parsed values all at once (10k Services: ~200 MB of `Value`s otherwise).
+pub(crate) fn for_each_document(source: &str, text: &str, emit: &mut dyn FnMut(Document)) {
+    let mut sink = Sink { count: 0, emit };
     if source.ends_with(".json") || looks_like_json(text) {
-        json_documents(text)
+        json_documents(text, &mut sink)
     } else {
-        yaml_documents(text)
+        yaml_documents(text, &mut sink)
+    }
+}
+
+/// Numbers documents (1-based, empty ones not counted) on their way out.
+struct Sink<'a> {
+    count: usize,
+    emit: &'a mut dyn FnMut(Document),
+}
+
+impl Sink<'_> {
+    fn push(&mut self, line: usize, value: Result<serde_json::Value, (usize, String)>) {
+        self.count += 1;
+        (self.emit)(Document {
+            index: self.count,
+            line,
+            value,
+        });
     }
 }
 
@@ -40,31 +60,24 @@ fn line_of_offset(text: &str, offset: usize) -> usize {
         + 1
 }
 
-fn json_documents(text: &str) -> Vec<Document> {
-    let mut out = Vec::new();
+fn json_documents(text: &str, out: &mut Sink) {
     let mut stream = serde_json::Deserializer::from_str(text).into_iter::<serde_json::Value>();
     loop {
         let start = stream.byte_offset();
         let skipped = text[start..].len() - text[start..].trim_start().len();
         match stream.next() {
             None => break,
-            Some(Ok(value)) => out.push(Document {
-                index: out.len() + 1,
-                line: line_of_offset(text, start + skipped),
-                value: Ok(value),
-            }),
+            Some(Ok(value)) => out.push(line_of_offset(text, start + skipped), Ok(value)),
             Some(Err(e)) => {
                 // A JSON syntax error leaves the stream unusable; report it and stop.
-                out.push(Document {
-                    index: out.len() + 1,
-                    line: line_of_offset(text, start + skipped),
-                    value: Err((e.line(), format!("invalid JSON: {e}"))),
-                });
+                out.push(
+                    line_of_offset(text, start + skipped),
+                    Err((e.line(), format!("invalid JSON: {e}"))),
+                );
                 break;
             }
         }
     }
-    out
 }
 
 fn is_marker(line: &str, marker: &str) -> bool {
@@ -74,7 +87,7 @@ fn is_marker(line: &str, marker: &str) -> bool {
             .is_some_and(|r| r.starts_with([' ', '\t']))
 }
 
-fn yaml_documents(text: &str) -> Vec<Document> {
+fn yaml_documents(text: &str, out: &mut Sink) {
     // (line number of the chunk's first line, chunk text)
     let mut chunks: Vec<(usize, String)> = vec![(1, String::new())];
     for (i, line) in text.lines().enumerate() {
@@ -95,7 +108,6 @@ fn yaml_documents(text: &str) -> Vec<Document> {
             last.1.push('\n');
         }
     }
-    let mut out = Vec::new();
     for (start, chunk) in chunks {
         if chunk.lines().all(is_blank_or_comment) {
             continue;
@@ -114,13 +126,8 @@ fn yaml_documents(text: &str) -> Vec<Document> {
                 ))
             }
         };
-        out.push(Document {
-            index: out.len() + 1,
-            line: start + lead,
-            value,
-        });
+        out.push(start + lead, value);
     }
-    out
 }
 
 /// The parser's message without its own position (which counts from the document, not

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use twill_model::{ObjectKey, Protocol};
 
@@ -39,10 +40,11 @@ impl SyncChanges {
     }
 }
 
-/// Keeps the last synced model.
+/// Keeps the last synced model, shared with whoever built it: a daemon that holds its
+/// model between syncs does not pay for a second copy.
 #[derive(Debug, Clone, Default)]
 pub struct ChangeTracker {
-    last: Option<ProxyModel>,
+    last: Option<Arc<ProxyModel>>,
 }
 
 fn service_ips(s: &ServicePortInfo) -> Vec<(IpAddr, u16)> {
@@ -59,13 +61,18 @@ impl ChangeTracker {
 
     /// The model of the last sync, if any.
     pub fn last(&self) -> Option<&ProxyModel> {
-        self.last.as_ref()
+        self.last.as_deref()
+    }
+
+    /// Whether `model` is the very snapshot last synced (so nothing can have changed).
+    pub fn is_last(&self, model: &Arc<ProxyModel>) -> bool {
+        self.last.as_ref().is_some_and(|l| Arc::ptr_eq(l, model))
     }
 
     /// What changed between the last synced model and `next`; does not record `next`.
     pub fn diff(&self, next: &ProxyModel) -> SyncChanges {
         let empty = ProxyModel::default();
-        let prev = self.last.as_ref().unwrap_or(&empty);
+        let prev = self.last.as_deref().unwrap_or(&empty);
         let mut out = SyncChanges::default();
         // Four sorted runs of borrowed keys; a stable sort merges runs in linear-ish
         // time, and nothing is cloned (at 10k services the cloned set cost more than
@@ -120,8 +127,8 @@ impl ChangeTracker {
     }
 
     /// Record `model` as synced.
-    pub fn commit(&mut self, model: ProxyModel) {
-        self.last = Some(model);
+    pub fn commit(&mut self, model: impl Into<Arc<ProxyModel>>) {
+        self.last = Some(model.into());
     }
 
     /// Forget the last sync, so the next diff reports every service (forces a full sync).

@@ -625,8 +625,8 @@ fn render_service(
         model.node_zone.as_deref(),
     );
 
-    let cluster_chain = svc.cluster_chain.as_str();
-    let local_chain = svc.local_chain.as_str();
+    let (cluster_chain, local_chain) = (svc.cluster_chain(), svc.local_chain());
+    let (cluster_chain, local_chain) = (cluster_chain.as_str(), local_chain.as_str());
     let uses_cluster_chain = !cat.cluster.is_empty() && svc.uses_cluster_endpoints();
     let uses_local_chain = !cat.local.is_empty() && svc.uses_local_endpoints();
     let has_endpoints = cat.has_any;
@@ -641,12 +641,14 @@ fn render_service(
     } else {
         (cluster_chain, has_endpoints)
     };
-    let ext_chain = svc.external_chain.as_str();
+    let ext_chain = svc.external_chain();
+    let ext_chain = ext_chain.as_str();
     let uses_ext_chain = has_endpoints && svc.externally_accessible();
     let uses_fw_chain = has_endpoints
         && !svc.load_balancer_vips.is_empty()
         && !svc.load_balancer_source_ranges.is_empty();
-    let fw_chain = svc.firewall_chain.as_str();
+    let fw_chain = svc.firewall_chain();
+    let fw_chain = fw_chain.as_str();
     let lb_chain = if uses_fw_chain { fw_chain } else { ext_chain };
 
     let (target, filter_comment) = if !has_endpoints {

@@ -11,10 +11,13 @@
 //! and a failure forces the next sync to be full. Only table `kube-proxy` of the
 //! proxier's family is ever touched.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use twill_model::{ClusterState, IpFamily};
-use twill_proxy_core::{ChangeTracker, ModelConfig, ProxyModel, StaleConntrack, build_model};
+use twill_proxy_core::{
+    ChangeTracker, ModelConfig, ProxyModel, StaleConntrack, SyncChanges, build_model,
+};
 use twill_proxy_nftables::{
     Config, Desired, Existing, TABLE, diff_script, full_script, parse_existing, render,
     render_changed,
@@ -185,6 +188,11 @@ impl<B: NftBackend> NftProxier<B> {
         }
     }
 
+    /// Who this proxier models the cluster for.
+    pub fn model_config(&self) -> &ModelConfig {
+        &self.model_config
+    }
+
     /// Bring the kernel in line with `state`. `now` drives the periodic full resync.
     /// Returns `None` when nothing changed and no full sync was due.
     pub fn sync(
@@ -198,11 +206,36 @@ impl<B: NftBackend> NftProxier<B> {
             tracing::warn!(service = %s.service, reason = %s.reason, "service skipped");
             self.metrics.services_skipped.inc();
         }
+        self.sync_since(Arc::new(model), skipped.len(), now, started)
+    }
+
+    /// [`Self::sync`] from a model already built for this node (with
+    /// `self.model_config`; the caller logs and counts the services it skipped, and the
+    /// report says 0); the same `Arc` again costs no diff.
+    pub fn sync_model(
+        &mut self,
+        model: Arc<ProxyModel>,
+        now: Instant,
+    ) -> Result<Option<NftSyncReport>, NftSyncError> {
+        self.sync_since(model, 0, now, Instant::now())
+    }
+
+    fn sync_since(
+        &mut self,
+        model: Arc<ProxyModel>,
+        skipped: usize,
+        now: Instant,
+        started: Instant,
+    ) -> Result<Option<NftSyncReport>, NftSyncError> {
         let periodic = self
             .last_full
             .is_none_or(|t| now.duration_since(t) >= self.sync_period);
         let mut full = self.need_full_sync || periodic || self.desired.is_none();
-        let changes = self.tracker.diff(&model);
+        let changes = if self.tracker.is_last(&model) {
+            SyncChanges::default()
+        } else {
+            self.tracker.diff(&model)
+        };
         if !full && changes.is_empty() {
             return Ok(None);
         }
@@ -294,7 +327,7 @@ impl<B: NftBackend> NftProxier<B> {
             rules,
             elements,
             stale_udp: stale,
-            skipped_services: skipped.len(),
+            skipped_services: skipped,
             duration: d,
         }))
     }

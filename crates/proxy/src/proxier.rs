@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 use twill_model::{ClusterState, IpFamily};
 use twill_netfilter::Family;
 use twill_proxy_core::{
-    ChangeTracker, ModelConfig, ProxyModel, ServicePortName, StaleConntrack, build_model,
+    ChangeTracker, ModelConfig, ProxyModel, ServicePortName, StaleConntrack, SyncChanges,
+    build_model,
 };
 use twill_proxy_iptables::{
     BaseJump, Config, Rendered, ServiceChains, SyncMode, base_chain_jumps, large_cluster_mode,
@@ -280,6 +281,28 @@ impl<B: Backend> Proxier<B> {
             tracing::warn!(service = %s.service, reason = %s.reason, "service skipped");
             self.metrics.services_skipped.inc();
         }
+        self.sync_since(Arc::new(model), skipped.len(), now, started)
+    }
+
+    /// [`Self::sync`] from a model already built for this node (with
+    /// `self.model_config`; the caller logs and counts the services it skipped, and the
+    /// report says 0). Passing the same `Arc` again costs no diff: only a due
+    /// full sync writes anything.
+    pub fn sync_model(
+        &mut self,
+        model: Arc<ProxyModel>,
+        now: Instant,
+    ) -> Result<Option<SyncReport>, SyncError> {
+        self.sync_since(model, 0, now, Instant::now())
+    }
+
+    fn sync_since(
+        &mut self,
+        model: Arc<ProxyModel>,
+        skipped: usize,
+        now: Instant,
+        started: Instant,
+    ) -> Result<Option<SyncReport>, SyncError> {
         let family = self.family();
         let periodic = self
             .last_full
@@ -292,7 +315,11 @@ impl<B: Backend> Proxier<B> {
         let full = self.need_full_sync
             || periodic
             || self.last_large_cluster_mode.is_some_and(|l| l != large);
-        let changes = self.tracker.diff(&model);
+        let changes = if self.tracker.is_last(&model) {
+            SyncChanges::default()
+        } else {
+            self.tracker.diff(&model)
+        };
         let t_model = started.elapsed();
         if !full && changes.is_empty() {
             return Ok(None);
@@ -425,7 +452,7 @@ impl<B: Backend> Proxier<B> {
             filter_rules: filter_rules_total,
             deleted_chains: deleted_chains.len(),
             stale_udp: stale,
-            skipped_services: skipped.len(),
+            skipped_services: skipped,
             duration: d,
             timings: SyncTimings {
                 model: t_model,
@@ -541,7 +568,7 @@ fn omit_unchanged_top_level(
 /// and frees tens of MB (restore input, `iptables-save` output, the previous model);
 /// glibc keeps freed heap pages mapped, so without this the daemon's RSS stays at its
 /// peak instead of its steady state.
-fn release_freed_memory() {
+pub fn release_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only walks the allocator's own free lists.
     unsafe {

@@ -5,12 +5,13 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use twill_model::{ClusterState, IpFamily};
 use twill_proxy::corpus::{self, Fixture};
-use twill_proxy_core::{FeatureGates, ModelConfig, build_model};
+use twill_proxy_core::{FeatureGates, ModelConfig, ProxyModel, build_model};
 use twill_proxy_iptables::trace::Tracer;
 use twill_proxy_iptables::{Config, LocalDetector, SyncMode, render};
 
@@ -280,6 +281,26 @@ fn load_state(files: &[String]) -> anyhow::Result<(ClusterState, u64)> {
     ))
 }
 
+/// Load the manifests and keep only this node's proxy model of them.
+///
+/// The parse runs on a short-lived thread: glibc gives that thread its own malloc
+/// arena, so the YAML documents, the Kubernetes objects and the cluster snapshot all
+/// live and die there, and their pages go back to the kernel once the model (built in
+/// the daemon's arena) is out. Parsed in the daemon's own arena, the survivors sat
+/// scattered among freed pages: 300 MB RSS at 10k services for ~90 MB of live data.
+fn load_model(files: &[String], proxier: &dyn ModeProxier) -> anyhow::Result<Arc<ProxyModel>> {
+    let (state, bad) = std::thread::scope(|s| {
+        s.spawn(|| load_state(files))
+            .join()
+            .map_err(|_| anyhow::anyhow!("manifest loading panicked"))
+    })??;
+    proxier.metrics().services_skipped.inc_by(bad);
+    let model = proxier.model_of(&state);
+    drop(state);
+    twill_proxy::proxier::release_freed_memory();
+    Ok(model)
+}
+
 fn run_daemon(mut s: Settings, mut d: DaemonArgs) -> anyhow::Result<ExitCode> {
     if let Some(path) = d.config.clone() {
         apply_config_file(&path, &mut s, &mut d)?;
@@ -366,11 +387,10 @@ fn run_daemon(mut s: Settings, mut d: DaemonArgs) -> anyhow::Result<ExitCode> {
     }
     let mut health_ports = std::collections::BTreeSet::new();
     let mut seen = mtimes(&d.files);
-    let (mut state, bad) = load_state(&d.files)?;
-    proxier.metrics().services_skipped.inc_by(bad);
+    let mut model = load_model(&d.files, proxier.as_ref())?;
     let mut changed_at: Option<SystemTime> = None;
     loop {
-        match proxier.sync_state(&state, Instant::now()) {
+        match proxier.sync_model(model.clone(), Instant::now()) {
             Ok(true) => {
                 if let Some(t) = changed_at.take()
                     && let Ok(lat) = SystemTime::now().duration_since(t)
@@ -427,32 +447,54 @@ fn run_daemon(mut s: Settings, mut d: DaemonArgs) -> anyhow::Result<ExitCode> {
         if now != seen {
             seen = now;
             changed_at = seen.iter().flatten().max().copied();
-            let (st, bad) = load_state(&d.files)?;
-            state = st;
-            proxier.metrics().services_skipped.inc_by(bad);
+            // The old model goes first: the tracker's copy stays until the next sync.
+            drop(model);
+            model = load_model(&d.files, proxier.as_ref())?;
         }
     }
 }
 
 /// What the daemon loop needs from a mode's proxier.
 pub(crate) trait ModeProxier {
-    /// Sync; `true` when something was written.
-    fn sync_state(&mut self, state: &ClusterState, now: Instant) -> anyhow::Result<bool>;
+    /// Who the proxier models the cluster for.
+    fn model_config(&self) -> &ModelConfig;
+    /// Sync a model built with [`Self::model_config`]; `true` when something was
+    /// written. The same `Arc` again only writes when a full sync is due.
+    fn sync_model(&mut self, model: Arc<ProxyModel>, now: Instant) -> anyhow::Result<bool>;
     fn metrics(&self) -> &twill_proxy::metrics::Metrics;
-    fn synced_model(&self) -> Option<&twill_proxy_core::ProxyModel>;
+    fn synced_model(&self) -> Option<&ProxyModel>;
     fn last_success(&self) -> Option<Instant>;
+
+    /// This node's model of `state`; skipped services are logged and counted.
+    fn model_of(&self, state: &ClusterState) -> Arc<ProxyModel> {
+        let (model, skipped) = build_model(state, self.model_config());
+        for sk in &skipped {
+            tracing::warn!(service = %sk.service, reason = %sk.reason, "service skipped");
+        }
+        self.metrics().services_skipped.inc_by(skipped.len() as u64);
+        Arc::new(model)
+    }
+
+    /// Build this node's model of `state` and sync it.
+    fn sync_state(&mut self, state: &ClusterState, now: Instant) -> anyhow::Result<bool> {
+        let model = self.model_of(state);
+        self.sync_model(model, now)
+    }
 }
 
 impl ModeProxier for twill_proxy::Proxier<twill_proxy::Kernel> {
-    fn sync_state(&mut self, state: &ClusterState, now: Instant) -> anyhow::Result<bool> {
-        let r = self.sync(state, now)?;
+    fn model_config(&self) -> &ModelConfig {
+        &self.model_config
+    }
+    fn sync_model(&mut self, model: Arc<ProxyModel>, now: Instant) -> anyhow::Result<bool> {
+        let r = twill_proxy::Proxier::sync_model(self, model, now)?;
         tracing::debug!(?r, "sync");
         Ok(r.is_some())
     }
     fn metrics(&self) -> &twill_proxy::metrics::Metrics {
         &self.metrics
     }
-    fn synced_model(&self) -> Option<&twill_proxy_core::ProxyModel> {
+    fn synced_model(&self) -> Option<&ProxyModel> {
         twill_proxy::Proxier::synced_model(self)
     }
     fn last_success(&self) -> Option<Instant> {
@@ -461,15 +503,18 @@ impl ModeProxier for twill_proxy::Proxier<twill_proxy::Kernel> {
 }
 
 impl ModeProxier for twill_proxy::nft_proxier::NftProxier<twill_proxy::nft_proxier::NftKernel> {
-    fn sync_state(&mut self, state: &ClusterState, now: Instant) -> anyhow::Result<bool> {
-        let r = self.sync(state, now)?;
+    fn model_config(&self) -> &ModelConfig {
+        twill_proxy::nft_proxier::NftProxier::model_config(self)
+    }
+    fn sync_model(&mut self, model: Arc<ProxyModel>, now: Instant) -> anyhow::Result<bool> {
+        let r = twill_proxy::nft_proxier::NftProxier::sync_model(self, model, now)?;
         tracing::debug!(?r, "sync");
         Ok(r.is_some())
     }
     fn metrics(&self) -> &twill_proxy::metrics::Metrics {
         &self.metrics
     }
-    fn synced_model(&self) -> Option<&twill_proxy_core::ProxyModel> {
+    fn synced_model(&self) -> Option<&ProxyModel> {
         twill_proxy::nft_proxier::NftProxier::synced_model(self)
     }
     fn last_success(&self) -> Option<Instant> {
@@ -776,7 +821,7 @@ struct UserspaceMode {
     mc: ModelConfig,
     proxier: twill_proxy_userspace::Proxier,
     metrics: twill_proxy::metrics::Metrics,
-    model: Option<twill_proxy_core::ProxyModel>,
+    model: Option<Arc<ProxyModel>>,
     last_success: Option<Instant>,
 }
 
@@ -796,11 +841,10 @@ impl UserspaceMode {
 }
 
 impl ModeProxier for UserspaceMode {
-    fn sync_state(&mut self, state: &ClusterState, now: Instant) -> anyhow::Result<bool> {
-        let (model, skipped) = build_model(state, &self.mc);
-        for sk in &skipped {
-            tracing::warn!(service = %sk.service, reason = %sk.reason, "service skipped");
-        }
+    fn model_config(&self) -> &ModelConfig {
+        &self.mc
+    }
+    fn sync_model(&mut self, model: Arc<ProxyModel>, now: Instant) -> anyhow::Result<bool> {
         if self.model.as_ref() == Some(&model) {
             return Ok(false);
         }
@@ -817,8 +861,8 @@ impl ModeProxier for UserspaceMode {
     fn metrics(&self) -> &twill_proxy::metrics::Metrics {
         &self.metrics
     }
-    fn synced_model(&self) -> Option<&twill_proxy_core::ProxyModel> {
-        self.model.as_ref()
+    fn synced_model(&self) -> Option<&ProxyModel> {
+        self.model.as_deref()
     }
     fn last_success(&self) -> Option<Instant> {
         self.last_success
