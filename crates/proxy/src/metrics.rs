@@ -122,3 +122,18 @@ impl Metrics {
         s
     }
 }
+
+/// This node's model of `state` for a proxier with `metrics`: every skipped service is
+/// logged and counted. Returns the model and how many services were skipped.
+pub fn node_model(
+    state: &twill_model::ClusterState,
+    mc: &twill_proxy_core::ModelConfig,
+    metrics: &Metrics,
+) -> (std::sync::Arc<twill_proxy_core::ProxyModel>, usize) {
+    let (model, skipped) = twill_proxy_core::build_model(state, mc);
+    for s in &skipped {
+        tracing::warn!(service = %s.service, reason = %s.reason, "service skipped");
+    }
+    metrics.services_skipped.inc_by(skipped.len() as u64);
+    (std::sync::Arc::new(model), skipped.len())
+}

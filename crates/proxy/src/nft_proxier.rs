@@ -15,9 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use twill_model::{ClusterState, IpFamily};
-use twill_proxy_core::{
-    ChangeTracker, ModelConfig, ProxyModel, StaleConntrack, SyncChanges, build_model,
-};
+use twill_proxy_core::{ChangeTracker, ModelConfig, ProxyModel, StaleConntrack, SyncChanges};
 use twill_proxy_nftables::{
     Config, Desired, Existing, TABLE, diff_script, full_script, parse_existing, render,
     render_changed,
@@ -200,33 +198,25 @@ impl<B: NftBackend> NftProxier<B> {
         state: &ClusterState,
         now: Instant,
     ) -> Result<Option<NftSyncReport>, NftSyncError> {
-        let started = Instant::now();
-        let (model, skipped) = build_model(state, &self.model_config);
-        for s in &skipped {
-            tracing::warn!(service = %s.service, reason = %s.reason, "service skipped");
-            self.metrics.services_skipped.inc();
-        }
-        self.sync_since(Arc::new(model), skipped.len(), now, started)
+        let t = Instant::now();
+        let (model, skipped) = crate::metrics::node_model(state, &self.model_config, &self.metrics);
+        let built = t.elapsed();
+        Ok(self.sync_model(model, now)?.map(|mut r| {
+            r.skipped_services = skipped;
+            r.duration += built;
+            r
+        }))
     }
 
     /// [`Self::sync`] from a model already built for this node (with
-    /// `self.model_config`; the caller logs and counts the services it skipped, and the
-    /// report says 0); the same `Arc` again costs no diff.
+    /// `self.model_config` and [`crate::metrics::node_model`], which counts what it
+    /// skipped). The same `Arc` again costs no diff: only a due full sync writes.
     pub fn sync_model(
         &mut self,
         model: Arc<ProxyModel>,
         now: Instant,
     ) -> Result<Option<NftSyncReport>, NftSyncError> {
-        self.sync_since(model, 0, now, Instant::now())
-    }
-
-    fn sync_since(
-        &mut self,
-        model: Arc<ProxyModel>,
-        skipped: usize,
-        now: Instant,
-        started: Instant,
-    ) -> Result<Option<NftSyncReport>, NftSyncError> {
+        let started = Instant::now();
         let periodic = self
             .last_full
             .is_none_or(|t| now.duration_since(t) >= self.sync_period);
@@ -327,7 +317,7 @@ impl<B: NftBackend> NftProxier<B> {
             rules,
             elements,
             stale_udp: stale,
-            skipped_services: skipped,
+            skipped_services: 0,
             duration: d,
         }))
     }

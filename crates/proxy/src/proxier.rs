@@ -24,7 +24,6 @@ use twill_model::{ClusterState, IpFamily};
 use twill_netfilter::Family;
 use twill_proxy_core::{
     ChangeTracker, ModelConfig, ProxyModel, ServicePortName, StaleConntrack, SyncChanges,
-    build_model,
 };
 use twill_proxy_iptables::{
     BaseJump, Config, Rendered, ServiceChains, SyncMode, base_chain_jumps, large_cluster_mode,
@@ -275,34 +274,26 @@ impl<B: Backend> Proxier<B> {
         state: &ClusterState,
         now: Instant,
     ) -> Result<Option<SyncReport>, SyncError> {
-        let started = Instant::now();
-        let (model, skipped) = build_model(state, &self.model_config);
-        for s in &skipped {
-            tracing::warn!(service = %s.service, reason = %s.reason, "service skipped");
-            self.metrics.services_skipped.inc();
-        }
-        self.sync_since(Arc::new(model), skipped.len(), now, started)
+        let t = Instant::now();
+        let (model, skipped) = crate::metrics::node_model(state, &self.model_config, &self.metrics);
+        let built = t.elapsed();
+        Ok(self.sync_model(model, now)?.map(|mut r| {
+            r.skipped_services = skipped;
+            r.duration += built;
+            r.timings.model += built;
+            r
+        }))
     }
 
     /// [`Self::sync`] from a model already built for this node (with
-    /// `self.model_config`; the caller logs and counts the services it skipped, and the
-    /// report says 0). Passing the same `Arc` again costs no diff: only a due
-    /// full sync writes anything.
+    /// `self.model_config` and [`crate::metrics::node_model`], which counts what it
+    /// skipped). The same `Arc` again costs no diff: only a due full sync writes.
     pub fn sync_model(
         &mut self,
         model: Arc<ProxyModel>,
         now: Instant,
     ) -> Result<Option<SyncReport>, SyncError> {
-        self.sync_since(model, 0, now, Instant::now())
-    }
-
-    fn sync_since(
-        &mut self,
-        model: Arc<ProxyModel>,
-        skipped: usize,
-        now: Instant,
-        started: Instant,
-    ) -> Result<Option<SyncReport>, SyncError> {
+        let started = Instant::now();
         let family = self.family();
         let periodic = self
             .last_full
@@ -452,7 +443,7 @@ impl<B: Backend> Proxier<B> {
             filter_rules: filter_rules_total,
             deleted_chains: deleted_chains.len(),
             stale_udp: stale,
-            skipped_services: skipped,
+            skipped_services: 0,
             duration: d,
             timings: SyncTimings {
                 model: t_model,

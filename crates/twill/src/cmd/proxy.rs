@@ -467,12 +467,7 @@ pub(crate) trait ModeProxier {
 
     /// This node's model of `state`; skipped services are logged and counted.
     fn model_of(&self, state: &ClusterState) -> Arc<ProxyModel> {
-        let (model, skipped) = build_model(state, self.model_config());
-        for sk in &skipped {
-            tracing::warn!(service = %sk.service, reason = %sk.reason, "service skipped");
-        }
-        self.metrics().services_skipped.inc_by(skipped.len() as u64);
-        Arc::new(model)
+        twill_proxy::metrics::node_model(state, self.model_config(), self.metrics()).0
     }
 
     /// Build this node's model of `state` and sync it.
