@@ -16,6 +16,7 @@
 pub mod chain;
 mod endpoints;
 mod model;
+pub mod synthetic;
 mod topology;
 mod tracker;
 

@@ -6,75 +6,17 @@
 
 use std::collections::BTreeSet;
 use std::hint::black_box;
-use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use twill_model::{
-    ClusterState, Endpoint, EndpointPort, EndpointSlice, IpFamily, Object, ObjectKey, Protocol,
-    Service, ServicePort, ServiceType, TargetPort,
-};
-use twill_proxy_core::{FeatureGates, ModelConfig, ProxyModel, build_model};
+use twill_model::{IpFamily, ObjectKey};
+use twill_proxy_core::{FeatureGates, ModelConfig, ProxyModel, build_model, synthetic};
 use twill_proxy_nftables::{
     Config, LocalDetector, diff_script, full_script, render, render_changed,
 };
 
 const SERVICES: u32 = 5_000;
 const ENDPOINTS: u32 = 50;
-
-fn v4(n: u32) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::from(n))
-}
-
-/// `services` ClusterIP services with `endpoints` endpoints each; endpoint 0 of service
-/// `bump` gets another address when `bump` is set.
-fn state(services: u32, endpoints: u32, bump: Option<u32>) -> ClusterState {
-    let mut objs = Vec::new();
-    for i in 0..services {
-        let name = format!("svc{i}");
-        objs.push(Object::Service(Service {
-            key: ObjectKey::new("bench", &name),
-            service_type: ServiceType::ClusterIP,
-            cluster_ips: vec![v4(0xAC10_0000 + i)],
-            ports: vec![ServicePort {
-                name: "http".into(),
-                protocol: Protocol::Tcp,
-                port: 80,
-                target_port: TargetPort::Number(8080),
-                node_port: None,
-                app_protocol: None,
-            }],
-            ..Default::default()
-        }));
-        objs.push(Object::EndpointSlice(EndpointSlice {
-            key: ObjectKey::new("bench", format!("{name}-a")),
-            service_name: Some(name),
-            endpoints: (0..endpoints)
-                .map(|e| {
-                    let base = 0x0A00_0000 + i * 64 + e;
-                    let addr = if bump == Some(i) && e == 0 {
-                        0x0B00_0000 + i
-                    } else {
-                        base
-                    };
-                    Endpoint {
-                        addresses: vec![v4(addr)],
-                        node_name: Some(format!("n{}", e % 8)),
-                        ..Default::default()
-                    }
-                })
-                .collect(),
-            ports: vec![EndpointPort {
-                name: "http".into(),
-                protocol: Protocol::Tcp,
-                port: Some(8080),
-                app_protocol: None,
-            }],
-            ..Default::default()
-        }));
-    }
-    ClusterState::from_objects(objs)
-}
 
 fn model(bump: Option<u32>) -> ProxyModel {
     let mc = ModelConfig {
@@ -83,13 +25,13 @@ fn model(bump: Option<u32>) -> ProxyModel {
         node_zone: None,
         gates: FeatureGates::default(),
     };
-    build_model(&state(SERVICES, ENDPOINTS, bump), &mc).0
+    build_model(&synthetic::services(SERVICES, ENDPOINTS, bump), &mc).0
 }
 
 fn cfg() -> Config {
     Config::new(
         IpFamily::V4,
-        vec![v4(0xC0A8_0002)],
+        vec![synthetic::v4(0xC0A8_0002)],
         LocalDetector::ClusterCidr("10.0.0.0/8".parse().expect("cidr")),
     )
 }

@@ -10,60 +10,17 @@
 //! (`TWILL_BENCH_SIZES=10000 TWILL_BENCH_VARIANTS=nft` to pick runs; nft at 10k is
 //! opt-in with `TWILL_BENCH_NFT_10K=1`, its full restore takes minutes.)
 
-use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
-use twill_model::{
-    ClusterState, Endpoint, EndpointPort, EndpointSlice, IpFamily, Object, ObjectKey, Protocol,
-    Service, ServicePort, ServiceType, TargetPort,
-};
+use twill_model::{ClusterState, IpFamily, ObjectKey};
 use twill_netfilter::Family;
 use twill_proxy::{Backend, Kernel, Proxier, Variant, lab};
+use twill_proxy_core::synthetic::{self, v4};
 use twill_proxy_core::{FeatureGates, ModelConfig, build_model};
 use twill_proxy_iptables::{Config, LocalDetector, SyncMode, render};
 
-fn v4(n: u32) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::from(n))
-}
-
 fn state(services: u32) -> ClusterState {
-    let mut objs = Vec::new();
-    for i in 0..services {
-        let name = format!("svc{i}");
-        objs.push(Object::Service(Service {
-            key: ObjectKey::new("bench", &name),
-            service_type: ServiceType::ClusterIP,
-            cluster_ips: vec![v4(0xAC1E_0000 + i)],
-            ports: vec![ServicePort {
-                name: "http".into(),
-                protocol: Protocol::Tcp,
-                port: 80,
-                target_port: TargetPort::Number(8080),
-                node_port: None,
-                app_protocol: None,
-            }],
-            ..Default::default()
-        }));
-        objs.push(Object::EndpointSlice(EndpointSlice {
-            key: ObjectKey::new("bench", format!("{name}-a")),
-            service_name: Some(name),
-            endpoints: (0..10)
-                .map(|e| Endpoint {
-                    addresses: vec![v4(0x0A00_0000 + i * 16 + e)],
-                    node_name: Some(format!("n{e}")),
-                    ..Default::default()
-                })
-                .collect(),
-            ports: vec![EndpointPort {
-                name: "http".into(),
-                protocol: Protocol::Tcp,
-                port: Some(8080),
-                app_protocol: None,
-            }],
-            ..Default::default()
-        }));
-    }
-    ClusterState::from_objects(objs)
+    synthetic::services(services, 10, None)
 }
 
 fn status(key: &str) -> String {

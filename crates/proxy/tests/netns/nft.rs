@@ -211,52 +211,6 @@ fn shared_corpus_flows_pass_in_nftables_mode() {
     assert!(passed > 100, "only {passed} flows ran");
 }
 
-/// `services` ClusterIP services with `endpoints` endpoints each; endpoint 0 of service
-/// `bump` gets another address when set.
-fn big_state(services: u32, endpoints: u32, bump: Option<u32>) -> ClusterState {
-    let v4 = |n: u32| IpAddr::V4(std::net::Ipv4Addr::from(n));
-    let mut objs = Vec::new();
-    for i in 0..services {
-        let name = format!("svc{i}");
-        objs.push(Object::Service(Service {
-            key: ObjectKey::new("bench", &name),
-            service_type: ServiceType::ClusterIP,
-            cluster_ips: vec![v4(0xAC10_0000 + i)],
-            ports: vec![ServicePort {
-                name: "http".into(),
-                protocol: Protocol::Tcp,
-                port: 80,
-                target_port: TargetPort::Number(8080),
-                node_port: None,
-                app_protocol: None,
-            }],
-            ..Default::default()
-        }));
-        objs.push(Object::EndpointSlice(EndpointSlice {
-            key: ObjectKey::new("bench", format!("{name}-a")),
-            service_name: Some(name),
-            endpoints: (0..endpoints)
-                .map(|e| Endpoint {
-                    addresses: vec![v4(if bump == Some(i) && e == 0 {
-                        0x0B00_0000 + i
-                    } else {
-                        0x0A00_0000 + i * 64 + e
-                    })],
-                    ..Default::default()
-                })
-                .collect(),
-            ports: vec![EndpointPort {
-                name: "http".into(),
-                protocol: Protocol::Tcp,
-                port: Some(8080),
-                app_protocol: None,
-            }],
-            ..Default::default()
-        }));
-    }
-    ClusterState::from_objects(objs)
-}
-
 /// Kernel figures, run by hand (minutes, lots of memory in `nft`):
 /// `cargo test -p twill-proxy --test netns nft_sync_timing -- --ignored --nocapture`.
 /// Sizes from `TWILL_NFT_BENCH=services,endpoints` (default 5000,50).
@@ -273,9 +227,9 @@ fn nft_sync_timing_full_and_one_endpoint_change() {
             Some((a.parse().ok()?, b.parse().ok()?))
         })
         .unwrap_or((5000u32, 50u32));
-    let s1 = big_state(services, endpoints, None);
-    let s2 = big_state(services, endpoints, Some(services / 2));
-    let s3 = big_state(services, endpoints, Some(services / 3));
+    let s1 = twill_proxy_core::synthetic::services(services, endpoints, None);
+    let s2 = twill_proxy_core::synthetic::services(services, endpoints, Some(services / 2));
+    let s3 = twill_proxy_core::synthetic::services(services, endpoints, Some(services / 3));
     let ns = Netns::new("nftbench");
     ns.run(|| {
         let mut p = proxier();
