@@ -36,7 +36,6 @@ use twill_model::{ClusterState, IpFamily, Kind, ObjectEvent, ObjectKey};
 use twill_netpol::{DenyAction, RenderOptions};
 use twill_netpol_agent::daemon::{Enforcer, SyncOutcome};
 use twill_proxy_core::{FeatureGates, ModelConfig};
-use twill_proxy_iptables::{Config as ProxyConfig, LocalDetector};
 
 use podnet::{SubnetStore, parse_subnet_store};
 
@@ -201,30 +200,19 @@ fn proxy_part(
             .map(|c| c.network.to_string()),
         None => None,
     };
-    let detector = match &cidr {
-        Some(c) => LocalDetector::ClusterCidr(
-            twill_model::parse_net_lenient(c)
-                .with_context(|| format!("--cluster-cidr {c:?} is not a CIDR"))?
-                .trunc(),
-        ),
-        None => LocalDetector::None,
-    };
     let mut node_ips: Vec<IpAddr> = a.node_ips.clone();
     if node_ips.is_empty()
         && let Some(n) = state.nodes.get(node)
     {
         node_ips = n.internal_ips.clone();
     }
-    node_ips.retain(|ip| IpFamily::of(ip) == family);
-    let mut cfg = ProxyConfig::new(family, node_ips, detector);
-    cfg.masquerade_all = a.masquerade_all;
-    for n in &a.nodeport_addresses {
-        cfg.node_port_addresses.push(
-            twill_model::parse_net_lenient(n)
-                .with_context(|| format!("--nodeport-addresses {n:?} is not a CIDR"))?
-                .trunc(),
-        );
-    }
+    let mut cfg = crate::cmd::proxy::proxy_config(
+        family,
+        cidr.as_deref(),
+        &node_ips,
+        a.masquerade_all,
+        &a.nodeport_addresses,
+    )?;
     // As `twill proxy` does: nftables mode has no localhost NodePorts (so no
     // route_localnet).
     if a.proxy_mode == ProxyMode::Nftables {

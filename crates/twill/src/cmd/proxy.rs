@@ -518,7 +518,26 @@ impl ModeProxier for twill_proxy::nft_proxier::NftProxier<twill_proxy::nft_proxi
 }
 
 fn renderer_config(s: &Settings, family: IpFamily) -> anyhow::Result<Config> {
-    let detector = match &s.cluster_cidr {
+    proxy_config(
+        family,
+        s.cluster_cidr.as_deref(),
+        &s.node_ips,
+        s.masquerade_all,
+        &s.nodeport_addresses,
+    )
+}
+
+/// The iptables renderer's settings from kube-proxy's flags (shared with `twill agent`):
+/// the cluster CIDR drives the local-traffic detector, node IPs of other families are
+/// dropped, and flag values are named in errors.
+pub(crate) fn proxy_config(
+    family: IpFamily,
+    cluster_cidr: Option<&str>,
+    node_ips: &[IpAddr],
+    masquerade_all: bool,
+    nodeport_addresses: &[String],
+) -> anyhow::Result<Config> {
+    let detector = match cluster_cidr {
         Some(c) => LocalDetector::ClusterCidr(
             twill_model::parse_net_lenient(c)
                 .with_context(|| format!("--cluster-cidr {c:?} is not a CIDR"))?
@@ -526,15 +545,14 @@ fn renderer_config(s: &Settings, family: IpFamily) -> anyhow::Result<Config> {
         ),
         None => LocalDetector::None,
     };
-    let node_ips: Vec<IpAddr> = s
-        .node_ips
+    let node_ips: Vec<IpAddr> = node_ips
         .iter()
         .copied()
         .filter(|ip| IpFamily::of(ip) == family)
         .collect();
     let mut cfg = Config::new(family, node_ips, detector);
-    cfg.masquerade_all = s.masquerade_all;
-    for n in &s.nodeport_addresses {
+    cfg.masquerade_all = masquerade_all;
+    for n in nodeport_addresses {
         cfg.node_port_addresses.push(
             twill_model::parse_net_lenient(n)
                 .with_context(|| format!("--nodeport-addresses {n:?} is not a CIDR"))?
