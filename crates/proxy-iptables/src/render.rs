@@ -473,6 +473,7 @@ pub fn render(cfg: &Config, model: &ProxyModel, mode: SyncMode<'_>) -> Rendered 
                     nat_rules: chains.rules - rules_before,
                 };
                 if let SyncMode::Partial { previous, .. } = mode
+                    && !ctx.large_cluster_mode
                     && let Some(old) = previous.get(&svc.name)
                 {
                     deleted.extend(
@@ -549,6 +550,11 @@ pub fn render(cfg: &Config, model: &ProxyModel, mode: SyncMode<'_>) -> Rendered 
             );
         }
         SyncMode::Full { existing: None } => {}
+        // As upstream in large clusters: stale chains are only deleted by full syncs
+        // (they are unreferenced, so harmless meanwhile). A `-X` makes iptables-nft
+        // fetch every rule of the table first: at 10k services that turned a
+        // one-endpoint restore into minutes.
+        SyncMode::Partial { .. } if ctx.large_cluster_mode => {}
         SyncMode::Partial { previous, .. } => {
             // Service ports that disappeared.
             for (name, old) in previous {

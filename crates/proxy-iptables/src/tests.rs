@@ -304,3 +304,77 @@ fn above_a_thousand_endpoints_endpoint_comments_are_dropped_like_upstream() {
     let r = render(&cfg(), &small, SyncMode::Full { existing: None });
     assert!(r.text.contains("\"ns/s0:p80 -> 10.0.0.1:80\""));
 }
+
+#[test]
+fn in_large_clusters_partial_syncs_leave_stale_chains_to_the_next_full_sync() {
+    // 102 services × 10 endpoints, then 101: above upstream's 1000-endpoint threshold.
+    let spec_of = |moved: bool| -> Vec<(String, String, Vec<String>)> {
+        (0..102)
+            .map(|i| {
+                let eps = (1..=10)
+                    .map(|e| {
+                        if moved && i == 7 && e == 1 {
+                            "10.200.0.1".to_string()
+                        } else {
+                            format!("10.{i}.0.{e}")
+                        }
+                    })
+                    .collect();
+                (format!("s{i}"), format!("172.30.{}.{}", i / 200, i % 200 + 1), eps)
+            })
+            .collect()
+    };
+    let model_of = |spec: &[(String, String, Vec<String>)], n: usize| {
+        let eps: Vec<Vec<&str>> = spec[..n]
+            .iter()
+            .map(|(_, _, e)| e.iter().map(String::as_str).collect())
+            .collect();
+        let v: Vec<(&str, &str, &[&str])> = spec[..n]
+            .iter()
+            .zip(&eps)
+            .map(|((n, c, _), e)| (n.as_str(), c.as_str(), e.as_slice()))
+            .collect();
+        cluster(&v)
+    };
+    let (before, after) = (spec_of(false), spec_of(true));
+    let full = render(&cfg(), &model_of(&before, 102), SyncMode::Full { existing: None });
+    assert!(full.large_cluster_mode);
+    // One endpoint of s7 moves, and s101 goes away.
+    let changed: BTreeSet<ObjectKey> =
+        [ObjectKey::new("ns", "s7"), ObjectKey::new("ns", "s101")].into();
+    let next = model_of(&after, 101);
+    assert!(crate::large_cluster_mode(&next));
+    let part = render(
+        &cfg(),
+        &next,
+        SyncMode::Partial {
+            changed: &changed,
+            previous: &full.services,
+        },
+    );
+    let stale: BTreeSet<String> = full
+        .active_nat_chains()
+        .difference(&part.active_nat_chains())
+        .cloned()
+        .collect();
+    assert_eq!(stale.len(), 12, "s7's old SEP, s101's SVC and 10 SEPs: {stale:?}");
+    assert!(part.deleted_chains.is_empty(), "{:?}", part.deleted_chains);
+    assert!(!part.text.contains("\n-X "), "{}", part.text);
+    // Nothing reaches the stale chains any more.
+    for c in &stale {
+        assert!(!part.text.contains(&format!("-j {c}")), "{c}");
+    }
+    // The next full sync finds them with iptables-save and deletes them.
+    let existing: BTreeSet<String> = full.active_nat_chains().into_iter().collect();
+    let resync = render(
+        &cfg(),
+        &next,
+        SyncMode::Full {
+            existing: Some(&existing),
+        },
+    );
+    assert_eq!(
+        resync.deleted_chains.iter().cloned().collect::<BTreeSet<_>>(),
+        stale
+    );
+}
