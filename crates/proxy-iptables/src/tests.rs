@@ -320,7 +320,11 @@ fn in_large_clusters_partial_syncs_leave_stale_chains_to_the_next_full_sync() {
                         }
                     })
                     .collect();
-                (format!("s{i}"), format!("172.30.{}.{}", i / 200, i % 200 + 1), eps)
+                (
+                    format!("s{i}"),
+                    format!("172.30.{}.{}", i / 200, i % 200 + 1),
+                    eps,
+                )
             })
             .collect()
     };
@@ -337,7 +341,11 @@ fn in_large_clusters_partial_syncs_leave_stale_chains_to_the_next_full_sync() {
         cluster(&v)
     };
     let (before, after) = (spec_of(false), spec_of(true));
-    let full = render(&cfg(), &model_of(&before, 102), SyncMode::Full { existing: None });
+    let full = render(
+        &cfg(),
+        &model_of(&before, 102),
+        SyncMode::Full { existing: None },
+    );
     assert!(full.large_cluster_mode);
     // One endpoint of s7 moves, and s101 goes away.
     let changed: BTreeSet<ObjectKey> =
@@ -357,7 +365,11 @@ fn in_large_clusters_partial_syncs_leave_stale_chains_to_the_next_full_sync() {
         .difference(&part.active_nat_chains())
         .cloned()
         .collect();
-    assert_eq!(stale.len(), 12, "s7's old SEP, s101's SVC and 10 SEPs: {stale:?}");
+    assert_eq!(
+        stale.len(),
+        12,
+        "s7's old SEP, s101's SVC and 10 SEPs: {stale:?}"
+    );
     assert!(part.deleted_chains.is_empty(), "{:?}", part.deleted_chains);
     assert!(!part.text.contains("\n-X "), "{}", part.text);
     // Nothing reaches the stale chains any more.
@@ -374,7 +386,11 @@ fn in_large_clusters_partial_syncs_leave_stale_chains_to_the_next_full_sync() {
         },
     );
     assert_eq!(
-        resync.deleted_chains.iter().cloned().collect::<BTreeSet<_>>(),
+        resync
+            .deleted_chains
+            .iter()
+            .cloned()
+            .collect::<BTreeSet<_>>(),
         stale
     );
 }

@@ -315,3 +315,49 @@ fn crossing_the_large_cluster_threshold_rewrites_every_chain_in_one_full_sync() 
         .unwrap();
     assert!(!r.full, "no flip, so a partial sync");
 }
+
+#[test]
+fn a_one_endpoint_change_in_a_large_cluster_writes_only_that_services_chains() {
+    use twill_proxy_core::synthetic;
+    let mut p = proxier();
+    let t0 = Instant::now();
+    p.sync(&synthetic::services(200, 10, None), t0).unwrap();
+    let full = p.backend_mut().restores.pop().unwrap();
+    let rep = p
+        .sync(
+            &synthetic::services(200, 10, Some(7)),
+            t0 + Duration::from_secs(1),
+        )
+        .unwrap()
+        .expect("a change");
+    assert!(!rep.full);
+    let text = p.backend_mut().restores.pop().unwrap();
+    let svc7 = full
+        .lines()
+        .find(|l| l.contains("\"bench/svc7:http cluster IP\"") && l.starts_with("-A KUBE-SERVICES"))
+        .and_then(|l| l.split_whitespace().last())
+        .unwrap()
+        .to_string();
+    let svc7_chain = format!(":{svc7} ");
+    // As upstream's partial sync: every chain of the changed service is rewritten (its
+    // service chain and its ten endpoint chains, one of them new), nothing of the other
+    // services and no top-level chain; in a large cluster the old endpoint's chain is
+    // not deleted (the next full sync does it).
+    let declared: Vec<&str> = text.lines().filter(|l| l.starts_with(':')).collect();
+    assert_eq!(declared.len(), 11, "{text}");
+    assert!(
+        declared.iter().any(|l| l.starts_with(&svc7_chain)),
+        "{text}"
+    );
+    assert!(
+        declared
+            .iter()
+            .all(|l| l.starts_with(&svc7_chain) || l.starts_with(":KUBE-SEP-")),
+        "{text}"
+    );
+    assert!(!text.contains("\n-X "), "{text}");
+    assert!(!text.contains("-A KUBE-SERVICES"), "{text}");
+    let rules = text.lines().filter(|l| l.starts_with("-A ")).count();
+    assert_eq!(rules, 1 + 10 + 10 * 2, "{text}");
+    assert!(text.contains("--to-destination 11.0.0.7:8080"), "{text}");
+}
