@@ -551,9 +551,10 @@ pub fn render(cfg: &Config, model: &ProxyModel, mode: SyncMode<'_>) -> Rendered 
         }
         SyncMode::Full { existing: None } => {}
         // As upstream in large clusters: stale chains are only deleted by full syncs
-        // (they are unreferenced, so harmless meanwhile). Measured with iptables-nft
-        // 1.8.9 at 10k services: the one-endpoint partial restore with the old
-        // chain's `-X` ran for over six minutes; without it, 0.33 s.
+        // (they are unreferenced, so harmless meanwhile). With iptables-nft 1.8.9 at
+        // 10k services, a bench run whose partial restore carried the old chain's
+        // `-X` ran for over six minutes, one without it took 0.33 s (the trigger was
+        // not isolated: a `-X` alone, by hand, was fast).
         SyncMode::Partial { .. } if ctx.large_cluster_mode => {}
         SyncMode::Partial { previous, .. } => {
             // Service ports that disappeared.
