@@ -66,52 +66,58 @@ impl Metrics {
             sync_failures: Counter::default(),
             denied_packets: Gauge::default(),
         };
+        m.register(&mut registry);
+        Metrics { registry, ..m }
+    }
+
+    /// Register every metric (shared handles) in `registry`: the agent's one registry
+    /// holds every part's metrics.
+    pub fn register(&self, registry: &mut Registry) {
         registry.register(
             "twill_netpol_policies",
             "NetworkPolicies enforced",
-            m.policies.clone(),
+            self.policies.clone(),
         );
         registry.register(
             "twill_netpol_invalid_policies",
             "NetworkPolicies rejected as invalid (enforced fail-closed)",
-            m.invalid_policies.clone(),
+            self.invalid_policies.clone(),
         );
         registry.register(
             "twill_netpol_iptables_rules",
             "Filter-table rules rendered for this node",
-            m.rules.clone(),
+            self.rules.clone(),
         );
         registry.register(
             "twill_netpol_ipsets",
             "ipsets rendered for this node",
-            m.ipsets.clone(),
+            self.ipsets.clone(),
         );
         registry.register(
             "twill_netpol_ipset_entries",
             "Entries across this node's ipsets",
-            m.ipset_entries.clone(),
+            self.ipset_entries.clone(),
         );
         registry.register(
             "twill_netpol_isolated_pod_directions",
             "Local pod directions (ingress or egress) isolated by some policy",
-            m.isolated_pods.clone(),
+            self.isolated_pods.clone(),
         );
         registry.register(
             "twill_netpol_sync_duration_seconds",
             "Render and apply latency",
-            m.sync_duration.clone(),
+            self.sync_duration.clone(),
         );
         registry.register(
             "twill_netpol_sync_failures",
             "Syncs that failed to apply",
-            m.sync_failures.clone(),
+            self.sync_failures.clone(),
         );
         registry.register(
             "twill_netpol_denied_packets",
             "Packets rejected or dropped by policy on this node",
-            m.denied_packets.clone(),
+            self.denied_packets.clone(),
         );
-        Metrics { registry, ..m }
     }
 
     pub fn encode(&self) -> String {

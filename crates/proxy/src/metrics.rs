@@ -56,63 +56,69 @@ impl Metrics {
             stale_conntrack: Counter::default(),
             registry: Registry::default(),
         };
+        m.register(&mut registry);
+        Metrics { registry, ..m }
+    }
+
+    /// Register every metric (shared handles) in `registry`: the agent's one registry
+    /// holds every part's metrics.
+    pub fn register(&self, registry: &mut Registry) {
         registry.register(
             "kubeproxy_sync_proxy_rules_duration_seconds",
             "SyncProxyRules latency in seconds",
-            m.sync_duration.clone(),
+            self.sync_duration.clone(),
         );
         registry.register(
             "kubeproxy_sync_full_proxy_rules_duration_seconds",
             "SyncProxyRules latency in seconds for full resyncs",
-            m.sync_full_duration.clone(),
+            self.sync_full_duration.clone(),
         );
         registry.register(
             "kubeproxy_sync_partial_proxy_rules_duration_seconds",
             "SyncProxyRules latency in seconds for partial resyncs",
-            m.sync_partial_duration.clone(),
+            self.sync_partial_duration.clone(),
         );
         registry.register(
             "kubeproxy_network_programming_duration_seconds",
             "In Cluster Network Programming Latency in seconds",
-            m.network_programming_duration.clone(),
+            self.network_programming_duration.clone(),
         );
         registry.register(
             "kubeproxy_sync_proxy_rules_iptables_total",
             "Total number of iptables rules owned by kube-proxy",
-            m.iptables_total.clone(),
+            self.iptables_total.clone(),
         );
         // prometheus-client appends `_total` to counters.
         registry.register(
             "kubeproxy_sync_proxy_rules_iptables_restore_failures",
             "Cumulative proxy iptables restore failures",
-            m.restore_failures.clone(),
+            self.restore_failures.clone(),
         );
         registry.register(
             "kubeproxy_sync_proxy_rules_iptables_partial_restore_failures",
             "Cumulative proxy iptables partial restore failures",
-            m.partial_restore_failures.clone(),
+            self.partial_restore_failures.clone(),
         );
         registry.register(
             "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
             "The last time proxy rules were successfully synced",
-            m.last_sync_timestamp.clone(),
+            self.last_sync_timestamp.clone(),
         );
         registry.register(
             "kubeproxy_sync_proxy_rules_no_local_endpoints_total",
             "Number of services with a Local traffic policy and no endpoints",
-            m.no_local_endpoints.clone(),
+            self.no_local_endpoints.clone(),
         );
         registry.register(
             "twill_proxy_services_skipped",
             "Services skipped because of invalid fields",
-            m.services_skipped.clone(),
+            self.services_skipped.clone(),
         );
         registry.register(
             "twill_proxy_stale_udp_conntrack",
             "Stale UDP conntrack selectors found by syncs",
-            m.stale_conntrack.clone(),
+            self.stale_conntrack.clone(),
         );
-        Metrics { registry, ..m }
     }
 
     /// The text exposition format.

@@ -167,8 +167,9 @@ fn proxy_daemon_follows_manifest_edits_and_skips_only_the_invalid_service() {
     );
 
     let text = metrics(&ns);
+    // The source rejected it (file, object, field in the log), so the proxy never saw it.
     assert_eq!(
-        metric_value(&text, "twill_proxy_services_skipped_total"),
+        metric_value(&text, "twill_agent_rejected_inputs_total"),
         Some(1.0),
         "{text}"
     );

@@ -220,13 +220,6 @@ fn resolvconf(a: ResolvconfArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn now_serial() -> u32 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as u32)
-        .unwrap_or(1)
-}
-
 fn parse_upstream(s: &str) -> anyhow::Result<SocketAddr> {
     if let Ok(a) = s.parse::<SocketAddr>() {
         return Ok(a);
@@ -299,7 +292,11 @@ fn serve(mut a: ServeArgs) -> anyhow::Result<ExitCode> {
         } else {
             ClusterState::default()
         };
-        Ok(Snapshot::build(&state, &cfg, now_serial()))
+        Ok(Snapshot::build(
+            &state,
+            &cfg,
+            twill_agent::parts::dns::serial_now(),
+        ))
     })
     .join()
     .map_err(|_| anyhow::anyhow!("loading manifests panicked"))??;
@@ -352,8 +349,13 @@ fn serve(mut a: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     let engine = Arc::new(engine);
     let running = twill_dns_server::start(&server, engine.clone())?;
+    // Following manifests or the API: the agent runtime with the DNS part swaps a new
+    // snapshot in after every batch of changes; an invalid edit keeps the last good data.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut follow = false;
     if !a.files.is_empty() && !a.files.iter().any(|f| f == "-") {
-        follow_files(a.files.clone(), config.clone(), engine.clone());
+        twill_agent::ManifestSource::new(&a.files).follow(tx.clone(), Duration::from_secs(5))?;
+        follow = true;
     }
     #[cfg(feature = "kube")]
     if a.source == Source::Kube {
@@ -362,8 +364,15 @@ fn serve(mut a: ServeArgs) -> anyhow::Result<ExitCode> {
         } else {
             a.kubeconfig.clone()
         };
-        follow_kube(kubeconfig, config.clone(), engine.clone())?;
+        twill_agent::source::follow_kube(
+            kubeconfig,
+            twill_kube_source::SourceConfig::dns(),
+            tx.clone(),
+        )
+        .context("starting the Kubernetes source")?;
+        follow = true;
     }
+    drop(tx);
     tracing::info!(
         udp = ?running.udp,
         tcp = ?running.tcp,
@@ -373,83 +382,26 @@ fn serve(mut a: ServeArgs) -> anyhow::Result<ExitCode> {
         "serving cluster DNS"
     );
     eprintln!("twill dns: serving {} on {:?}", config.zone, running.udp);
-    running.wait();
+    if !follow {
+        running.wait();
+        return Ok(ExitCode::SUCCESS);
+    }
+    twill_agent::signals::install();
+    let runtime = twill_agent::Runtime::new(
+        twill_agent::Status::new(Duration::from_secs(30)),
+        None,
+        vec![twill_agent::Part::Dns(
+            twill_agent::parts::dns::DnsPart::new(engine.clone(), config.clone()),
+        )],
+        rx,
+        twill_agent::Options {
+            // Batch a relist or a burst of endpoint changes into one snapshot.
+            min_sync_period: Duration::from_millis(100),
+            ..Default::default()
+        },
+    );
+    runtime.run()?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Watch the manifest files and swap in a new snapshot when they change (the lab's node
-/// agents and DNS pods follow the cluster state file this way). Unreadable or invalid
-/// states keep the last good snapshot.
-fn follow_files(files: Vec<String>, config: Config, engine: Arc<Engine>) {
-    std::thread::spawn(move || {
-        let mut watcher = twill_manifest::files::Watcher::new(&files);
-        loop {
-            if files.iter().all(|f| std::path::Path::new(f).exists()) {
-                let (events, problems) = watcher.poll();
-                if !events.is_empty() {
-                    if problems
-                        .iter()
-                        .any(|p| p.severity == twill_manifest::Severity::Error)
-                    {
-                        for p in &problems {
-                            tracing::warn!("{p}");
-                        }
-                    } else {
-                        engine.swap(Snapshot::build(watcher.state(), &config, now_serial()));
-                        tracing::info!(events = events.len(), "cluster state changed");
-                    }
-                }
-            }
-            std::thread::sleep(std::time::Duration::from_millis(200));
-        }
-    });
-}
-
-/// Follow the API server (what cluster DNS reads: Namespaces, Pods, Services,
-/// EndpointSlices) and swap in a new snapshot after the first complete listing and after
-/// each batch of changes. Until then the snapshot built from the empty, unsynced state
-/// answers SERVFAIL for cluster names (and `/ready` says not ready), so no client caches
-/// an NXDOMAIN for a service that merely was not listed yet.
-#[cfg(feature = "kube")]
-fn follow_kube(
-    kubeconfig: Option<PathBuf>,
-    config: Config,
-    engine: Arc<Engine>,
-) -> anyhow::Result<()> {
-    let events = twill_kube_source::spawn(kubeconfig, twill_kube_source::SourceConfig::dns())
-        .context("starting the Kubernetes source")?;
-    std::thread::Builder::new()
-        .name("dns-kube-source".into())
-        .spawn(move || {
-            let mut state = ClusterState::default();
-            while let Ok(first) = events.recv() {
-                // Batch what arrives together (a relist, a burst of endpoint changes) into
-                // one snapshot.
-                std::thread::sleep(Duration::from_millis(50));
-                let mut changed = false;
-                for item in std::iter::once(first).chain(events.try_iter()) {
-                    match item {
-                        Ok(e) => changed |= state.apply(e),
-                        // Logged by the source, which retries (or skips the object).
-                        Err(e) if e.is_transient() => {}
-                        Err(e) => {
-                            eprintln!("twill dns: {e}");
-                            std::process::exit(2);
-                        }
-                    }
-                }
-                if changed && state.synced {
-                    engine.swap(Snapshot::build(&state, &config, now_serial()));
-                    tracing::info!(
-                        services = state.services.len(),
-                        "cluster state from the API server"
-                    );
-                }
-            }
-            eprintln!("twill dns: the Kubernetes source stopped");
-            std::process::exit(2);
-        })?;
-    Ok(())
 }
 
 fn rand_label() -> String {
@@ -513,7 +465,7 @@ impl FakeUpstream {
 /// Ask `server` over UDP (EDNS, 1232 bytes) and retry over TCP when truncated.
 pub fn ask(server: SocketAddr, qname: &str, qtype: RecordType) -> anyhow::Result<Message> {
     let name = Name::from_ascii(qname).with_context(|| format!("qname {qname}"))?;
-    let id: u16 = (now_serial() as u16) ^ 0x5a5a;
+    let id: u16 = (twill_agent::parts::dns::serial_now() as u16) ^ 0x5a5a;
     let mut m = Message::new(id, MessageType::Query, OpCode::Query);
     m.metadata.recursion_desired = true;
     m.add_query(Query::query(name, qtype));
@@ -564,7 +516,11 @@ fn run_query_file(
     fwd.timeout = Duration::from_secs(1);
     let forwarder = Forwarder::new(fwd, metrics.clone());
     let engine = Arc::new(Engine::new(
-        Snapshot::build(&file.state, &file.config, now_serial()),
+        Snapshot::build(
+            &file.state,
+            &file.config,
+            twill_agent::parts::dns::serial_now(),
+        ),
         Some(forwarder),
         None,
         metrics,

@@ -1,16 +1,15 @@
 //! `twill netpol` (the NetworkPolicy enforcer for one node) and
 //! `twill conformance netpol DIR` (the truth-table runner).
 
-use std::io::{Read as _, Write as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use twill_agent::parts::policy::PolicyPart;
 use twill_netpol::{DenyAction, RenderOptions};
 use twill_netpol_agent::corpus::{check_pure, load_dir};
-use twill_netpol_agent::daemon::{Enforcer, SyncOutcome, cluster_from_manifests};
+use twill_netpol_agent::daemon::cluster_from_manifests;
 use twill_netpol_agent::harness::HarnessOptions;
 use twill_netpol_agent::replay::{PolicyOrder, run_scenario};
 
@@ -19,8 +18,8 @@ pub struct Args {
     /// The node whose pods this enforcer guards.
     #[arg(long, env = "NODE_NAME")]
     pub node: String,
-    /// Manifest files or folders (Namespaces, Nodes, Pods, NetworkPolicies); re-read on
-    /// every pass.
+    /// Manifest files or folders (Namespaces, Nodes, Pods, NetworkPolicies); followed
+    /// (inotify), an invalid edit keeping the last good objects.
     #[arg(short = 'f', long = "manifests", required = true)]
     pub manifests: Vec<String>,
     /// Further addresses of this node (e.g. its bridge gateway), for the rule that lets a
@@ -29,6 +28,7 @@ pub struct Args {
     pub node_addresses: Vec<std::net::IpAddr>,
     #[arg(long, value_enum, default_value = "reject")]
     pub deny: Deny,
+    /// Minimum time between syncs, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     pub interval_ms: u64,
     /// One pass, then exit.
@@ -95,26 +95,6 @@ fn deny_action(d: Deny) -> DenyAction {
     }
 }
 
-/// A one-endpoint HTTP server for `/metrics`. Hand-rolled: one GET, no keep-alive, so a
-/// web framework (and an async runtime) would be all cost here.
-fn serve_metrics(addr: std::net::SocketAddr, text: Arc<Mutex<String>>) -> anyhow::Result<()> {
-    let listener =
-        std::net::TcpListener::bind(addr).with_context(|| format!("binding metrics on {addr}"))?;
-    std::thread::spawn(move || {
-        for mut stream in listener.incoming().flatten() {
-            let mut buf = [0u8; 1024];
-            let _ = stream.read(&mut buf);
-            let body = text.lock().map(|t| t.clone()).unwrap_or_default();
-            let _ = write!(
-                stream,
-                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
-    });
-    Ok(())
-}
-
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let extra: Vec<(String, std::net::IpAddr)> = a
         .node_addresses
@@ -135,47 +115,40 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         print!("{}{}", rules.ipset, rules.iptables);
         return Ok(ExitCode::SUCCESS);
     }
-    let text = Arc::new(Mutex::new(String::new()));
-    if let Some(addr) = a.metrics_addr {
-        serve_metrics(addr, text.clone())?;
-    }
+    let status = twill_agent::Status::new(Duration::from_secs(30));
+    // Bound before entering the node's namespace: metrics are read from outside it.
+    let http = match a.metrics_addr {
+        Some(addr) => {
+            let http = twill_agent::http::HttpServer::new(status.clone())?;
+            http.listen(addr, twill_agent::http::Routes::Agent)
+                .with_context(|| format!("binding metrics on {addr}"))?;
+            Some(http)
+        }
+        None => None,
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    twill_agent::ManifestSource::new(&a.manifests).follow(tx, Duration::from_secs(5))?;
     if let Some(ns) = &a.netns {
         twill_netpol_agent::netns::enter(&std::path::Path::new("/run/netns").join(ns))
             .map_err(|e| anyhow::anyhow!("entering netns {ns}: {e}"))?;
     }
-    let mut enforcer = Enforcer::new(&a.node, opts);
-    loop {
-        let load = twill_manifest::files::load_paths(&a.manifests);
-        let (cluster, problems) = cluster_from_manifests(&load, &extra);
-        for p in &problems {
-            tracing::warn!(problem = %p, "manifest problem");
-        }
-        match enforcer.sync(cluster) {
-            Ok(SyncOutcome::Applied {
-                rules,
-                sets,
-                elapsed,
-                sets_only,
-            }) => {
-                let elapsed_ms = elapsed.as_millis() as u64;
-                tracing::info!(node = %a.node, rules, sets, sets_only, elapsed_ms, "netpol sync")
-            }
-            Ok(SyncOutcome::Unchanged) => {}
-            Err(e) => {
-                tracing::error!(error = %e, "netpol sync failed");
-                if a.once {
-                    return Err(e.into());
-                }
-            }
-        }
-        if let Ok(mut t) = text.lock() {
-            *t = enforcer.metrics.encode();
-        }
-        if a.once {
-            return Ok(ExitCode::SUCCESS);
-        }
-        std::thread::sleep(Duration::from_millis(a.interval_ms));
-    }
+    twill_agent::signals::install();
+    // The runtime syncs on this thread, which is now in the node's namespace.
+    let runtime = twill_agent::Runtime::new(
+        status,
+        http,
+        vec![twill_agent::Part::Policy(PolicyPart::new(
+            &a.node, opts, extra,
+        ))],
+        rx,
+        twill_agent::Options {
+            min_sync_period: Duration::from_millis(a.interval_ms),
+            once: a.once,
+            ..Default::default()
+        },
+    );
+    runtime.run()?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn is_root() -> bool {

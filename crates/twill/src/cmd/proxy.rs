@@ -5,15 +5,16 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
 use anyhow::Context;
+pub use twill_agent::parts::proxy::{Backend, Mode};
+use twill_agent::parts::proxy::{ProxyPart, ProxySettings};
 use twill_model::{ClusterState, IpFamily};
 use twill_proxy::corpus::{self, Fixture};
-use twill_proxy_core::{FeatureGates, ModelConfig, ProxyModel, build_model};
+use twill_proxy_core::{FeatureGates, ModelConfig, build_model};
 use twill_proxy_iptables::trace::Tracer;
-use twill_proxy_iptables::{Config, LocalDetector, SyncMode, render};
+use twill_proxy_iptables::{Config, SyncMode, render};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -54,44 +55,11 @@ pub struct DaemonArgs {
     pub iptables_backend: Backend,
 }
 
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Backend {
-    System,
-    Legacy,
-    Nft,
-}
-
 #[derive(clap::Subcommand)]
 pub enum Command {
     /// Print the iptables-restore input the proxy would write for these manifests
     /// (Services and EndpointSlices, e.g. from `kubectl get -o yaml`). Needs no root.
     Rules(RulesArgs),
-}
-
-/// kube-proxy's modes. ipvs is planning only: it says what the kernel lacks (or that
-/// the applier is not built) instead of running.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
-    Iptables,
-    Nftables,
-    Userspace,
-    Ipvs,
-}
-
-impl Mode {
-    fn name(self) -> &'static str {
-        match self {
-            Mode::Iptables => "iptables",
-            Mode::Nftables => "nftables",
-            Mode::Userspace => "userspace",
-            Mode::Ipvs => "ipvs",
-        }
-    }
-    fn parse(s: &str) -> Option<Mode> {
-        [Mode::Iptables, Mode::Nftables, Mode::Userspace, Mode::Ipvs]
-            .into_iter()
-            .find(|m| m.name() == s)
-    }
 }
 
 /// kube-proxy's main settings, shared by the daemon and `rules`.
@@ -253,313 +221,103 @@ fn apply_config_file(path: &PathBuf, s: &mut Settings, d: &mut DaemonArgs) -> an
     Ok(())
 }
 
-fn mtimes(files: &[String]) -> Vec<Option<SystemTime>> {
-    files
-        .iter()
-        .map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok())
-        .collect()
-}
-
-/// Load manifests; bad objects are skipped (the others keep working). Returns the state
-/// and how many Services were rejected.
-fn load_state(files: &[String]) -> anyhow::Result<(ClusterState, u64)> {
-    let loaded = twill_manifest::files::load_paths(files);
-    let mut bad_services = 0;
-    for p in &loaded.problems {
-        tracing::warn!("{p}");
-        if p.severity == twill_manifest::Severity::Error
-            && p.object
-                .as_deref()
-                .is_some_and(|o| o.starts_with("Service "))
-        {
-            bad_services += 1;
-        }
+/// Serve the agent routes on the health and metrics addresses (one listener when they
+/// are the same).
+pub(crate) fn listen_agent(
+    http: &twill_agent::http::HttpServer,
+    healthz: SocketAddr,
+    metrics: SocketAddr,
+) -> anyhow::Result<()> {
+    http.listen(healthz, twill_agent::http::Routes::Agent)
+        .with_context(|| format!("listening on {healthz}"))?;
+    if metrics != healthz {
+        http.listen(metrics, twill_agent::http::Routes::Agent)
+            .with_context(|| format!("listening on {metrics}"))?;
     }
-    Ok((
-        ClusterState::from_objects(loaded.into_objects()),
-        bad_services,
-    ))
+    Ok(())
 }
 
-/// Load the manifests and keep only this node's proxy model of them.
-///
-/// The parse runs on a short-lived thread: glibc gives that thread its own malloc
-/// arena, so the YAML documents, the Kubernetes objects and the cluster snapshot all
-/// live and die there, and their pages go back to the kernel once the model (built in
-/// the daemon's arena) is out. Parsed in the daemon's own arena, the survivors sat
-/// scattered among freed pages: 300 MB RSS at 10k services for ~90 MB of live data.
-fn load_model(files: &[String], proxier: &dyn ModeProxier) -> anyhow::Result<Arc<ProxyModel>> {
-    let (state, bad) = std::thread::scope(|s| {
-        s.spawn(|| load_state(files))
-            .join()
-            .map_err(|_| anyhow::anyhow!("manifest loading panicked"))
-    })??;
-    proxier.metrics().services_skipped.inc_by(bad);
-    let model = proxier.model_of(&state);
-    drop(state);
-    twill_proxy::proxier::release_freed_memory();
-    Ok(model)
-}
-
+/// The daemon: the agent runtime with the manifest source and the proxy part.
 fn run_daemon(mut s: Settings, mut d: DaemonArgs) -> anyhow::Result<ExitCode> {
     if let Some(path) = d.config.clone() {
         apply_config_file(&path, &mut s, &mut d)?;
     }
-    let mode = s.mode.unwrap_or(Mode::Iptables);
-    if mode == Mode::Ipvs {
-        // Say exactly what this kernel lacks; with IPVS present, the applier is what is
-        // missing (the planning and the netlink encoding exist, the kernel half does not).
-        match twill_proxy_ipvs::check_kernel() {
-            Err(missing) => anyhow::bail!("--mode ipvs cannot run here: {missing}"),
-            Ok(()) => anyhow::bail!(
-                "--mode ipvs: this kernel has IPVS, but Twill's ipvs applier is not built yet (`twill proxy rules --mode ipvs` shows the plan)"
-            ),
-        }
-    }
+    let family =
+        IpFamily::parse(&s.ip_family).with_context(|| format!("--ip-family {:?}", s.ip_family))?;
+    let sync_period = parse_duration(d.sync_period.as_deref().unwrap_or("30s"))?;
+    let min_sync_period = parse_duration(d.min_sync_period.as_deref().unwrap_or("1s"))?;
+    let node = s.node.clone();
+    let settings = proxy_settings(
+        &s,
+        family,
+        node.clone().unwrap_or_default(),
+        d.iptables_backend,
+        sync_period,
+    );
+    settings.check_runnable()?;
     if d.files.is_empty() {
         anyhow::bail!(
             "standalone mode needs manifests: twill proxy -f MANIFESTS --hostname-override NODE"
         );
     }
-    let family =
-        IpFamily::parse(&s.ip_family).with_context(|| format!("--ip-family {:?}", s.ip_family))?;
-    let node = s
-        .node
-        .clone()
-        .context("--hostname-override (or --node) is required")?;
-    let sync_period = parse_duration(d.sync_period.as_deref().unwrap_or("30s"))?;
-    let min_sync_period = parse_duration(d.min_sync_period.as_deref().unwrap_or("1s"))?;
-    let mut cfg = renderer_config(&s, family)?;
-    let mc = ModelConfig {
-        family,
-        node_name: node,
-        node_zone: None,
-        gates: FeatureGates::default(),
-    };
-    let mut proxier: Box<dyn ModeProxier> = if mode == Mode::Userspace {
-        Box::new(UserspaceMode::new(
-            mc,
-            twill_proxy_userspace::Config::from_iptables(&cfg),
-        ))
-    } else if mode == Mode::Nftables {
-        // nftables mode has no localhost NodePorts (so no route_localnet), and picks
-        // NodePort addresses from the namespace's own addresses.
-        cfg.localhost_node_ports = false;
-        for note in twill_proxy::proxier::apply_sysctls(&cfg) {
-            tracing::info!("{note}");
-        }
-        let mut ncfg = corpus::nft_config(&cfg);
-        ncfg.local_addresses = twill_proxy::nft_proxier::local_addresses(family);
-        Box::new(twill_proxy::nft_proxier::NftProxier::new(
-            mc,
-            ncfg,
-            sync_period,
-            twill_proxy::nft_proxier::NftKernel,
-        ))
+    node.context("--hostname-override (or --node) is required")?;
+    let status = twill_agent::Status::new(sync_period);
+    let http = if d.once {
+        None
     } else {
-        for note in twill_proxy::proxier::apply_sysctls(&cfg) {
-            tracing::info!("{note}");
-        }
-        Box::new(twill_proxy::Proxier::new(
-            mc,
-            cfg,
-            sync_period,
-            twill_proxy::Kernel::new(match d.iptables_backend {
-                Backend::System => twill_proxy::Variant::System,
-                Backend::Legacy => twill_proxy::Variant::Legacy,
-                Backend::Nft => twill_proxy::Variant::Nft,
-            }),
-        ))
-    };
-    let shared: twill_proxy::http::Shared = Default::default();
-    shared.lock().unwrap_or_else(|p| p.into_inner()).sync_period = sync_period;
-    if !d.once {
+        let http = twill_agent::http::HttpServer::new(status.clone())?;
         let hz = d
             .healthz_bind_address
             .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 10256)));
         let mx = d
             .metrics_bind_address
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 10249)));
-        twill_proxy::http::serve(hz, shared.clone())
-            .with_context(|| format!("listening on {hz}"))?;
-        twill_proxy::http::serve(mx, shared.clone())
-            .with_context(|| format!("listening on {mx}"))?;
-    }
-    let mut health_ports = std::collections::BTreeSet::new();
-    let mut seen = mtimes(&d.files);
-    let mut model = load_model(&d.files, proxier.as_ref())?;
-    let mut changed_at: Option<SystemTime> = None;
-    loop {
-        match proxier.sync_model(model.clone(), Instant::now()) {
-            Ok(true) => {
-                if let Some(t) = changed_at.take()
-                    && let Ok(lat) = SystemTime::now().duration_since(t)
-                {
-                    proxier
-                        .metrics()
-                        .network_programming_duration
-                        .observe(lat.as_secs_f64());
-                }
-            }
-            Ok(false) => {}
-            Err(e) => {
-                tracing::error!("{e}");
-                if d.once {
-                    return Err(e);
-                }
-            }
-        }
-        if d.once {
-            return Ok(ExitCode::SUCCESS);
-        }
-        {
-            let mut st = shared.lock().unwrap_or_else(|p| p.into_inner());
-            st.last_success = proxier.last_success();
-            st.metrics_text = proxier.metrics().encode();
-            st.service_health.clear();
-            if let Some(m) = proxier.synced_model() {
-                for (name, svc) in &m.services {
-                    if let Some(port) = svc.health_check_node_port {
-                        let local = m
-                            .endpoints_of(name)
-                            .iter()
-                            .filter(|e| e.is_local && e.ready)
-                            .count();
-                        let e = st.service_health.entry(port).or_insert((
-                            name.service.namespace.clone(),
-                            name.service.name.clone(),
-                            0,
-                        ));
-                        e.2 = e.2.max(local);
-                    }
-                }
-            }
-            for port in st.service_health.keys() {
-                if health_ports.insert(*port)
-                    && let Err(e) = twill_proxy::http::serve_service_health(*port, shared.clone())
-                {
-                    tracing::warn!(port, "health check node port: {e}");
-                }
-            }
-        }
-        std::thread::sleep(min_sync_period);
-        let now = mtimes(&d.files);
-        if now != seen {
-            seen = now;
-            changed_at = seen.iter().flatten().max().copied();
-            // The old model goes first: the tracker's copy stays until the next sync.
-            drop(model);
-            model = load_model(&d.files, proxier.as_ref())?;
-        }
-    }
-}
-
-/// What the daemon loop needs from a mode's proxier.
-pub(crate) trait ModeProxier {
-    /// Who the proxier models the cluster for.
-    fn model_config(&self) -> &ModelConfig;
-    /// Sync a model built with [`Self::model_config`]; `true` when something was
-    /// written. The same `Arc` again only writes when a full sync is due.
-    fn sync_model(&mut self, model: Arc<ProxyModel>, now: Instant) -> anyhow::Result<bool>;
-    fn metrics(&self) -> &twill_proxy::metrics::Metrics;
-    fn synced_model(&self) -> Option<&ProxyModel>;
-    fn last_success(&self) -> Option<Instant>;
-
-    /// This node's model of `state`; skipped services are logged and counted.
-    fn model_of(&self, state: &ClusterState) -> Arc<ProxyModel> {
-        twill_proxy::metrics::node_model(state, self.model_config(), self.metrics()).0
-    }
-
-    /// Build this node's model of `state` and sync it.
-    fn sync_state(&mut self, state: &ClusterState, now: Instant) -> anyhow::Result<bool> {
-        let model = self.model_of(state);
-        self.sync_model(model, now)
-    }
-}
-
-impl ModeProxier for twill_proxy::Proxier<twill_proxy::Kernel> {
-    fn model_config(&self) -> &ModelConfig {
-        &self.model_config
-    }
-    fn sync_model(&mut self, model: Arc<ProxyModel>, now: Instant) -> anyhow::Result<bool> {
-        let r = twill_proxy::Proxier::sync_model(self, model, now)?;
-        tracing::debug!(?r, "sync");
-        Ok(r.is_some())
-    }
-    fn metrics(&self) -> &twill_proxy::metrics::Metrics {
-        &self.metrics
-    }
-    fn synced_model(&self) -> Option<&ProxyModel> {
-        twill_proxy::Proxier::synced_model(self)
-    }
-    fn last_success(&self) -> Option<Instant> {
-        twill_proxy::Proxier::last_success(self)
-    }
-}
-
-impl ModeProxier for twill_proxy::nft_proxier::NftProxier<twill_proxy::nft_proxier::NftKernel> {
-    fn model_config(&self) -> &ModelConfig {
-        twill_proxy::nft_proxier::NftProxier::model_config(self)
-    }
-    fn sync_model(&mut self, model: Arc<ProxyModel>, now: Instant) -> anyhow::Result<bool> {
-        let r = twill_proxy::nft_proxier::NftProxier::sync_model(self, model, now)?;
-        tracing::debug!(?r, "sync");
-        Ok(r.is_some())
-    }
-    fn metrics(&self) -> &twill_proxy::metrics::Metrics {
-        &self.metrics
-    }
-    fn synced_model(&self) -> Option<&ProxyModel> {
-        twill_proxy::nft_proxier::NftProxier::synced_model(self)
-    }
-    fn last_success(&self) -> Option<Instant> {
-        twill_proxy::nft_proxier::NftProxier::last_success(self)
-    }
+        listen_agent(&http, hz, mx)?;
+        Some(http)
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    twill_agent::ManifestSource::new(&d.files).follow(tx, Duration::from_secs(5))?;
+    twill_agent::signals::install();
+    let runtime = twill_agent::Runtime::new(
+        status,
+        http,
+        vec![twill_agent::Part::Proxy(ProxyPart::new(settings))],
+        rx,
+        twill_agent::Options {
+            min_sync_period,
+            sync_period,
+            once: d.once,
+            ..Default::default()
+        },
+    );
+    runtime.run()?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn renderer_config(s: &Settings, family: IpFamily) -> anyhow::Result<Config> {
-    proxy_config(
-        family,
-        s.cluster_cidr.as_deref(),
-        &s.node_ips,
-        s.masquerade_all,
-        &s.nodeport_addresses,
-    )
+    let settings = proxy_settings(s, family, String::new(), Backend::System, Duration::ZERO);
+    Ok(settings.renderer_config(&s.node_ips)?)
 }
 
-/// The iptables renderer's settings from kube-proxy's flags (shared with `twill agent`):
-/// the cluster CIDR drives the local-traffic detector, node IPs of other families are
-/// dropped, and flag values are named in errors.
-pub(crate) fn proxy_config(
+/// The proxier's settings from kube-proxy's flags.
+fn proxy_settings(
+    s: &Settings,
     family: IpFamily,
-    cluster_cidr: Option<&str>,
-    node_ips: &[IpAddr],
-    masquerade_all: bool,
-    nodeport_addresses: &[String],
-) -> anyhow::Result<Config> {
-    let detector = match cluster_cidr {
-        Some(c) => LocalDetector::ClusterCidr(
-            twill_model::parse_net_lenient(c)
-                .with_context(|| format!("--cluster-cidr {c:?} is not a CIDR"))?
-                .trunc(),
-        ),
-        None => LocalDetector::None,
-    };
-    let node_ips: Vec<IpAddr> = node_ips
-        .iter()
-        .copied()
-        .filter(|ip| IpFamily::of(ip) == family)
-        .collect();
-    let mut cfg = Config::new(family, node_ips, detector);
-    cfg.masquerade_all = masquerade_all;
-    for n in nodeport_addresses {
-        cfg.node_port_addresses.push(
-            twill_model::parse_net_lenient(n)
-                .with_context(|| format!("--nodeport-addresses {n:?} is not a CIDR"))?
-                .trunc(),
-        );
+    node: String,
+    iptables_backend: Backend,
+    sync_period: Duration,
+) -> ProxySettings {
+    ProxySettings {
+        mode: s.mode.unwrap_or_default(),
+        family,
+        node,
+        cluster_cidr: s.cluster_cidr.clone(),
+        node_ips: s.node_ips.clone(),
+        masquerade_all: s.masquerade_all,
+        nodeport_addresses: s.nodeport_addresses.clone(),
+        iptables_backend,
+        sync_period,
     }
-    Ok(cfg)
 }
 
 fn run_rules(s: &Settings, a: RulesArgs) -> anyhow::Result<ExitCode> {
@@ -827,59 +585,6 @@ fn run_conformance_other(a: &ConformanceArgs) -> anyhow::Result<ExitCode> {
     }
     println!("{skipped} skipped");
     Ok(super::conformance::summary(passed, failed))
-}
-
-/// The userspace proxier behind the daemon loop: it syncs models, not states.
-struct UserspaceMode {
-    mc: ModelConfig,
-    proxier: twill_proxy_userspace::Proxier,
-    metrics: twill_proxy::metrics::Metrics,
-    model: Option<Arc<ProxyModel>>,
-    last_success: Option<Instant>,
-}
-
-impl UserspaceMode {
-    fn new(mc: ModelConfig, cfg: twill_proxy_userspace::Config) -> Self {
-        UserspaceMode {
-            mc,
-            proxier: twill_proxy_userspace::Proxier::new(
-                cfg,
-                twill_proxy_userspace::Options::default(),
-            ),
-            metrics: twill_proxy::metrics::Metrics::new(),
-            model: None,
-            last_success: None,
-        }
-    }
-}
-
-impl ModeProxier for UserspaceMode {
-    fn model_config(&self) -> &ModelConfig {
-        &self.mc
-    }
-    fn sync_model(&mut self, model: Arc<ProxyModel>, now: Instant) -> anyhow::Result<bool> {
-        if self.model.as_ref() == Some(&model) {
-            return Ok(false);
-        }
-        let started = Instant::now();
-        let r = self.proxier.sync(&model)?;
-        self.metrics
-            .sync_duration
-            .observe(started.elapsed().as_secs_f64());
-        tracing::info!(?r, "userspace sync");
-        self.model = Some(model);
-        self.last_success = Some(now);
-        Ok(true)
-    }
-    fn metrics(&self) -> &twill_proxy::metrics::Metrics {
-        &self.metrics
-    }
-    fn synced_model(&self) -> Option<&ProxyModel> {
-        self.model.as_deref()
-    }
-    fn last_success(&self) -> Option<Instant> {
-        self.last_success
-    }
 }
 
 fn run_fixture(file: &str, fx: &Fixture, kernel: bool) -> (usize, usize) {

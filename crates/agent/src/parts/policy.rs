@@ -1,16 +1,77 @@
-//! The NetworkPolicy part's view of the cluster, from the model state the source feeds.
+//! The NetworkPolicy part: the enforcer of one node (`twill_netpol_agent::daemon`) fed
+//! from the one cluster state.
 //!
-//! A local adapter: `twill_netpol_agent::daemon::cluster_from_manifests` builds the same
-//! [`Cluster`] from a manifest load result; this does it from a [`ClusterState`] plus
-//! the policies the source rejected (which the state does not hold: an invalid object
-//! is absent from it). Those fail closed for their whole namespace, as the manifest path
-//! does.
+//! Its view of the cluster: `twill_netpol_agent::daemon::cluster_from_manifests` builds
+//! the same [`Cluster`] from a manifest load result; [`cluster_from_state`] does it from
+//! a [`ClusterState`] plus the policies the sources rejected (which the state does not
+//! hold: an invalid object is absent from it). Those fail closed for their whole
+//! namespace, as the manifest path does.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use twill_model::{ClusterState, ObjectKey};
-use twill_netpol::{BrokenPolicy, Cluster, NodeInfo, PolicyPod};
+use twill_netpol::{BrokenPolicy, Cluster, NodeInfo, PolicyPod, RenderOptions};
+use twill_netpol_agent::daemon::{Enforcer, SyncOutcome};
+
+use super::{PartError, SyncContext};
+use crate::status::Status;
+
+pub struct PolicyPart {
+    enforcer: Enforcer,
+    /// Further addresses of nodes (a bridge gateway), for the rule that lets a node
+    /// always reach its own pods.
+    extra_node_addresses: Vec<(String, IpAddr)>,
+    registered: bool,
+}
+
+impl PolicyPart {
+    pub fn new(
+        node: &str,
+        options: RenderOptions,
+        extra_node_addresses: Vec<(String, IpAddr)>,
+    ) -> Self {
+        PolicyPart {
+            enforcer: Enforcer::new(node, options),
+            extra_node_addresses,
+            registered: false,
+        }
+    }
+
+    pub(crate) fn sync(&mut self, ctx: &SyncContext, status: &Status) -> Result<bool, PartError> {
+        if !self.registered {
+            status.register(|r| self.enforcer.metrics.register(r));
+            self.registered = true;
+        }
+        // An unchanged view costs a comparison (and reads the deny counters).
+        let cluster =
+            cluster_from_state(ctx.state, ctx.rejected_policies, &self.extra_node_addresses);
+        match self.enforcer.sync(cluster) {
+            Ok(SyncOutcome::Applied {
+                rules,
+                sets,
+                elapsed,
+                sets_only,
+            }) => {
+                tracing::info!(
+                    node = %self.enforcer.node,
+                    rules,
+                    sets,
+                    sets_only,
+                    elapsed_ms = elapsed.as_millis() as u64,
+                    "network policy sync"
+                );
+                Ok(true)
+            }
+            Ok(SyncOutcome::Unchanged) => Ok(false),
+            Err(e) => Err(PartError::retry(e.to_string())),
+        }
+    }
+
+    pub(crate) fn summary(&self) -> String {
+        format!("network policy {} rules", self.enforcer.metrics.rules.get())
+    }
+}
 
 /// `rejected`: NetworkPolicies the source reported invalid, with why.
 pub fn cluster_from_state(

@@ -1,4 +1,8 @@
-//! The pod network part of `twill agent` (flannel's job), on a thread of its own.
+//! The pod network part (flannel's job). Its reconcile loop runs on a thread of its own
+//! with its own tokio runtime, driven by lease and peer changes (the overlay agent's
+//! watch); the runtime's syncs read its health and stop the agent if it stopped.
+//! (The loop still has its own resync timer: folding it into the runtime's schedule is
+//! future work.)
 //!
 //! Two ways to get this node's subnet, as flanneld has:
 //!
@@ -312,6 +316,43 @@ async fn run_kube(
             h.last_error = err.clone();
             h.problems = messages.clone();
         });
+    }
+}
+
+/// The part as the runtime sees it.
+pub struct PodNetworkPart {
+    inner: PodNetwork,
+}
+
+impl PodNetworkPart {
+    pub fn new(inner: PodNetwork) -> Self {
+        PodNetworkPart { inner }
+    }
+
+    pub fn health(&self) -> HealthState {
+        self.inner.health()
+    }
+
+    pub(crate) fn sync(&mut self) -> Result<bool, super::PartError> {
+        if let Some(e) = self.inner.stopped() {
+            return Err(super::PartError::fatal(format!(
+                "the pod network part: {e:#}"
+            )));
+        }
+        if self.inner.is_healthy() {
+            return Ok(false);
+        }
+        let h = self.inner.health();
+        Err(super::PartError::retry(match (&h.subnet, &h.last_error) {
+            (None, _) => "the pod network has no subnet lease yet".to_string(),
+            (_, Some(e)) => format!("the pod network did not converge: {e}"),
+            _ => "the lease store is not reachable".to_string(),
+        }))
+    }
+
+    pub(crate) fn summary(&self) -> String {
+        let h = self.inner.health();
+        format!("pod network {} peers", h.peers)
     }
 }
 

@@ -1,0 +1,133 @@
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use super::{HttpServer, Routes};
+use crate::status::{PartHealth, ServiceHealth, Status};
+
+fn get(addr: SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+fn server() -> (HttpServer, std::sync::Arc<Status>, SocketAddr) {
+    let status = Status::new(Duration::from_secs(30));
+    let server = HttpServer::new(status.clone()).unwrap();
+    let addr = server
+        .listen(SocketAddr::from(([127, 0, 0, 1], 0)), Routes::Agent)
+        .unwrap();
+    (server, status, addr)
+}
+
+#[test]
+fn healthz_answers_within_100ms_while_50_idle_connections_are_open() {
+    let (_server, status, addr) = server();
+    status.lock().parts.insert("proxy", PartHealth::default());
+    let idle: Vec<TcpStream> = (0..50).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    // One that sent half a request line and stalled, too.
+    let mut half = TcpStream::connect(addr).unwrap();
+    half.write_all(b"GET /hea").unwrap();
+    let mut worst = Duration::ZERO;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let answer = get(addr, "/healthz");
+        worst = worst.max(t.elapsed());
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.contains("\"nodeEligible\": true"), "{answer}");
+    }
+    assert!(
+        worst < Duration::from_millis(100),
+        "slowest /healthz: {worst:?}"
+    );
+    drop(idle);
+}
+
+#[test]
+fn metrics_are_openmetrics_text_with_their_types() {
+    let (_server, status, addr) = server();
+    status.metrics.syncs.inc();
+    let answer = get(addr, "/metrics");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer
+            .to_lowercase()
+            .contains("content-type: application/openmetrics-text; version=1.0.0"),
+        "{answer}"
+    );
+    assert!(
+        answer.contains("# TYPE twill_agent_syncs counter"),
+        "{answer}"
+    );
+    assert!(answer.contains("twill_agent_syncs_total 1"), "{answer}");
+    assert_eq!(answer.matches("# EOF").count(), 1);
+}
+
+#[test]
+fn an_unhealthy_part_turns_healthz_and_readyz_503() {
+    let (_server, status, addr) = server();
+    {
+        let mut st = status.lock();
+        st.sync_period = Duration::from_millis(10);
+        st.parts.insert(
+            "proxy",
+            PartHealth {
+                pending_since: Some(Instant::now() - Duration::from_secs(1)),
+                consecutive_failures: 3,
+                failures_total: 3,
+                last_error: Some("iptables-restore: line 4 failed".into()),
+                ..Default::default()
+            },
+        );
+    }
+    assert!(get(addr, "/healthz").starts_with("HTTP/1.1 503"));
+    assert!(get(addr, "/livez").starts_with("HTTP/1.1 503"));
+    let ready = get(addr, "/readyz");
+    assert!(ready.starts_with("HTTP/1.1 503"), "{ready}");
+    assert!(ready.contains("line 4 failed"), "{ready}");
+    assert!(get(addr, "/nope").starts_with("HTTP/1.1 404"));
+}
+
+#[test]
+fn a_health_check_node_port_answers_with_local_endpoints() {
+    let (server, status, _) = server();
+    // A free port for the test: bind, read, release.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    status.lock().service_health.insert(
+        port,
+        ServiceHealth {
+            namespace: "shop".into(),
+            name: "web".into(),
+            local_endpoints: 2,
+        },
+    );
+    server.serve_service_health_ports();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let answer = get(addr, "/");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"localEndpoints\":2"), "{answer}");
+    assert!(
+        answer
+            .to_lowercase()
+            .contains("x-load-balancing-endpoint-weight: 2"),
+        "{answer}"
+    );
+    status
+        .lock()
+        .service_health
+        .get_mut(&port)
+        .unwrap()
+        .local_endpoints = 0;
+    assert!(get(addr, "/").starts_with("HTTP/1.1 503"));
+}

@@ -1,0 +1,370 @@
+//! The service proxy part (kube-proxy's job) in every mode: the proxier of the chosen
+//! mode behind [`ModeProxier`], built at the first sync (its defaults come from this
+//! node's Node object), its metrics in the agent's registry, and the health-check node
+//! ports of `externalTrafficPolicy: Local` services published in the status.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use twill_model::{ClusterState, IpFamily};
+use twill_proxy::metrics::Metrics;
+use twill_proxy_core::{FeatureGates, ModelConfig, ProxyModel};
+use twill_proxy_iptables::{Config, LocalDetector};
+
+use super::{PartError, SyncContext};
+use crate::status::{ServiceHealth, Status};
+
+/// kube-proxy's modes. ipvs is planning only here: it says what the kernel lacks (or
+/// that the applier is not built) instead of running.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Mode {
+    #[default]
+    Iptables,
+    Nftables,
+    Userspace,
+    Ipvs,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Iptables => "iptables",
+            Mode::Nftables => "nftables",
+            Mode::Userspace => "userspace",
+            Mode::Ipvs => "ipvs",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Mode> {
+        [Mode::Iptables, Mode::Nftables, Mode::Userspace, Mode::Ipvs]
+            .into_iter()
+            .find(|m| m.as_str() == s)
+    }
+}
+
+/// Which iptables binaries the iptables mode runs.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Backend {
+    #[default]
+    System,
+    Legacy,
+    Nft,
+}
+
+/// Everything a proxier is built from (kube-proxy's flags and config file, folded).
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    pub mode: Mode,
+    pub family: IpFamily,
+    pub node: String,
+    /// Pod CIDR for the local-traffic detector (off-cluster sources are masqueraded).
+    pub cluster_cidr: Option<String>,
+    /// The node's IPs; empty: the Node object's InternalIPs at the first sync.
+    pub node_ips: Vec<IpAddr>,
+    pub masquerade_all: bool,
+    /// CIDRs whose local addresses accept NodePorts; empty: all.
+    pub nodeport_addresses: Vec<String>,
+    pub iptables_backend: Backend,
+    pub sync_period: Duration,
+}
+
+impl ProxySettings {
+    /// Refuse what cannot run here, before anything starts.
+    pub fn check_runnable(&self) -> Result<(), PartError> {
+        if self.mode == Mode::Ipvs {
+            // Say exactly what this kernel lacks; with IPVS present, the applier is
+            // what is missing (planning and netlink encoding exist, the kernel half
+            // does not).
+            return Err(PartError::fatal(match twill_proxy_ipvs::check_kernel() {
+                Err(missing) => format!("--mode ipvs cannot run here: {missing}"),
+                Ok(()) => "--mode ipvs: this kernel has IPVS, but Twill's ipvs applier is not built yet (`twill proxy rules --mode ipvs` shows the plan)".into(),
+            }));
+        }
+        self.renderer_config(&self.node_ips).map(|_| ())
+    }
+
+    /// The iptables renderer's settings (the other modes derive theirs from it): the
+    /// cluster CIDR drives the local-traffic detector, node IPs of other families are
+    /// dropped, and bad values are named in errors.
+    pub fn renderer_config(&self, node_ips: &[IpAddr]) -> Result<Config, PartError> {
+        let detector = match &self.cluster_cidr {
+            Some(c) => LocalDetector::ClusterCidr(
+                twill_model::parse_net_lenient(c)
+                    .ok_or_else(|| PartError::fatal(format!("--cluster-cidr {c:?} is not a CIDR")))?
+                    .trunc(),
+            ),
+            None => LocalDetector::None,
+        };
+        let node_ips: Vec<IpAddr> = node_ips
+            .iter()
+            .copied()
+            .filter(|ip| IpFamily::of(ip) == self.family)
+            .collect();
+        let mut cfg = Config::new(self.family, node_ips, detector);
+        cfg.masquerade_all = self.masquerade_all;
+        for n in &self.nodeport_addresses {
+            cfg.node_port_addresses.push(
+                twill_model::parse_net_lenient(n)
+                    .ok_or_else(|| {
+                        PartError::fatal(format!("--nodeport-addresses {n:?} is not a CIDR"))
+                    })?
+                    .trunc(),
+            );
+        }
+        // nftables mode has no localhost NodePorts (so no route_localnet).
+        if self.mode == Mode::Nftables {
+            cfg.localhost_node_ports = false;
+        }
+        Ok(cfg)
+    }
+
+    fn model_config(&self, state: &ClusterState) -> ModelConfig {
+        ModelConfig {
+            family: self.family,
+            node_name: self.node.clone(),
+            node_zone: state
+                .nodes
+                .get(&self.node)
+                .and_then(|n| n.zone())
+                .map(str::to_string),
+            gates: FeatureGates::default(),
+        }
+    }
+
+    /// Build the proxier of the mode (sysctls set as kube-proxy sets them).
+    pub fn build(&self, state: &ClusterState) -> Result<Box<dyn ModeProxier>, PartError> {
+        self.check_runnable()?;
+        let mut node_ips = self.node_ips.clone();
+        if node_ips.is_empty()
+            && let Some(n) = state.nodes.get(&self.node)
+        {
+            node_ips = n.internal_ips.clone();
+        }
+        let cfg = self.renderer_config(&node_ips)?;
+        let mc = self.model_config(state);
+        if self.mode == Mode::Userspace {
+            return Ok(Box::new(UserspaceMode::new(
+                mc,
+                twill_proxy_userspace::Config::from_iptables(&cfg),
+            )));
+        }
+        for note in twill_proxy::proxier::apply_sysctls(&cfg) {
+            tracing::info!("{note}");
+        }
+        Ok(match self.mode {
+            Mode::Nftables => {
+                let mut ncfg = twill_proxy::corpus::nft_config(&cfg);
+                ncfg.local_addresses = twill_proxy::nft_proxier::local_addresses(self.family);
+                Box::new(twill_proxy::nft_proxier::NftProxier::new(
+                    mc,
+                    ncfg,
+                    self.sync_period,
+                    twill_proxy::nft_proxier::NftKernel,
+                ))
+            }
+            _ => Box::new(twill_proxy::Proxier::new(
+                mc,
+                cfg,
+                self.sync_period,
+                twill_proxy::Kernel::new(match self.iptables_backend {
+                    Backend::System => twill_proxy::Variant::System,
+                    Backend::Legacy => twill_proxy::Variant::Legacy,
+                    Backend::Nft => twill_proxy::Variant::Nft,
+                }),
+            )),
+        })
+    }
+}
+
+/// What the runtime needs from a mode's proxier.
+pub trait ModeProxier: Send {
+    /// Who the proxier models the cluster for.
+    fn model_config(&self) -> &ModelConfig;
+    /// Sync a model built with [`Self::model_config`]; `true` when something was
+    /// written. The same `Arc` again only writes when a full sync is due.
+    fn sync_model(&mut self, model: Arc<ProxyModel>, now: Instant) -> Result<bool, String>;
+    fn metrics(&self) -> &Metrics;
+    fn synced_model(&self) -> Option<&ProxyModel>;
+}
+
+impl ModeProxier for twill_proxy::Proxier<twill_proxy::Kernel> {
+    fn model_config(&self) -> &ModelConfig {
+        &self.model_config
+    }
+    fn sync_model(&mut self, model: Arc<ProxyModel>, now: Instant) -> Result<bool, String> {
+        let r = twill_proxy::Proxier::sync_model(self, model, now).map_err(|e| e.to_string())?;
+        if let Some(r) = &r {
+            tracing::debug!(?r, "iptables sync");
+        }
+        Ok(r.is_some())
+    }
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+    fn synced_model(&self) -> Option<&ProxyModel> {
+        twill_proxy::Proxier::synced_model(self)
+    }
+}
+
+impl ModeProxier for twill_proxy::nft_proxier::NftProxier<twill_proxy::nft_proxier::NftKernel> {
+    fn model_config(&self) -> &ModelConfig {
+        twill_proxy::nft_proxier::NftProxier::model_config(self)
+    }
+    fn sync_model(&mut self, model: Arc<ProxyModel>, now: Instant) -> Result<bool, String> {
+        let r = twill_proxy::nft_proxier::NftProxier::sync_model(self, model, now)
+            .map_err(|e| e.to_string())?;
+        if let Some(r) = &r {
+            tracing::debug!(?r, "nftables sync");
+        }
+        Ok(r.is_some())
+    }
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+    fn synced_model(&self) -> Option<&ProxyModel> {
+        twill_proxy::nft_proxier::NftProxier::synced_model(self)
+    }
+}
+
+/// The userspace proxier behind the same trait: it syncs models, not states.
+struct UserspaceMode {
+    mc: ModelConfig,
+    proxier: twill_proxy_userspace::Proxier,
+    metrics: Metrics,
+    model: Option<Arc<ProxyModel>>,
+}
+
+impl UserspaceMode {
+    fn new(mc: ModelConfig, cfg: twill_proxy_userspace::Config) -> Self {
+        UserspaceMode {
+            mc,
+            proxier: twill_proxy_userspace::Proxier::new(
+                cfg,
+                twill_proxy_userspace::Options::default(),
+            ),
+            metrics: Metrics::new(),
+            model: None,
+        }
+    }
+}
+
+impl ModeProxier for UserspaceMode {
+    fn model_config(&self) -> &ModelConfig {
+        &self.mc
+    }
+    fn sync_model(&mut self, model: Arc<ProxyModel>, _now: Instant) -> Result<bool, String> {
+        if self.model.as_ref() == Some(&model) {
+            return Ok(false);
+        }
+        let started = Instant::now();
+        let r = self.proxier.sync(&model).map_err(|e| e.to_string())?;
+        self.metrics
+            .sync_duration
+            .observe(started.elapsed().as_secs_f64());
+        tracing::info!(?r, "userspace sync");
+        self.model = Some(model);
+        Ok(true)
+    }
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+    fn synced_model(&self) -> Option<&ProxyModel> {
+        self.model.as_deref()
+    }
+}
+
+/// The part: settings until the first sync, then the proxier.
+pub struct ProxyPart {
+    settings: ProxySettings,
+    proxier: Option<Box<dyn ModeProxier>>,
+    /// The model of the state generation it was built from: an unchanged state costs
+    /// no rebuild on periodic resyncs.
+    model: Option<(u64, Arc<ProxyModel>)>,
+}
+
+impl ProxyPart {
+    pub fn new(settings: ProxySettings) -> Self {
+        ProxyPart {
+            settings,
+            proxier: None,
+            model: None,
+        }
+    }
+
+    pub fn settings(&self) -> &ProxySettings {
+        &self.settings
+    }
+
+    pub fn proxier(&self) -> Option<&dyn ModeProxier> {
+        self.proxier.as_deref()
+    }
+
+    pub(crate) fn sync(&mut self, ctx: &SyncContext, status: &Status) -> Result<bool, PartError> {
+        if self.proxier.is_none() {
+            let p = self.settings.build(ctx.state)?;
+            status.register(|r| p.metrics().register(r));
+            self.proxier = Some(p);
+        }
+        let proxier = self.proxier.as_mut().expect("built above");
+        let model = match &self.model {
+            Some((g, m)) if *g == ctx.generation => m.clone(),
+            _ => {
+                // The old model goes first: the tracker keeps its own copy.
+                self.model = None;
+                let (m, _) = twill_proxy::metrics::node_model(
+                    ctx.state,
+                    proxier.model_config(),
+                    proxier.metrics(),
+                );
+                self.model = Some((ctx.generation, m.clone()));
+                m
+            }
+        };
+        let wrote = proxier
+            .sync_model(model, ctx.now)
+            .map_err(PartError::retry)?;
+        if wrote && let Some(t) = ctx.changed_at {
+            proxier
+                .metrics()
+                .network_programming_duration
+                .observe(t.elapsed().as_secs_f64());
+        }
+        publish_service_health(proxier.synced_model(), status);
+        Ok(wrote)
+    }
+
+    pub(crate) fn summary(&self) -> String {
+        let services = self
+            .proxier
+            .as_ref()
+            .and_then(|p| p.synced_model())
+            .map_or(0, |m| m.services.len());
+        format!("proxy {services} service ports")
+    }
+}
+
+/// The answers of the health-check node ports of `externalTrafficPolicy: Local`
+/// services: a port shared by a service's ports answers with the largest count.
+fn publish_service_health(model: Option<&ProxyModel>, status: &Status) {
+    let mut st = status.lock();
+    st.service_health.clear();
+    let Some(m) = model else {
+        return;
+    };
+    for (name, svc) in &m.services {
+        if let Some(port) = svc.health_check_node_port {
+            let local = m
+                .endpoints_of(name)
+                .iter()
+                .filter(|e| e.is_local && e.ready)
+                .count();
+            let e = st.service_health.entry(port).or_insert(ServiceHealth {
+                namespace: name.service.namespace.clone(),
+                name: name.service.name.clone(),
+                local_endpoints: 0,
+            });
+            e.local_endpoints = e.local_endpoints.max(local);
+        }
+    }
+}
