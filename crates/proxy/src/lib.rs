@@ -2,8 +2,8 @@
 //!
 //! - [`proxier`]: one `iptables-restore --noflush` per sync, partial when only some
 //!   services changed, full periodically and after failures.
-//! - [`metrics`] and [`http`]: kube-proxy's metric names, `/healthz`, `/metrics` and the
-//!   health-check node port servers.
+//! - [`metrics`]: kube-proxy's metric names (served by the agent runtime's one HTTP
+//!   server, `twill_agent::http`, with `/healthz` and the health-check node ports).
 //! - [`nft_proxier`]: the nftables mode's applier, one `nft -f -` transaction per sync
 //!   (incremental when it can be).
 //! - [`corpus`]: the shared proxy corpus and its pure checks.
@@ -12,7 +12,6 @@
 
 pub mod conntrack;
 pub mod corpus;
-pub mod http;
 pub mod lab;
 pub mod metrics;
 pub mod nft_proxier;

@@ -1,7 +1,8 @@
-//! `twill proxy` as a daemon fed by a manifest file, in a network namespace: it
-//! programs the file's Services, follows edits of the file (an endpoint moves, a
-//! Service is added, an invalid Service is skipped and counted while the others keep
-//! working), and serves the sync metrics.
+//! `twill proxy` as a daemon fed by manifests, in a network namespace: it programs the
+//! file's Services, follows edits (an endpoint moves, a Service is added, an invalid
+//! Service is skipped and counted while the others keep working), follows a folder
+//! (new files, removed files, a file turned invalid keeps its rules), retries a restore
+//! the kernel rejected, and serves health and sync metrics.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -10,6 +11,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 const METRICS: &str = "127.0.0.1:10249";
+const HEALTHZ: &str = "127.0.0.1:10256";
 
 fn service(name: &str, ip: &str, port: u32) -> String {
     format!(
@@ -63,20 +65,62 @@ fn wait_for(what: &str, mut check: impl FnMut() -> bool, last: impl Fn() -> Stri
     panic!("timed out waiting for {what}; last state:\n{}", last());
 }
 
-fn metrics(ns: &twill_testkit::netns::Netns) -> String {
+/// One GET inside the namespace; the whole response, or "" when nothing listens yet.
+fn http(ns: &twill_testkit::netns::Netns, addr: &str, path: &str) -> String {
     ns.run(|| {
-        let Ok(mut s) = TcpStream::connect(METRICS) else {
+        let Ok(mut s) = TcpStream::connect(addr) else {
             return String::new();
         };
         let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
         let _ = write!(
             s,
-            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
         );
         let mut out = String::new();
         let _ = s.read_to_string(&mut out);
         out
     })
+}
+
+fn metrics(ns: &twill_testkit::netns::Netns) -> String {
+    http(ns, METRICS, "/metrics")
+}
+
+/// Start `twill proxy` in `ns` on `files`, logging to `dir/proxy.log`.
+fn start_proxy(
+    ns: &twill_testkit::netns::Netns,
+    dir: PathBuf,
+    files: &[&PathBuf],
+    sync_period: &str,
+) -> Daemon {
+    let log = std::fs::File::create(dir.join("proxy.log")).unwrap();
+    let mut cmd = ns.command(env!("CARGO_BIN_EXE_twill"));
+    cmd.args(["--log", "info", "proxy"]);
+    for f in files {
+        cmd.args(["-f", &f.display().to_string()]);
+    }
+    let child = cmd
+        .args([
+            "--hostname-override",
+            "n0",
+            "--cluster-cidr",
+            "10.244.0.0/16",
+        ])
+        .args(["--min-sync-period", "100ms", "--sync-period", sync_period])
+        .args(["--metrics-bind-address", METRICS])
+        .args(["--healthz-bind-address", HEALTHZ])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    Daemon { child, dir }
+}
+
+fn scratch(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("twill-proxy-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 fn metric_value(text: &str, name: &str) -> Option<f64> {
@@ -99,24 +143,7 @@ fn proxy_daemon_follows_manifest_edits_and_skips_only_the_invalid_service() {
         &file,
         &[service("web", "10.96.0.10", 80), slice("web", "10.244.1.5")].concat(),
     );
-    let log = std::fs::File::create(dir.join("proxy.log")).unwrap();
-    let child = ns
-        .command(env!("CARGO_BIN_EXE_twill"))
-        .args(["proxy", "-f", &file.display().to_string()])
-        .args([
-            "--hostname-override",
-            "n0",
-            "--cluster-cidr",
-            "10.244.0.0/16",
-        ])
-        .args(["--min-sync-period", "100ms", "--sync-period", "1h"])
-        .args(["--metrics-bind-address", METRICS])
-        .args(["--healthz-bind-address", "127.0.0.1:10256"])
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let daemon = Daemon { child, dir };
+    let daemon = start_proxy(&ns, dir, &[&file], "1h");
     let log = || std::fs::read_to_string(daemon.dir.join("proxy.log")).unwrap_or_default();
     let last = || format!("{}\n{}", nat_rules(&ns), log());
 
@@ -190,5 +217,156 @@ fn proxy_daemon_follows_manifest_edits_and_skips_only_the_invalid_service() {
         Some(1.0),
         "{text}"
     );
+    drop(daemon);
+}
+
+#[test]
+fn a_restore_the_kernel_rejects_is_retried_and_shows_in_healthz_readyz_and_metrics() {
+    let test = "a_restore_the_kernel_rejects_is_retried_and_shows_in_healthz_readyz_and_metrics";
+    if !twill_testkit::require_root(test) || !twill_testkit::require_tool(test, "iptables-restore")
+    {
+        return;
+    }
+    let ns = twill_testkit::netns::Netns::new("pxr");
+    // A stale service chain that a full sync deletes, held by a rule of a chain the proxy
+    // does not own: the kernel refuses to delete a chain in use, so every restore fails
+    // as a whole until the rule goes.
+    const HELD: &str = "KUBE-SEP-TWILLTESTHELD00";
+    for args in [
+        &["-t", "nat", "-N", HELD][..],
+        &["-t", "nat", "-N", "TWILL-TEST-HOLD"],
+        &["-t", "nat", "-A", "TWILL-TEST-HOLD", "-j", HELD],
+    ] {
+        assert!(ns.exec("iptables", args).status.success(), "{args:?}");
+    }
+    let dir = scratch("retry");
+    let file = dir.join("cluster.yaml");
+    write_atomically(
+        &file,
+        &[service("web", "10.96.0.10", 80), slice("web", "10.244.1.5")].concat(),
+    );
+    // Health timeout: 2 × the sync period = 4 s.
+    let daemon = start_proxy(&ns, dir, &[&file], "2s");
+    let log = || std::fs::read_to_string(daemon.dir.join("proxy.log")).unwrap_or_default();
+    let last = || format!("{}\n{}\n{}", nat_rules(&ns), metrics(&ns), log());
+    wait_for(
+        "restore failures counted",
+        || {
+            metric_value(
+                &metrics(&ns),
+                "kubeproxy_sync_proxy_rules_iptables_restore_failures_total",
+            )
+            .is_some_and(|n| n >= 2.0)
+        },
+        last,
+    );
+    wait_for(
+        "/healthz 503 once the change waited 2 sync periods",
+        || http(&ns, HEALTHZ, "/healthz").starts_with("HTTP/1.1 503"),
+        last,
+    );
+    let readyz = http(&ns, HEALTHZ, "/readyz");
+    assert!(readyz.starts_with("HTTP/1.1 503"), "{readyz}");
+    assert!(readyz.contains("iptables-restore"), "{readyz}");
+    assert!(
+        !nat_rules(&ns).contains("10.244.1.5"),
+        "nothing half-applied"
+    );
+
+    assert!(
+        ns.exec("iptables", &["-t", "nat", "-F", "TWILL-TEST-HOLD"])
+            .status
+            .success()
+    );
+    let released = Instant::now();
+    wait_for(
+        "the retry after the rule went",
+        || nat_rules(&ns).contains("--to-destination 10.244.1.5:8080"),
+        last,
+    );
+    eprintln!(
+        "programmed {:?} after the kernel accepted",
+        released.elapsed()
+    );
+    wait_for(
+        "/healthz 200",
+        || http(&ns, HEALTHZ, "/healthz").starts_with("HTTP/1.1 200"),
+        last,
+    );
+    assert!(
+        !nat_rules(&ns).contains(HELD),
+        "the stale chain was deleted"
+    );
+    drop(daemon);
+}
+
+#[test]
+fn a_followed_folder_applies_a_new_file_and_keeps_the_rules_when_a_file_turns_invalid() {
+    let test = "a_followed_folder_applies_a_new_file_and_keeps_the_rules_when_a_file_turns_invalid";
+    if !twill_testkit::require_root(test) || !twill_testkit::require_tool(test, "iptables-restore")
+    {
+        return;
+    }
+    let ns = twill_testkit::netns::Netns::new("pxf");
+    let dir = scratch("folder");
+    let manifests = dir.join("manifests");
+    std::fs::create_dir_all(manifests.join("shop")).unwrap();
+    write_atomically(
+        &manifests.join("web.yaml"),
+        &[service("web", "10.96.0.10", 80), slice("web", "10.244.1.5")].concat(),
+    );
+    let daemon = start_proxy(&ns, dir, &[&manifests], "1h");
+    let log = || std::fs::read_to_string(daemon.dir.join("proxy.log")).unwrap_or_default();
+    let last = || format!("{}\n{}", nat_rules(&ns), log());
+    wait_for(
+        "web",
+        || nat_rules(&ns).contains("--to-destination 10.244.1.5:8080"),
+        last,
+    );
+    // A new file in a subfolder: inotify, not a poll of the files named at start.
+    std::fs::write(
+        manifests.join("shop/api.yaml"),
+        [
+            service("api", "10.96.0.11", 8443),
+            slice("api", "10.244.2.7"),
+        ]
+        .concat(),
+    )
+    .unwrap();
+    wait_for(
+        "api from the new file",
+        || nat_rules(&ns).contains("--to-destination 10.244.2.7:8080"),
+        last,
+    );
+    // web.yaml turns into garbage (a half-written save): the last good rules stay.
+    std::fs::write(
+        manifests.join("web.yaml"),
+        "kind: Service\nmetadata: [oops\n",
+    )
+    .unwrap();
+    wait_for(
+        "the problem logged with its file",
+        || log().contains("web.yaml"),
+        last,
+    );
+    let rules = nat_rules(&ns);
+    assert!(
+        rules.contains("--to-destination 10.244.1.5:8080"),
+        "{rules}"
+    );
+    assert!(
+        rules.contains("--to-destination 10.244.2.7:8080"),
+        "{rules}"
+    );
+    let readyz = http(&ns, HEALTHZ, "/readyz");
+    assert!(readyz.contains("web.yaml"), "shown in readiness: {readyz}");
+    // Removing a file from the folder removes its Services.
+    std::fs::remove_file(manifests.join("shop/api.yaml")).unwrap();
+    wait_for(
+        "api gone with its file",
+        || !nat_rules(&ns).contains("10.244.2.7"),
+        last,
+    );
+    assert!(nat_rules(&ns).contains("--to-destination 10.244.1.5:8080"));
     drop(daemon);
 }

@@ -335,66 +335,6 @@ fn udp_flow_moves_to_the_new_endpoint_once_stale_conntrack_is_cleared() {
     drop(to_node);
 }
 
-fn http_get(addr: &str, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-        .unwrap();
-    let mut text = String::new();
-    std::io::Read::read_to_string(&mut s, &mut text).unwrap();
-    let code = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (code, text)
-}
-
-#[test]
-fn healthz_and_health_check_node_port_answer_like_kube_proxy() {
-    if !ready("healthz_and_health_check_node_port_answer_like_kube_proxy") {
-        return;
-    }
-    let ns = lab::Ns::new("http").unwrap();
-    ns.spawn(|| {
-        let shared: twill_proxy::http::Shared = Default::default();
-        shared.lock().unwrap().sync_period = Duration::from_secs(30);
-        shared
-            .lock()
-            .unwrap()
-            .service_health
-            .insert(30000, ("ns".into(), "web".into(), 2));
-        twill_proxy::http::serve("127.0.0.1:10256".parse().unwrap(), shared.clone()).unwrap();
-        twill_proxy::http::serve_service_health(30000, shared.clone()).unwrap();
-        assert_eq!(
-            http_get("127.0.0.1:10256", "/healthz").0,
-            503,
-            "no sync yet"
-        );
-        shared.lock().unwrap().last_success = Some(Instant::now());
-        assert_eq!(http_get("127.0.0.1:10256", "/healthz").0, 200);
-        let (code, body) = http_get("127.0.0.1:30000", "/");
-        assert_eq!(code, 200);
-        assert!(
-            body.contains("\"localEndpoints\":2")
-                && body.contains("X-Load-Balancing-Endpoint-Weight: 2"),
-            "{body}"
-        );
-        shared
-            .lock()
-            .unwrap()
-            .service_health
-            .insert(30000, ("ns".into(), "web".into(), 0));
-        assert_eq!(
-            http_get("127.0.0.1:30000", "/").0,
-            503,
-            "no local endpoints"
-        );
-    })
-    .join()
-    .unwrap()
-    .unwrap();
-}
-
 #[test]
 fn hairpin_through_two_endpoints_is_masqueraded_only_when_it_lands_on_the_sender() {
     if !ready("hairpin_through_two_endpoints_is_masqueraded_only_when_it_lands_on_the_sender") {
