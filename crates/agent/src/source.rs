@@ -115,6 +115,15 @@ impl ManifestSource {
         }
     }
 
+    /// For one-shot runs: the named paths that do not exist (a follower waits for them).
+    pub fn missing(&self) -> Vec<String> {
+        self.paths
+            .iter()
+            .filter(|p| p.as_os_str() != "-" && !p.exists())
+            .map(|p| p.display().to_string())
+            .collect()
+    }
+
     /// The paths this source follows (files and folders as given).
     pub fn paths(&self) -> &[PathBuf] {
         &self.paths

@@ -66,13 +66,20 @@ enum Command {
     Netpol(cmd::netpol::Args),
 }
 
-fn init_logging(filter: &str) {
+/// Logs go to stderr; colour only on a terminal and without `NO_COLOR` (so `kubectl
+/// logs` and files get plain text). An invalid filter is an error, not a silent `warn`.
+fn init_logging(filter: &str) -> Result<(), String> {
+    use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .map_err(|e| format!("--log {filter:?} is not a valid filter: {e}"))?;
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr)
         .init();
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -81,7 +88,10 @@ fn main() -> ExitCode {
         return code;
     }
     let cli = Cli::parse();
-    init_logging(&cli.log);
+    if let Err(e) = init_logging(&cli.log) {
+        eprintln!("twill: {e}");
+        return ExitCode::from(2);
+    }
     let result = match cli.command {
         Command::Manifests(c) => cmd::manifests::run(c),
         Command::Cluster(c) => cmd::cluster::run(c),

@@ -127,7 +127,12 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let (tx, rx) = std::sync::mpsc::channel();
-    twill_agent::ManifestSource::new(&a.manifests).follow(tx, Duration::from_secs(5))?;
+    let source = twill_agent::ManifestSource::new(&a.manifests);
+    let missing = source.missing();
+    if a.once && !missing.is_empty() {
+        anyhow::bail!("no such file: {}", missing.join(", "));
+    }
+    source.follow(tx, Duration::from_secs(5))?;
     if let Some(ns) = &a.netns {
         twill_netpol_agent::netns::enter(&std::path::Path::new("/run/netns").join(ns))
             .map_err(|e| anyhow::anyhow!("entering netns {ns}: {e}"))?;

@@ -276,7 +276,12 @@ fn run_daemon(mut s: Settings, mut d: DaemonArgs) -> anyhow::Result<ExitCode> {
         Some(http)
     };
     let (tx, rx) = std::sync::mpsc::channel();
-    twill_agent::ManifestSource::new(&d.files).follow(tx, Duration::from_secs(5))?;
+    let source = twill_agent::ManifestSource::new(&d.files);
+    let missing = source.missing();
+    if d.once && !missing.is_empty() {
+        anyhow::bail!("no such file: {}", missing.join(", "));
+    }
+    source.follow(tx, Duration::from_secs(5))?;
     twill_agent::signals::install();
     let runtime = twill_agent::Runtime::new(
         status,
