@@ -197,6 +197,8 @@ impl Runtime {
         let o = self.options.clone();
         let mut schedule = Schedule::new(o.min_sync_period, o.sync_period, o.retry_period);
         let mut changed_at: Option<Instant> = None;
+        // Every source has ended (a one-time load): no more input, the parts still sync.
+        let mut closed = false;
         loop {
             // Wait for input until the next sync is due; wake at least every 200 ms to
             // notice a stop signal.
@@ -206,11 +208,22 @@ impl Runtime {
                 Duration::from_secs(1)
             }
             .min(Duration::from_millis(200));
-            let first = match self.updates.recv_timeout(wait) {
-                Ok(u) => Some(u),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => {
-                    return Err(Error::Source("every source stopped".into()));
+            let first = if closed {
+                std::thread::sleep(wait);
+                None
+            } else {
+                match self.updates.recv_timeout(wait) {
+                    Ok(u) => Some(u),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => {
+                        if !self.state.synced {
+                            return Err(Error::Source(
+                                "every source stopped before listing everything".into(),
+                            ));
+                        }
+                        closed = true;
+                        None
+                    }
                 }
             };
             let mut any = false;

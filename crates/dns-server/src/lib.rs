@@ -7,15 +7,14 @@
 //! - TCP on the same addresses ([`tcp`]), for truncated retries.
 //! - Names outside the cluster zones, and CNAME chains that leave it, go to the upstreams
 //!   ([`forward`]) through a response cache ([`cache`]) on separate forwarding threads.
-//! - `/health`, `/ready` (200 once synced) and `/metrics` with CoreDNS's metric names
-//!   ([`metrics`], [`http`]).
+//! - Metrics under CoreDNS's names ([`metrics`]); `/health`, `/ready` and `/metrics` are
+//!   served by the node agent runtime's HTTP server (`twill_agent::http`).
 //! - Loop detection as CoreDNS's `loop` plugin does it: a random probe name is sent to
 //!   ourselves once; seeing it come back through the upstream means a forwarding loop.
 
 pub mod cache;
 pub mod engine;
 pub mod forward;
-mod http;
 pub mod metrics;
 mod tcp;
 pub mod udp;
@@ -55,9 +54,6 @@ pub struct ServerConfig {
     /// Threads that wait on upstream answers.
     pub forward_threads: usize,
     pub tcp: bool,
-    /// `/health` (CoreDNS: 8080), `/ready` (8181), `/metrics` (9153). Equal addresses share
-    /// one listener; every listener serves all three paths.
-    pub http: Vec<SocketAddr>,
     /// Send the loop-detection probe to ourselves after binding.
     pub loop_probe: Option<hickory_proto::rr::Name>,
     /// Entries in each UDP worker's wire cache (0 disables it). Each costs ~300 bytes.
@@ -74,7 +70,6 @@ impl ServerConfig {
             workers: cores,
             forward_threads: 4,
             tcp: true,
-            http: vec![],
             loop_probe: None,
             answer_cache_entries: 8192,
         }
@@ -85,7 +80,6 @@ impl ServerConfig {
 pub struct Running {
     pub udp: Vec<SocketAddr>,
     pub tcp: Vec<SocketAddr>,
-    pub http: Vec<SocketAddr>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
 }
@@ -191,35 +185,12 @@ pub fn start(config: &ServerConfig, engine: Arc<Engine>) -> Result<Running, Serv
             }
         })?);
     }
-    let mut http_addrs = Vec::new();
-    let mut seen = Vec::new();
-    for want in &config.http {
-        if seen.contains(want) {
-            continue;
-        }
-        seen.push(*want);
-        let l = TcpListener::bind(want).map_err(|source| ServerError::Bind {
-            proto: "http",
-            addr: *want,
-            source,
-        })?;
-        http_addrs.push(l.local_addr().map_err(|source| ServerError::Bind {
-            proto: "http",
-            addr: *want,
-            source,
-        })?);
-        let (engine, stop) = (engine.clone(), stop.clone());
-        threads.push(spawn("dns-http".into(), move || {
-            http::run(l, engine, stop)
-        })?);
-    }
     if let (Some(probe), Some(addr)) = (&config.loop_probe, udp_addrs.first()) {
         send_probe(probe, *addr);
     }
     Ok(Running {
         udp: udp_addrs,
         tcp: tcp_addrs,
-        http: http_addrs,
         stop,
         threads,
     })

@@ -185,7 +185,8 @@ struct ToRcodeLabels {
 
 /// The server's metrics, with pre-made handles for the hot path.
 pub struct Metrics {
-    registry: Registry,
+    /// Its own registry, unless registered in the agent's one ([`Metrics::registered_in`]).
+    registry: Option<Registry>,
     /// `[proto udp=0 tcp=1][family 1=0 2=1][type]`.
     requests: Vec<Counter>,
     /// `[plugin kubernetes=0 forward=1 other=2][rcode]`.
@@ -216,9 +217,16 @@ pub enum Source {
 }
 
 impl Metrics {
-    /// `server` is CoreDNS's server label (`dns://:53`).
+    /// `server` is CoreDNS's server label (`dns://:53`); a registry of its own.
     pub fn new(server: &str) -> Self {
         let mut registry = Registry::default();
+        let mut m = Self::registered_in(server, &mut registry);
+        m.registry = Some(registry);
+        m
+    }
+
+    /// The metrics, registered in `registry` (the agent's one registry).
+    pub fn registered_in(server: &str, registry: &mut Registry) -> Self {
         let requests_family = Family::<RequestLabels, Counter>::default();
         let responses_family = Family::<ResponseLabels, Counter>::default();
         let durations_family = Family::<DurationLabels, AtomicHistogram>::default();
@@ -352,7 +360,7 @@ impl Metrics {
             loop_detected.clone(),
         );
         Metrics {
-            registry,
+            registry: None,
             requests,
             responses,
             durations,
@@ -430,11 +438,14 @@ impl Metrics {
             .inc();
     }
 
-    /// The OpenMetrics text exposition.
+    /// The OpenMetrics text exposition of its own registry (empty when registered in
+    /// another: that one's owner encodes it).
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        if let Some(r) = &self.registry {
+            // Writing into a String cannot fail.
+            let _ = prometheus_client::encoding::text::encode(&mut out, r);
+        }
         out
     }
 }

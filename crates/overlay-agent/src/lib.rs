@@ -81,9 +81,6 @@ pub struct AgentOptions {
     pub resync: Duration,
     /// Lease lifetime (24 h in production; tests shorten it).
     pub lease_ttl: u64,
-    /// Serve `GET /healthz` (JSON; 503 while the store is unreachable or the data plane
-    /// did not converge) on this address.
-    pub health_addr: Option<std::net::SocketAddr>,
 }
 
 impl Default for AgentOptions {
@@ -98,7 +95,6 @@ impl Default for AgentOptions {
             renew_margin_minutes: twill_overlay::renewal::DEFAULT_RENEW_MARGIN_MINUTES,
             resync: Duration::from_secs(10),
             lease_ttl: LEASE_TTL_SECS,
-            health_addr: None,
         }
     }
 }
@@ -550,68 +546,6 @@ impl StoreSpec {
                 Ok(Store::Etcd(Box::new(s)))
             }
         }
-    }
-}
-
-/// Run the agent on this thread until SIGINT/SIGTERM (the `twill overlay` command).
-pub fn run_until_signal(
-    spec: StoreSpec,
-    config: Option<String>,
-    opts: AgentOptions,
-) -> Result<(), Error> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|source| Error::File {
-            path: "tokio runtime".into(),
-            source,
-        })?;
-    rt.block_on(async move {
-        let (conn, handle, _) =
-            rtnetlink::new_connection().map_err(|e| Error::Netlink(twill_netlink::Error::Connect(e)))?;
-        tokio::spawn(conn);
-        let (tx, rx) = watch::channel(false);
-        tokio::spawn(async move {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-            }
-            let _ = tx.send(true);
-        });
-        let mut store = spec.open(config.as_deref()).await?;
-        let health = Health::default();
-        if let Some(addr) = opts.health_addr {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|source| Error::File { path: format!("health endpoint {addr}"), source })?;
-            tokio::spawn(serve_health(listener, health.clone()));
-        }
-        run_agent(&mut store, &opts, &handle, &health, rx).await
-    })
-}
-
-/// A minimal HTTP/1.1 responder: whatever the request, answer with the health JSON. A
-/// web framework would be most of the binary for one read-only endpoint.
-async fn serve_health(listener: tokio::net::TcpListener, health: Health) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    while let Ok((mut conn, _)) = listener.accept().await {
-        let health = health.clone();
-        tokio::spawn(async move {
-            let mut buf = [0u8; 1024];
-            let _ = conn.read(&mut buf).await;
-            let (status, body) = health.render();
-            let reason = if status == 200 {
-                "OK"
-            } else {
-                "Service Unavailable"
-            };
-            let resp = format!(
-                "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = conn.write_all(resp.as_bytes()).await;
-        });
     }
 }
 

@@ -131,3 +131,59 @@ fn a_health_check_node_port_answers_with_local_endpoints() {
         .local_endpoints = 0;
     assert!(get(addr, "/").starts_with("HTTP/1.1 503"));
 }
+
+#[test]
+fn every_parts_metrics_parse_with_prometheus_own_openmetrics_parser_and_keep_their_types() {
+    const PY: &str = "/usr/bin/python3";
+    let test =
+        "every_parts_metrics_parse_with_prometheus_own_openmetrics_parser_and_keep_their_types";
+    if !twill_testkit::require_tool(test, PY) {
+        return;
+    }
+    let (_server, status, addr) = server();
+    let proxy = twill_proxy::metrics::Metrics::new();
+    let policy = twill_netpol_agent::daemon::Metrics::new();
+    status.register(|r| {
+        proxy.register(r);
+        policy.register(r);
+    });
+    proxy.restore_failures.inc();
+    proxy.sync_duration.observe(0.25);
+    policy.rules.set(7);
+    let answer = get(addr, "/metrics");
+    let body = answer.split_once("\r\n\r\n").unwrap().1.to_string();
+    // Python's prometheus_client (Debian python3-prometheus-client): the parser
+    // Prometheus users reach for; it rejects text that breaks the format.
+    let script = "import sys\n\
+        from prometheus_client.openmetrics.parser import text_string_to_metric_families\n\
+        for f in text_string_to_metric_families(sys.stdin.read()):\n\
+        \x20   print(f.name, f.type, sum(1 for _ in f.samples))\n";
+    let mut child = std::process::Command::new(PY)
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{body}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for want in [
+        "kubeproxy_sync_proxy_rules_iptables_restore_failures counter",
+        "kubeproxy_sync_proxy_rules_duration_seconds histogram",
+        "twill_netpol_iptables_rules gauge",
+        "twill_agent_syncs counter",
+    ] {
+        assert!(stdout.contains(want), "{want} missing:\n{stdout}");
+    }
+}

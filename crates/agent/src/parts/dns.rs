@@ -11,7 +11,8 @@ use super::{PartError, SyncContext};
 
 pub struct DnsPart {
     engine: Arc<Engine>,
-    config: twill_dns::Config,
+    /// `None`: the snapshot the server started with stays (manifests read once).
+    config: Option<twill_dns::Config>,
     generation: Option<u64>,
 }
 
@@ -19,16 +20,28 @@ impl DnsPart {
     pub fn new(engine: Arc<Engine>, config: twill_dns::Config) -> Self {
         DnsPart {
             engine,
-            config,
+            config: Some(config),
+            generation: None,
+        }
+    }
+
+    /// A server whose data was loaded once: syncs only report its health.
+    pub fn fixed(engine: Arc<Engine>) -> Self {
+        DnsPart {
+            engine,
+            config: None,
             generation: None,
         }
     }
 
     pub(crate) fn sync(&mut self, ctx: &SyncContext) -> Result<bool, PartError> {
+        let Some(config) = &self.config else {
+            return Ok(false);
+        };
         if self.generation == Some(ctx.generation) {
             return Ok(false);
         }
-        let snapshot = Snapshot::build(ctx.state, &self.config, serial_now());
+        let snapshot = Snapshot::build(ctx.state, config, serial_now());
         self.engine.swap(snapshot);
         self.generation = Some(ctx.generation);
         tracing::info!(

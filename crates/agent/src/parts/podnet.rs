@@ -113,20 +113,30 @@ impl PodNetwork {
 }
 
 impl Drop for PodNetwork {
+    /// Stop the loop and give it a moment to finish its current step, so a SIGTERM never
+    /// cuts a netlink batch or a lease write in half.
     fn drop(&mut self) {
         let _ = self.stop.send(true);
+        let _ = self.done.recv_timeout(Duration::from_secs(5));
     }
 }
 
-/// Start the part on its own thread with its own runtime.
+/// Start the part on its own thread with its own runtime. `net_conf` (flannel's
+/// net-conf.json) is needed with the kube store; a lease store may hold it instead.
 pub fn start(
     store: SubnetStore,
-    net_conf: String,
+    net_conf: Option<String>,
     opts: AgentOptions,
     kubeconfig: Option<PathBuf>,
     node: String,
 ) -> anyhow::Result<PodNetwork> {
-    let config = NetworkConfig::parse("net-conf", &net_conf).context("the network config")?;
+    let config = match (&net_conf, &store) {
+        (Some(text), _) => {
+            Some(NetworkConfig::parse("net-conf", text).context("the network config")?)
+        }
+        (None, SubnetStore::Kube) => bail!("the kube subnet store needs a network config"),
+        (None, SubnetStore::Leases(_)) => None,
+    };
     let (stop, stop_rx) = watch::channel(false);
     let (done_tx, done) = std::sync::mpsc::channel();
     let health = match &store {
@@ -146,13 +156,14 @@ pub fn start(
                 tokio::spawn(conn);
                 match (store, h) {
                     (SubnetStore::Leases(spec), HealthSource::Agent(health)) => {
-                        let mut s = spec.open(Some(&net_conf)).await?;
+                        let mut s = spec.open(net_conf.as_deref()).await?;
                         twill_overlay_agent::run_agent(&mut s, &opts, &handle, &health, stop_rx)
                             .await?;
                         Ok(())
                     }
                     (SubnetStore::Kube, HealthSource::Local(health)) => {
                         let client = twill_kube_source::client(kubeconfig.as_deref()).await?;
+                        let config = config.expect("checked above");
                         run_kube(client, &node, &config, &opts, &handle, &health, stop_rx).await
                     }
                     _ => unreachable!("health follows the store"),

@@ -75,7 +75,6 @@ pub fn big_headless(n: usize) -> (ClusterState, Config) {
 
 pub struct TestServer {
     pub addr: SocketAddr,
-    pub http: SocketAddr,
     pub engine: Arc<Engine>,
     running: Option<Running>,
 }
@@ -143,12 +142,10 @@ impl TestServer {
         let mut sc = ServerConfig::new(vec![listen]);
         sc.workers = 2;
         sc.forward_threads = 2;
-        sc.http = vec!["127.0.0.1:0".parse().unwrap()];
         sc.loop_probe = probe;
         let running = twill_dns_server::start(&sc, engine.clone()).expect("server starts");
         TestServer {
             addr: running.udp[0],
-            http: running.http[0],
             engine,
             running: Some(running),
         }
@@ -216,26 +213,6 @@ pub fn query(qname: &str, qtype: RecordType, edns: bool) -> Message {
 fn rand_id() -> u16 {
     static N: AtomicUsize = AtomicUsize::new(0x1234);
     (N.fetch_add(7919, Ordering::Relaxed) & 0xffff) as u16
-}
-
-/// `GET path` → (status, body).
-pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-        .unwrap();
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    let code = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (code, body)
 }
 
 /// An upstream that answers `www.example.org. A 192.0.2.1` and NXDOMAIN for the rest,

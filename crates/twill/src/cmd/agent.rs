@@ -195,7 +195,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         parts.push(Part::PodNetwork(podnet::PodNetworkPart::new(
             podnet::start(
                 a.subnet_store.clone(),
-                text,
+                Some(text),
                 opts,
                 a.kubeconfig.clone(),
                 node.clone(),

@@ -322,9 +322,24 @@ fn serve(mut a: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Some(w) = a.workers {
         server.workers = w;
     }
-    server.http = vec![a.health, a.ready, a.metrics];
     server.answer_cache_entries = a.answer_cache;
-    let metrics = Arc::new(Metrics::new(&format!("dns://{}", a.listen[0])));
+    // One registry and one HTTP server (the agent runtime's): `/health`, `/ready` and
+    // `/metrics` on CoreDNS's three ports, each port answering every path.
+    let status = twill_agent::Status::new(Duration::from_secs(30));
+    let mut registered = None;
+    status.register(|r| {
+        registered = Some(Metrics::registered_in(&format!("dns://{}", a.listen[0]), r))
+    });
+    let metrics = Arc::new(registered.expect("registered above"));
+    let http = twill_agent::http::HttpServer::new(status.clone())?;
+    let mut http_addrs = Vec::new();
+    for addr in [a.health, a.ready, a.metrics] {
+        if !http_addrs.contains(&addr) {
+            http.listen(addr, twill_agent::http::Routes::Agent)
+                .with_context(|| format!("listening on {addr}"))?;
+            http_addrs.push(addr);
+        }
+    }
     let policy = a.policy.parse::<Policy>().map_err(anyhow::Error::msg)?;
     let forwarder = (!upstreams.is_empty()).then(|| {
         let mut f = ForwardConfig::new(upstreams.clone());
@@ -372,27 +387,31 @@ fn serve(mut a: ServeArgs) -> anyhow::Result<ExitCode> {
         .context("starting the Kubernetes source")?;
         follow = true;
     }
-    drop(tx);
+    let tx_static = tx;
     tracing::info!(
         udp = ?running.udp,
         tcp = ?running.tcp,
-        http = ?running.http,
+        http = ?http_addrs,
         services = engine.snapshot().service_count(),
         upstreams = ?upstreams,
         "serving cluster DNS"
     );
     eprintln!("twill dns: serving {} on {:?}", config.zone, running.udp);
-    if !follow {
-        running.wait();
-        return Ok(ExitCode::SUCCESS);
-    }
+    let part = if follow {
+        twill_agent::parts::dns::DnsPart::new(engine.clone(), config.clone())
+    } else {
+        // Manifests read once (stdin) or none: the snapshot built above stays.
+        tx_static.send(twill_agent::Update::Events(vec![
+            twill_model::ObjectEvent::Synced,
+        ]))?;
+        twill_agent::parts::dns::DnsPart::fixed(engine.clone())
+    };
+    drop(tx_static);
     twill_agent::signals::install();
     let runtime = twill_agent::Runtime::new(
-        twill_agent::Status::new(Duration::from_secs(30)),
-        None,
-        vec![twill_agent::Part::Dns(
-            twill_agent::parts::dns::DnsPart::new(engine.clone(), config.clone()),
-        )],
+        status,
+        Some(http),
+        vec![twill_agent::Part::Dns(part)],
         rx,
         twill_agent::Options {
             // Batch a relist or a burst of endpoint changes into one snapshot.

@@ -2,8 +2,10 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
+use twill_agent::parts::podnet;
 use twill_overlay_agent::StoreSpec;
 
 #[derive(clap::Args)]
@@ -34,7 +36,8 @@ pub struct Args {
     /// Minutes before expiry to renew the lease (1..1439).
     #[arg(long, default_value_t = 60)]
     pub subnet_lease_renew_margin: u32,
-    /// Serve GET /healthz (JSON) on this address, e.g. 127.0.0.1:8471.
+    /// Serve `/healthz`, `/readyz` and `/metrics` on this address, e.g. 127.0.0.1:8471
+    /// (`/readyz` names the lease and sync errors).
     #[arg(long)]
     pub healthz: Option<std::net::SocketAddr>,
     /// Seconds between full reconciles.
@@ -81,10 +84,49 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         cni_conf_path: a.cni_conf,
         renew_margin_minutes: a.subnet_lease_renew_margin,
         resync: std::time::Duration::from_secs(a.resync_secs.max(1)),
-        health_addr: a.healthz,
         ..Default::default()
     };
-    twill_overlay_agent::run_until_signal(spec, config, opts)?;
+    // The agent runtime with the pod network part: its reconcile loop runs on its own
+    // thread, driven by lease changes; the runtime reports its health (`/healthz`,
+    // `/readyz`, `/metrics` on `--healthz`) and stops it cleanly on SIGTERM.
+    let status = twill_agent::Status::new(Duration::from_secs(a.resync_secs.max(1)));
+    let http = match a.healthz {
+        Some(addr) => {
+            let http = twill_agent::http::HttpServer::new(status.clone())?;
+            http.listen(addr, twill_agent::http::Routes::Agent)
+                .with_context(|| format!("listening on {addr}"))?;
+            Some(http)
+        }
+        None => None,
+    };
+    let part = podnet::start(
+        podnet::SubnetStore::Leases(spec),
+        config,
+        opts,
+        None,
+        String::new(),
+    )?;
+    // No cluster state is needed: the leases are the source.
+    let (tx, rx) = std::sync::mpsc::channel();
+    tx.send(twill_agent::Update::Events(vec![
+        twill_model::ObjectEvent::Synced,
+    ]))?;
+    drop(tx);
+    twill_agent::signals::install();
+    let runtime = twill_agent::Runtime::new(
+        status,
+        http,
+        vec![twill_agent::Part::PodNetwork(podnet::PodNetworkPart::new(
+            part,
+        ))],
+        rx,
+        twill_agent::Options {
+            min_sync_period: Duration::from_secs(1),
+            sync_period: Duration::from_secs(a.resync_secs.max(1)),
+            ..Default::default()
+        },
+    );
+    runtime.run()?;
     Ok(ExitCode::SUCCESS)
 }
 
