@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use twill_model::{ClusterState, ObjectEvent, ObjectKey};
 
@@ -86,6 +86,8 @@ pub struct Runtime {
     generation: u64,
     rejected: BTreeMap<String, BTreeMap<ObjectKey, String>>,
     rejected_policies: BTreeMap<ObjectKey, String>,
+    /// When the input behind the pending changes was written, if a source said.
+    written: Option<Instant>,
 }
 
 impl Runtime {
@@ -113,6 +115,7 @@ impl Runtime {
             generation: 0,
             rejected: BTreeMap::new(),
             rejected_policies: BTreeMap::new(),
+            written: None,
         }
     }
 
@@ -178,6 +181,12 @@ impl Runtime {
                     .collect();
                 Ok(true)
             }
+            Update::Written(t) => {
+                let age = SystemTime::now().duration_since(t).unwrap_or_default();
+                let at = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+                self.written = Some(self.written.map_or(at, |w| w.min(at)));
+                Ok(false)
+            }
             Update::Invalid(message) => {
                 tracing::warn!("{message}");
                 self.status.metrics.rejected_inputs.inc();
@@ -237,7 +246,8 @@ impl Runtime {
             if any {
                 self.generation += 1;
                 schedule.changed();
-                changed_at.get_or_insert_with(Instant::now);
+                let written = self.written.take();
+                changed_at.get_or_insert_with(|| written.unwrap_or_else(Instant::now));
                 let mut st = self.status.lock();
                 let now = Instant::now();
                 for h in st.parts.values_mut() {

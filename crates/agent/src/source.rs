@@ -20,7 +20,8 @@
 //!
 //! An object defined in two files is the last one read; deleting it from either deletes it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, SystemTime};
@@ -42,6 +43,10 @@ pub enum Update {
         problems: Vec<String>,
         rejected_policies: BTreeMap<ObjectKey, String>,
     },
+    /// When the input behind the next events was written (a manifest's mtime): network
+    /// programming latency counts from there, as kube-proxy's counts from an
+    /// EndpointSlice's last-change-trigger-time.
+    Written(SystemTime),
     /// One object the API sent was invalid and left out (logged, counted).
     Invalid(String),
     /// A source error the source retries after by itself.
@@ -56,6 +61,8 @@ struct FileRecord {
     stamp: Option<(Option<SystemTime>, u64)>,
     /// What this file gave to the state.
     accepted: BTreeSet<ObjectRef>,
+    /// Error-free documents of the last read, by text hash, with the objects they gave.
+    clean_docs: HashMap<u64, Vec<ObjectRef>>,
     /// Problems reported for this file last.
     reported: bool,
 }
@@ -96,6 +103,19 @@ fn stamp(p: &Path) -> Option<(Option<SystemTime>, u64)> {
     Some((m.modified().ok(), m.len()))
 }
 
+/// A parse of one file: what changed documents gave, and the objects of the documents
+/// that did not change (already in the state).
+struct Loaded {
+    result: twill_manifest::LoadResult,
+    unchanged: BTreeSet<ObjectRef>,
+}
+
+fn text_hash(text: &str) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
+}
+
 fn rejected_policy(p: &twill_manifest::Problem) -> Option<ObjectKey> {
     if p.severity != Severity::Error {
         return None;
@@ -133,6 +153,7 @@ impl ManifestSource {
     pub fn scan(&mut self) -> Vec<Update> {
         let mut events = Vec::new();
         let mut reports = Vec::new();
+        let mut written: Option<SystemTime> = None;
         // The files now: named ones (whether or not they exist) and folders' contents.
         let mut now: BTreeMap<PathBuf, bool> = BTreeMap::new();
         for p in &self.paths {
@@ -186,6 +207,9 @@ impl ManifestSource {
                 continue;
             }
             rec.stamp = st;
+            if let Some((Some(mtime), _)) = st {
+                written = Some(written.map_or(mtime, |w: SystemTime| w.min(mtime)));
+            }
             let name = path.display().to_string();
             let text = match std::fs::read(path) {
                 Ok(bytes) => match String::from_utf8(bytes) {
@@ -207,7 +231,48 @@ impl ManifestSource {
                     continue;
                 }
             };
-            let loaded = twill_manifest::parse_str(&name, &text);
+            // Only the documents that changed are parsed: a one-endpoint edit of a
+            // 10k-Service file costs one document, not the file (documents are known by
+            // a 64-bit hash of their text; only error-free ones are remembered).
+            let loaded = match twill_manifest::yaml_document_texts(&name, &text) {
+                Some(docs) => {
+                    let mut out = twill_manifest::LoadResult::default();
+                    let mut kept = HashMap::with_capacity(docs.len());
+                    let mut unchanged = BTreeSet::new();
+                    for d in &docs {
+                        let h = text_hash(&d.text);
+                        if let Some(refs) = rec.clean_docs.get(&h) {
+                            unchanged.extend(refs.iter().cloned());
+                            kept.insert(h, refs.clone());
+                            continue;
+                        }
+                        let l = twill_manifest::parse_document(&name, d);
+                        if !l.has_errors() {
+                            kept.insert(
+                                h,
+                                l.objects.iter().map(|o| o.object.object_ref()).collect(),
+                            );
+                        }
+                        out.extend(l);
+                    }
+                    rec.clean_docs = kept;
+                    Loaded {
+                        result: out,
+                        unchanged,
+                    }
+                }
+                None => {
+                    rec.clean_docs.clear();
+                    Loaded {
+                        result: twill_manifest::parse_str(&name, &text),
+                        unchanged: BTreeSet::new(),
+                    }
+                }
+            };
+            let Loaded {
+                result: loaded,
+                unchanged,
+            } = loaded;
             let has_errors = loaded.has_errors();
             let mut problems = Vec::new();
             let mut rejected = BTreeMap::new();
@@ -221,7 +286,8 @@ impl ManifestSource {
                 }
             }
             let objects = loaded.into_objects();
-            let refs: BTreeSet<ObjectRef> = objects.iter().map(|o| o.object_ref()).collect();
+            let mut refs: BTreeSet<ObjectRef> = objects.iter().map(|o| o.object_ref()).collect();
+            refs.extend(unchanged);
             if has_errors {
                 // Valid objects apply; nothing is deleted on the word of an invalid file.
                 tracing::warn!(file = %name, errors = problems.len(), "invalid manifest: its valid objects apply, nothing it held before is deleted");
@@ -268,6 +334,9 @@ impl ManifestSource {
         }
         let mut out = reports;
         if !events.is_empty() {
+            if let Some(t) = written {
+                out.push(Update::Written(t));
+            }
             out.push(Update::Events(events));
         }
         out
@@ -335,8 +404,9 @@ impl ManifestSource {
 fn wait_for_change(rx: &Receiver<()>, poll: Duration) -> bool {
     match rx.recv_timeout(poll) {
         Ok(()) => {
-            // Coalesce: a save is often several events (truncate, write, close).
-            while rx.recv_timeout(Duration::from_millis(10)).is_ok() {}
+            // Coalesce: a save is often several events (truncate, write, close; a rename
+            // is two). 3 ms of quiet is enough for one writer's burst.
+            while rx.recv_timeout(Duration::from_millis(3)).is_ok() {}
             true
         }
         Err(RecvTimeoutError::Timeout) => true,

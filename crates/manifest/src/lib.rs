@@ -19,6 +19,7 @@ mod render;
 mod split;
 
 pub use render::render_yaml;
+pub use split::{DocText, yaml_document_texts};
 use std::fmt;
 
 pub use decode::{DecodeError, Decoded, decode_value};
@@ -118,6 +119,31 @@ impl LoadResult {
 /// Parse one source's text (YAML or JSON, any number of documents).
 pub fn parse_str(source: &str, text: &str) -> LoadResult {
     parse(source, text, false)
+}
+
+/// Parse one document of a YAML stream cut by [`yaml_document_texts`]; problems and
+/// objects carry the document's place in the stream, as [`parse_str`] gives them.
+pub fn parse_document(source: &str, doc: &DocText) -> LoadResult {
+    let mut out = LoadResult::default();
+    let Some((line, value)) = split::parse_yaml_document(doc) else {
+        return out;
+    };
+    let location = Location {
+        source: source.to_string(),
+        doc: doc.index,
+        line,
+    };
+    match value {
+        Err((line, message)) => out.problems.push(Problem {
+            severity: Severity::Error,
+            location: Some(Location { line, ..location }),
+            object: None,
+            path: String::new(),
+            message,
+        }),
+        Ok(value) => decode_into(value, "", &location, false, &mut out),
+    }
+    out
 }
 
 /// [`parse_str`], also keeping each object's document as written ([`Loaded::raw`]).

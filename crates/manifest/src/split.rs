@@ -10,8 +10,11 @@ pub(crate) struct Document {
     pub index: usize,
     pub line: usize,
     /// The parsed value, or (line, message) of the parse error.
-    pub value: Result<serde_json::Value, (usize, String)>,
+    pub value: Parsed,
 }
+
+/// A document's value, or (line, message) of its parse error.
+pub(crate) type Parsed = Result<serde_json::Value, (usize, String)>;
 
 fn is_blank_or_comment(line: &str) -> bool {
     let t = line.trim();
@@ -42,7 +45,7 @@ struct Sink<'a> {
 }
 
 impl Sink<'_> {
-    fn push(&mut self, line: usize, value: Result<serde_json::Value, (usize, String)>) {
+    fn push(&mut self, line: usize, value: Parsed) {
         self.count += 1;
         (self.emit)(Document {
             index: self.count,
@@ -87,7 +90,23 @@ fn is_marker(line: &str, marker: &str) -> bool {
             .is_some_and(|r| r.starts_with([' ', '\t']))
 }
 
-fn yaml_documents(text: &str, out: &mut Sink) {
+/// One YAML document's text, cut from its stream, with where it stands there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocText {
+    /// 1-based index among the stream's non-empty documents.
+    pub index: usize,
+    /// 1-based line of the document's first line in the stream.
+    pub line: usize,
+    pub text: String,
+}
+
+/// A YAML stream cut into its non-empty documents (`None` for JSON, which is parsed as
+/// one stream). Followers of a file use this to re-parse only the documents that
+/// changed.
+pub fn yaml_document_texts(source: &str, text: &str) -> Option<Vec<DocText>> {
+    if source.ends_with(".json") || looks_like_json(text) {
+        return None;
+    }
     // (line number of the chunk's first line, chunk text)
     let mut chunks: Vec<(usize, String)> = vec![(1, String::new())];
     for (i, line) in text.lines().enumerate() {
@@ -108,25 +127,48 @@ fn yaml_documents(text: &str, out: &mut Sink) {
             last.1.push('\n');
         }
     }
-    for (start, chunk) in chunks {
-        if chunk.lines().all(is_blank_or_comment) {
-            continue;
+    let docs = chunks
+        .into_iter()
+        .filter(|(_, chunk)| !chunk.lines().all(is_blank_or_comment))
+        .enumerate()
+        .map(|(i, (line, text))| DocText {
+            index: i + 1,
+            line,
+            text,
+        })
+        .collect();
+    Some(docs)
+}
+
+/// Parse one document cut by [`yaml_document_texts`]: (first content line, value or the
+/// parse error's line and message). `None` for a document that is only `null`.
+pub(crate) fn parse_yaml_document(doc: &DocText) -> Option<(usize, Parsed)> {
+    let lead = doc
+        .text
+        .lines()
+        .take_while(|l| is_blank_or_comment(l))
+        .count();
+    let value = match serde_saphyr::from_str::<serde_json::Value>(&doc.text) {
+        Ok(serde_json::Value::Null) => return None,
+        Ok(v) => Ok(v),
+        Err(e) => {
+            let line = e
+                .location()
+                .map_or(doc.line + lead, |l| doc.line + l.line() as usize - 1);
+            Err((
+                line,
+                format!("invalid YAML: {}", first_line(&e.to_string())),
+            ))
         }
-        let lead = chunk.lines().take_while(|l| is_blank_or_comment(l)).count();
-        let value = match serde_saphyr::from_str::<serde_json::Value>(&chunk) {
-            Ok(serde_json::Value::Null) => continue,
-            Ok(v) => Ok(v),
-            Err(e) => {
-                let line = e
-                    .location()
-                    .map_or(start + lead, |l| start + l.line() as usize - 1);
-                Err((
-                    line,
-                    format!("invalid YAML: {}", first_line(&e.to_string())),
-                ))
-            }
-        };
-        out.push(start + lead, value);
+    };
+    Some((doc.line + lead, value))
+}
+
+fn yaml_documents(text: &str, out: &mut Sink) {
+    for doc in yaml_document_texts("", text).unwrap_or_default() {
+        if let Some((line, value)) = parse_yaml_document(&doc) {
+            out.push(line, value);
+        }
     }
 }
 

@@ -82,12 +82,35 @@ fn init_logging(filter: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether the command only prints a report: such commands end quietly when their reader
+/// goes away (`twill cluster render … | head`), as Unix tools do. Daemons and commands
+/// that feed tools on stdin keep SIGPIPE ignored (Rust's default): a tool that exits
+/// before reading its input must be an error, not the agent's death.
+fn prints_only(c: &Command) -> bool {
+    match c {
+        Command::Manifests(_) | Command::Cluster(_) | Command::Doctor(_) | Command::Trace(_) => {
+            true
+        }
+        #[cfg(feature = "proxy")]
+        Command::Proxy(a) => a.command.is_some(),
+        #[cfg(feature = "lab")]
+        Command::Lab(a) => cmd::lab::prints_only(a),
+        _ => false,
+    }
+}
+
 fn main() -> ExitCode {
     #[cfg(feature = "cni")]
     if let Some(code) = cmd::cni::dispatch_plugin() {
         return code;
     }
     let cli = Cli::parse();
+    if prints_only(&cli.command) {
+        // SAFETY: setting a signal disposition before any thread is started.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     if let Err(e) = init_logging(&cli.log) {
         eprintln!("twill: {e}");
         return ExitCode::from(2);

@@ -707,6 +707,127 @@ fn agent_programs_what_the_standalone_commands_program(name: &str, mode: &str) {
     assert_eq!(metrics.matches("# EOF").count(), 1, "{metrics}");
 }
 
+#[test]
+fn twill_agent_retries_a_restore_the_kernel_rejects_and_reports_it_in_healthz_and_metrics() {
+    let name =
+        "twill_agent_retries_a_restore_the_kernel_rejects_and_reports_it_in_healthz_and_metrics";
+    if !twill_testkit::require_root(name) || !twill_testkit::require_tool(name, "iptables-restore")
+    {
+        return;
+    }
+    let twill = env!("CARGO_BIN_EXE_twill");
+    let ns = twill_testkit::netns::Netns::new("apr");
+    // A stale service chain the first full sync deletes, held by a rule of a chain the
+    // agent does not own: the kernel refuses, and every restore fails as a whole.
+    const HELD: &str = "KUBE-SEP-TWILLTESTHELD00";
+    for args in [
+        &["-t", "nat", "-N", HELD][..],
+        &["-t", "nat", "-N", "TWILL-TEST-HOLD"],
+        &["-t", "nat", "-A", "TWILL-TEST-HOLD", "-j", HELD],
+    ] {
+        assert!(ns.exec("iptables", args).status.success(), "{args:?}");
+    }
+    let (failed, during, after, released_for, log) = ns.run(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut recording = load("node-agent.json");
+            for ex in recording["exchanges"].as_array_mut().unwrap() {
+                let r = ex["request"].as_str().unwrap();
+                ex["request"] = r
+                    .replace("fieldSelector=spec.nodeName%3Dnode-a&", "")
+                    .into();
+            }
+            let replay = Replay::load(&recording);
+            replay.release_watches();
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let scratch = Scratch::new("agent-retry", listener.local_addr().unwrap());
+            serve(listener, replay.clone());
+            let log_path = scratch.0.join("agent.log");
+            let child = Command::new(twill)
+                .args([
+                    "--log",
+                    "info",
+                    "agent",
+                    "--kubeconfig",
+                    &scratch.kubeconfig(),
+                ])
+                .args(["--hostname-override", NODE, "--proxy-mode", "iptables"])
+                .args(["--cluster-cidr", CLUSTER_CIDR])
+                // Health timeout: 2 × 2 s.
+                .args(["--min-sync-period", "100ms", "--sync-period", "2s"])
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log_path).unwrap())
+                .spawn()
+                .expect("twill agent starts");
+            let _child = Running(child);
+            let get = |addr: &str, path: &str| {
+                if std::net::TcpStream::connect(addr).is_ok() {
+                    http_get(addr, path)
+                } else {
+                    String::new()
+                }
+            };
+            let failures = || {
+                get("127.0.0.1:10249", "/metrics")
+                    .lines()
+                    .find_map(|l| {
+                        l.strip_prefix(
+                            "kubeproxy_sync_proxy_rules_iptables_restore_failures_total ",
+                        )
+                        .and_then(|v| v.trim().parse::<f64>().ok())
+                    })
+                    .unwrap_or(0.0)
+            };
+            // The fake API server runs on this thread: wait with the runtime's sleep.
+            wait_until("two failed restores", || failures() >= 2.0).await;
+            wait_until("/healthz 503", || {
+                get("127.0.0.1:10256", "/healthz").starts_with("HTTP/1.1 503")
+            })
+            .await;
+            let during = get("127.0.0.1:10256", "/readyz");
+            let out = Command::new("iptables")
+                .args(["-t", "nat", "-F", "TWILL-TEST-HOLD"])
+                .output()
+                .unwrap();
+            assert!(out.status.success());
+            let released = Instant::now();
+            wait_until("the rules after the release", || {
+                saved_rules().contains("\"shop/web:http cluster IP\"")
+            })
+            .await;
+            let released_for = released.elapsed();
+            wait_until("/healthz 200", || {
+                get("127.0.0.1:10256", "/healthz").starts_with("HTTP/1.1 200")
+            })
+            .await;
+            (
+                failures(),
+                during,
+                get("127.0.0.1:10256", "/readyz"),
+                released_for,
+                std::fs::read_to_string(&log_path).unwrap_or_default(),
+            )
+        })
+    });
+    eprintln!("programmed {released_for:?} after the kernel accepted");
+    assert!(failed >= 2.0, "{log}");
+    assert!(during.starts_with("HTTP/1.1 503"), "{during}");
+    assert!(during.contains("iptables-restore"), "{during}");
+    assert!(after.starts_with("HTTP/1.1 200"), "{after}\n{log}");
+}
+
+/// Poll `check` every 100 ms (yielding to the runtime) for up to 30 s.
+async fn wait_until(what: &str, check: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// One plain HTTP/1.1 GET; the whole response (status line, headers, body).
 fn http_get(addr: &str, path: &str) -> String {
     use std::io::{Read as _, Write as _};

@@ -57,6 +57,7 @@ fn feed(state: &mut ClusterState, updates: Vec<Update>) -> Vec<String> {
                 }
             }
             Update::Report { problems: p, .. } => problems.extend(p),
+            Update::Written(_) => {}
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -192,4 +193,40 @@ fn a_file_with_one_bad_object_gives_its_valid_objects() {
     let problems = feed(&mut state, src.scan());
     assert_eq!(names(&state), ["shop/a"]);
     assert!(!problems.is_empty());
+}
+
+#[test]
+fn an_edit_of_one_document_sends_only_that_documents_objects() {
+    let d = Dir::new("docs");
+    let many: Vec<String> = (0..50).map(|i| svc(&format!("s{i}"), 100 + i)).collect();
+    let f = d.write("svc.yaml", &many.join("---\n"));
+    let mut src = ManifestSource::new(&[f.display().to_string()]);
+    let mut state = ClusterState::default();
+    feed(&mut state, src.scan());
+    assert_eq!(state.services.len(), 50);
+    let mut edited = many.clone();
+    edited[7] = svc("s7", 200);
+    edited.remove(9);
+    d.write("svc.yaml", &edited.join("---\n"));
+    let updates = src.scan();
+    let events: Vec<String> = updates
+        .iter()
+        .flat_map(|u| match u {
+            Update::Events(es) => es.iter().map(|e| format!("{e:?}")).collect(),
+            _ => vec![],
+        })
+        .collect();
+    assert_eq!(events.len(), 2, "one Applied, one Deleted: {events:#?}");
+    assert!(
+        events
+            .iter()
+            .any(|e| e.starts_with("Applied") && e.contains("s7"))
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e.starts_with("Deleted") && e.contains("s9"))
+    );
+    feed(&mut state, updates);
+    assert_eq!(state.services.len(), 49);
 }

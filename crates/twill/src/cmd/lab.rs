@@ -236,6 +236,18 @@ fn print_problems(problems: &[twill_manifest::Problem]) {
     }
 }
 
+/// Whether the command only reads and prints (no daemons, no tool fed on stdin).
+pub fn prints_only(a: &Args) -> bool {
+    matches!(
+        a.command,
+        Command::Get { .. }
+            | Command::Logs { .. }
+            | Command::Status { .. }
+            | Command::Doctor { .. }
+            | Command::Trace { .. }
+    )
+}
+
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let twill = std::env::current_exe().context("locating the twill binary")?;
     match a.command {
