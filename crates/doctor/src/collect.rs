@@ -8,6 +8,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::process::Command;
 
+use crate::Unreadable;
+
 use crate::{ConntrackEntry, IpamReservation, IptablesDump, Link, Snapshot};
 
 pub const SYSCTLS: &[&str] = &[
@@ -23,11 +25,45 @@ fn read_sysctl(key: &str) -> Option<String> {
         .map(|s| s.trim().to_string())
 }
 
-fn output(program: &str, args: &[&str]) -> Option<String> {
-    let out = Command::new(program).args(args).output().ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+/// A tool's stdout, or why it could not be had (not installed, needs root, failed).
+fn run(program: &str, args: &[&str]) -> Result<String, Unreadable> {
+    let source = format!("{program} {}", args.join(" ")).trim().to_string();
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| Unreadable {
+            source: source.clone(),
+            why: if e.kind() == std::io::ErrorKind::NotFound {
+                format!("{program} is not installed")
+            } else {
+                e.to_string()
+            },
+            needs_root: false,
+        })?;
+    if out.status.success() {
+        return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    let denied = [
+        "Permission denied",
+        "must be root",
+        "Operation not permitted",
+    ]
+    .iter()
+    .any(|m| stderr.contains(m));
+    Err(Unreadable {
+        source,
+        why: if denied {
+            format!("needs root ({})", stderr.lines().next().unwrap_or_default())
+        } else {
+            format!(
+                "{} ({})",
+                out.status,
+                stderr.lines().next().unwrap_or_default()
+            )
+        },
+        needs_root: denied,
+    })
 }
 
 /// Links from `ip -j -d link show`.
@@ -112,6 +148,14 @@ pub fn read_ipam(dir: &Path) -> Vec<IpamReservation> {
 
 /// Everything but the cluster objects, IPAM and live containers (the caller adds those).
 pub fn collect_node() -> Snapshot {
+    let mut unreadable = Vec::new();
+    let mut output = |program: &str, args: &[&str]| match run(program, args) {
+        Ok(t) => Some(t),
+        Err(u) => {
+            unreadable.push(u);
+            None
+        }
+    };
     let sysctls: BTreeMap<String, Option<String>> = SYSCTLS
         .iter()
         .map(|k| (k.to_string(), read_sysctl(k)))
@@ -154,6 +198,7 @@ pub fn collect_node() -> Snapshot {
         node_ips,
         conntrack,
         nft,
+        unreadable,
         ..Default::default()
     }
 }

@@ -67,6 +67,17 @@ pub struct Snapshot {
     /// nftables tables besides iptables-nft's (host firewalls, kube-proxy's nftables
     /// mode).
     pub nft: twill_trace::nft::NftRuleset,
+    /// Sources that could not be read, and why: their checks did not run.
+    pub unreadable: Vec<Unreadable>,
+}
+
+/// A source of node state doctor could not read.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Unreadable {
+    /// The command (`iptables-save`, `conntrack -L -p udp`).
+    pub source: String,
+    pub why: String,
+    pub needs_root: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -108,6 +119,24 @@ pub const IPTABLES_RULES_WARN: usize = 20_000;
 /// Run every check.
 pub fn check(s: &Snapshot) -> Vec<Finding> {
     let mut out = Vec::new();
+    // A check that could not run is not a pass: say which and why.
+    for u in &s.unreadable {
+        out.push(Finding {
+            check: "unreadable-source",
+            severity: if u.needs_root {
+                Severity::Error
+            } else {
+                Severity::Warning
+            },
+            subject: u.source.clone(),
+            message: format!("could not be read: {}; the checks that need it did not run", u.why),
+            fix: if u.needs_root {
+                "run twill doctor as root on the node".into()
+            } else {
+                "install the tool (scripts/setup.sh lists the packages) or ignore the checks it feeds".into()
+            },
+        });
+    }
     check_sysctls(s, &mut out);
     if let Some(ipt) = &s.iptables {
         check_forward_policy(ipt, &mut out);

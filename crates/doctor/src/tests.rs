@@ -267,3 +267,31 @@ fn stale_dnat_targets_and_rule_counts() {
     s.iptables = Some(IptablesDump::parse("iptables-save", &text).unwrap());
     assert_eq!(checks(&s), ["iptables-scale", "stale-dnat"]);
 }
+
+#[test]
+fn a_source_that_could_not_be_read_is_a_finding_never_a_silent_pass() {
+    let s = Snapshot {
+        unreadable: vec![
+            crate::Unreadable {
+                source: "iptables-save".into(),
+                why: "needs root (Permission denied)".into(),
+                needs_root: true,
+            },
+            crate::Unreadable {
+                source: "conntrack -L -p udp".into(),
+                why: "conntrack is not installed".into(),
+                needs_root: false,
+            },
+        ],
+        ..Default::default()
+    };
+    let f = check(&s);
+    let unreadable: Vec<_> = f
+        .iter()
+        .filter(|f| f.check == "unreadable-source")
+        .collect();
+    assert_eq!(unreadable.len(), 2, "{f:#?}");
+    assert_eq!(unreadable[0].severity, Severity::Error);
+    assert!(unreadable[0].message.contains("needs root"));
+    assert_eq!(unreadable[1].severity, Severity::Warning);
+}

@@ -20,6 +20,15 @@ struct Cli {
     /// Log filter (tracing-subscriber syntax), e.g. `info`, `twill_proxy=debug`.
     #[arg(long, global = true, env = "TWILL_LOG", default_value = "warn")]
     log: String,
+    /// Log lines as text (colour on a terminal, unless `NO_COLOR`) or one JSON object each.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "TWILL_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -64,21 +73,58 @@ enum Command {
     /// The NetworkPolicy enforcer for one node (iptables chains + ipsets).
     #[cfg(feature = "netpol")]
     Netpol(cmd::netpol::Args),
+    /// Print the shell completion script (`source <(twill completion bash)`).
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages: `twill.1` and one per subcommand (`twill-proxy.1`, …) into DIR,
+    /// or `twill.1` alone to stdout.
+    Man {
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
+}
+
+/// `twill completion` and `twill man`, from the clap definitions themselves.
+fn generate_docs(c: &Command) -> std::io::Result<()> {
+    use clap::CommandFactory;
+    let mut cli = Cli::command();
+    match c {
+        Command::Completion { shell } => {
+            clap_complete::generate(*shell, &mut cli, "twill", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man { dir: None } => clap_mangen::Man::new(cli).render(&mut std::io::stdout()),
+        Command::Man { dir: Some(dir) } => {
+            std::fs::create_dir_all(dir)?;
+            clap_mangen::generate_to(cli, dir)
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Logs go to stderr; colour only on a terminal and without `NO_COLOR` (so `kubectl
 /// logs` and files get plain text). An invalid filter is an error, not a silent `warn`.
-fn init_logging(filter: &str) -> Result<(), String> {
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn init_logging(filter: &str, format: LogFormat) -> Result<(), String> {
     use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .map_err(|e| format!("--log {filter:?} is not a valid filter: {e}"))?;
     let colour = std::io::stderr().is_terminal()
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(colour)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => fmt.with_ansi(colour).init(),
+        LogFormat::Json => fmt.json().init(),
+    }
     Ok(())
 }
 
@@ -88,9 +134,12 @@ fn init_logging(filter: &str) -> Result<(), String> {
 /// before reading its input must be an error, not the agent's death.
 fn prints_only(c: &Command) -> bool {
     match c {
-        Command::Manifests(_) | Command::Cluster(_) | Command::Doctor(_) | Command::Trace(_) => {
-            true
-        }
+        Command::Manifests(_)
+        | Command::Cluster(_)
+        | Command::Doctor(_)
+        | Command::Trace(_)
+        | Command::Completion { .. }
+        | Command::Man { .. } => true,
         #[cfg(feature = "proxy")]
         Command::Proxy(a) => a.command.is_some(),
         #[cfg(feature = "lab")]
@@ -111,9 +160,21 @@ fn main() -> ExitCode {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
     }
-    if let Err(e) = init_logging(&cli.log) {
+    if let Err(e) = init_logging(&cli.log, cli.log_format) {
         eprintln!("twill: {e}");
         return ExitCode::from(2);
+    }
+    if matches!(
+        cli.command,
+        Command::Completion { .. } | Command::Man { .. }
+    ) {
+        return match generate_docs(&cli.command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("twill: {e}");
+                ExitCode::from(2)
+            }
+        };
     }
     let result = match cli.command {
         Command::Manifests(c) => cmd::manifests::run(c),
@@ -135,6 +196,7 @@ fn main() -> ExitCode {
         Command::Agent(a) => cmd::agent::run(a),
         #[cfg(feature = "netpol")]
         Command::Netpol(a) => cmd::netpol::run(a),
+        Command::Completion { .. } | Command::Man { .. } => unreachable!("answered above"),
     };
     match result {
         Ok(code) => code,

@@ -176,3 +176,100 @@ fn render_reads_stdin_and_reports_problems_without_failing_unless_strict() {
         assert!(String::from_utf8_lossy(&out.stdout).contains("name: a"));
     }
 }
+
+/// A large manifest (N Services, each with a slice), so printing commands write far more
+/// than a pipe holds.
+fn large_manifest(dir: &Path, n: usize) -> PathBuf {
+    let mut text = String::new();
+    for i in 0..n {
+        text.push_str(&format!(
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: s{i}, namespace: default}}\n\
+             spec: {{clusterIP: 10.96.{}.{}, ports: [{{name: http, port: 80}}]}}\n",
+            i / 250,
+            i % 250 + 1
+        ));
+    }
+    let p = dir.join("large.yaml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn printing_commands_end_quietly_when_the_reader_goes_away() {
+    let dir = std::env::temp_dir().join(format!("twill-cli-pipe-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let big = large_manifest(&dir, 2000);
+    let big = big.to_str().unwrap();
+    for args in [
+        vec!["cluster", "render", "-f", big, "--simulate-ips"],
+        vec!["manifests", "check", "-f", big],
+        vec!["proxy", "rules", "-f", big, "--node", "n0"],
+        vec!["completion", "bash"],
+        vec!["man"],
+    ] {
+        // `| head -c1`: read one byte, then close the pipe.
+        let mut child = twill()
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut one = [0u8; 1];
+        std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut one).unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("Broken pipe"),
+            "{args:?}: {stderr}"
+        );
+        // Ended by SIGPIPE (as `cat` is) or finished first: never a panic's 101.
+        assert_ne!(out.status.code(), Some(101), "{args:?}: {stderr}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn completions_and_man_pages_come_from_the_command_definitions() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = twill().args(["completion", shell]).output().unwrap();
+        assert!(out.status.success(), "{shell}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        for sub in ["proxy", "agent", "lab", "conformance"] {
+            assert!(text.contains(sub), "{shell} completion lacks {sub}");
+        }
+    }
+    let dir = std::env::temp_dir().join(format!("twill-man-{}", std::process::id()));
+    let out = twill()
+        .args(["man", "--dir", dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let page = std::fs::read_to_string(dir.join("twill-proxy.1")).unwrap();
+    assert!(page.contains(".TH twill-proxy 1"), "{page}");
+    assert!(page.contains("hostname\\-override"), "flags are documented");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn enumerated_options_and_the_log_filter_refuse_typos() {
+    for args in [
+        vec!["doctor", "-o", "jsno"],
+        vec!["trace", "--to", "10.0.0.1:80", "-o", "yaml"],
+        vec!["dns", "--pods", "verifed"],
+        vec!["dns", "--policy", "roundrobin"],
+        vec!["agent", "--proxy-mode", "iptable"],
+        vec!["--log-format", "xml", "manifests", "check", "-f", "x.yaml"],
+    ] {
+        let out = twill().args(&args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("invalid value"), "{args:?}: {stderr}");
+    }
+    let out = twill()
+        .args(["--log", "twill=[", "manifests", "check", "-f", "x.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a valid filter"));
+}

@@ -64,9 +64,9 @@ pub struct ServeArgs {
     /// Reverse zones served authoritatively (e.g. `in-addr.arpa`, `ip6.arpa`, `0.10.in-addr.arpa`).
     #[arg(long = "reverse-zone")]
     pub reverse_zones: Vec<String>,
-    /// Pod records: disabled, insecure or verified.
-    #[arg(long, default_value = "disabled")]
-    pub pods: String,
+    /// Pod records (CoreDNS's `pods`).
+    #[arg(long, value_enum, default_value = "disabled")]
+    pub pods: PodsArg,
     /// TTL of synthesised records.
     #[arg(long, default_value_t = 5)]
     pub ttl: u32,
@@ -92,9 +92,9 @@ pub struct ServeArgs {
     /// resolv.conf to take upstreams from when --upstream is not given.
     #[arg(long, default_value = "/etc/resolv.conf")]
     pub upstream_resolv_conf: PathBuf,
-    /// Upstream choice: random, round_robin or sequential.
-    #[arg(long, default_value = "random")]
-    pub policy: String,
+    /// Upstream choice (CoreDNS's `forward` policy).
+    #[arg(long, value_enum, default_value = "random")]
+    pub policy: PolicyArg,
     /// Forwarded queries in flight before new ones get SERVFAIL.
     #[arg(long, default_value_t = 1000)]
     pub max_concurrent: usize,
@@ -158,6 +158,23 @@ pub struct ResolvconfArgs {
 #[derive(clap::Args)]
 pub struct ConformanceArgs {
     pub dir: PathBuf,
+}
+
+/// `--pods`, as CoreDNS spells the modes.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PodsArg {
+    Disabled,
+    Insecure,
+    Verified,
+}
+
+/// `--policy`, as CoreDNS's `forward` spells the policies.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PolicyArg {
+    Random,
+    #[value(name = "round_robin")]
+    RoundRobin,
+    Sequential,
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
@@ -242,7 +259,11 @@ fn serve(mut a: ServeArgs) -> anyhow::Result<ExitCode> {
         bail!("this twill was built without the `kube` feature");
     }
     let mut config = Config::new(&a.zone)?.with_reverse_zones(&a.reverse_zones)?;
-    config.pods = a.pods.parse::<PodMode>()?;
+    config.pods = match a.pods {
+        PodsArg::Disabled => PodMode::Disabled,
+        PodsArg::Insecure => PodMode::Insecure,
+        PodsArg::Verified => PodMode::Verified,
+    };
     config.ttl = a.ttl;
     config.endpoint_pod_names = a.endpoint_pod_names;
     config.namespaces = (!a.namespaces.is_empty()).then(|| a.namespaces.clone());
@@ -340,7 +361,11 @@ fn serve(mut a: ServeArgs) -> anyhow::Result<ExitCode> {
             http_addrs.push(addr);
         }
     }
-    let policy = a.policy.parse::<Policy>().map_err(anyhow::Error::msg)?;
+    let policy = match a.policy {
+        PolicyArg::Random => Policy::Random,
+        PolicyArg::RoundRobin => Policy::RoundRobin,
+        PolicyArg::Sequential => Policy::Sequential,
+    };
     let forwarder = (!upstreams.is_empty()).then(|| {
         let mut f = ForwardConfig::new(upstreams.clone());
         f.policy = policy;

@@ -22,8 +22,8 @@ pub struct Args {
     #[arg(long)]
     pub node: Option<String>,
     /// `json` for tools.
-    #[arg(short = 'o', long)]
-    pub output: Option<String>,
+    #[arg(short = 'o', long, value_enum)]
+    pub output: Option<crate::cmd::Output>,
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
@@ -47,7 +47,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             .collect::<BTreeSet<_>>()
     });
     let findings = check(&snap);
-    if a.output.as_deref() == Some("json") {
+    if a.output == Some(crate::cmd::Output::Json) {
         println!("{}", serde_json::to_string_pretty(&findings)?);
     } else {
         let who = a.node.as_deref().unwrap_or("this node");

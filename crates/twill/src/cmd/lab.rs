@@ -16,6 +16,13 @@ pub struct Args {
     command: Command,
 }
 
+/// `lab get -o`: kubectl's wide table or the objects as YAML.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum GetOutput {
+    Wide,
+    Yaml,
+}
+
 #[derive(clap::Args, Clone)]
 struct LabName {
     /// The lab's name (namespaces are prefixed `tl-NAME-`).
@@ -95,8 +102,8 @@ enum Command {
         #[arg(short = 'A', long)]
         all_namespaces: bool,
         /// wide or yaml.
-        #[arg(short = 'o', long)]
-        output: Option<String>,
+        #[arg(short = 'o', long, value_enum)]
+        output: Option<GetOutput>,
     },
     /// Run a command in a pod's namespaces, on a node, or on the outside host.
     Exec {
@@ -133,8 +140,8 @@ enum Command {
         #[command(flatten)]
         lab: LabName,
         /// `json` for tools.
-        #[arg(short = 'o', long)]
-        output: Option<String>,
+        #[arg(short = 'o', long, value_enum)]
+        output: Option<crate::cmd::Output>,
     },
     /// Explain a packet's path through the lab's live rules and routes (`twill trace`
     /// started where the packet starts and followed across every node and pod).
@@ -158,8 +165,8 @@ enum Command {
         #[arg(long)]
         reply: bool,
         /// `json` for tools.
-        #[arg(short = 'o', long)]
-        output: Option<String>,
+        #[arg(short = 'o', long, value_enum)]
+        output: Option<crate::cmd::Output>,
     },
     /// (internal) the lab's control plane loop.
     #[command(hide = true)]
@@ -357,9 +364,9 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             } else {
                 Scope::Namespace(&namespace)
             };
-            let wide = output.as_deref() == Some("wide");
+            let wide = output == Some(GetOutput::Wide);
             let age = lab_age(&spec);
-            if output.as_deref() == Some("yaml") {
+            if output == Some(GetOutput::Yaml) {
                 let mut filtered = ClusterState::default();
                 match resource.as_str() {
                     "nodes" | "node" | "no" => filtered.nodes = state.nodes,
@@ -499,8 +506,8 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                     .arg("--ipam-dir")
                     .arg(spec.node_dir(&n.name).join("ipam"))
                     .arg(format!("--live-containers={}", live.join(",")));
-                if let Some(o) = &output {
-                    cmd.args(["-o", o]);
+                if let Some(o) = output {
+                    cmd.args(["-o", o.as_str()]);
                 }
                 let code = cmd
                     .status()

@@ -20,3 +20,19 @@ pub mod netpol;
 pub mod overlay;
 #[cfg(feature = "proxy")]
 pub mod proxy;
+
+/// `-o` of the commands that print a report: text for people, `json` for tools.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+impl Output {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Output::Text => "text",
+            Output::Json => "json",
+        }
+    }
+}

@@ -52,8 +52,8 @@ pub struct Args {
     #[arg(long)]
     pub reply: bool,
     /// `json` for tools.
-    #[arg(short = 'o', long)]
-    pub output: Option<String>,
+    #[arg(short = 'o', long, value_enum)]
+    pub output: Option<crate::cmd::Output>,
     /// Run the proxy corpus folder (testdata/proxy) through the tracer instead:
     /// one line per failure, then `N passed, N failed`.
     #[arg(long)]
@@ -107,7 +107,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         return run_across(&a, snap, &probe);
     }
     let t = twill_trace::trace(&snap, &probe)?;
-    if a.output.as_deref() == Some("json") {
+    if a.output == Some(crate::cmd::Output::Json) {
         println!("{}", serde_json::to_string_pretty(&t)?);
     } else {
         print!("{}", report::render_text(&t));
@@ -149,7 +149,7 @@ fn run_across(a: &Args, start: Snapshot, probe: &Probe) -> anyhow::Result<ExitCo
     }
     if a.reply {
         let trips = twill_trace::trace_round_trip(&nodes, &start_name, probe)?;
-        if a.output.as_deref() == Some("json") {
+        if a.output == Some(crate::cmd::Output::Json) {
             println!("{}", serde_json::to_string_pretty(&trips)?);
         } else {
             print!("{}", report::render_round_trips(&trips));
@@ -162,7 +162,7 @@ fn run_across(a: &Args, start: Snapshot, probe: &Probe) -> anyhow::Result<ExitCo
         });
     }
     let paths = twill_trace::trace_across(&nodes, &start_name, probe)?;
-    if a.output.as_deref() == Some("json") {
+    if a.output == Some(crate::cmd::Output::Json) {
         println!("{}", serde_json::to_string_pretty(&paths)?);
     } else {
         print!("{}", report::render_paths(&paths));
