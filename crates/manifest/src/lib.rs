@@ -125,14 +125,19 @@ pub fn parse_str(source: &str, text: &str) -> LoadResult {
 /// objects carry the document's place in the stream, as [`parse_str`] gives them.
 pub fn parse_document(source: &str, doc: &DocText) -> LoadResult {
     let mut out = LoadResult::default();
-    let Some((line, value)) = split::parse_yaml_document(doc) else {
-        return out;
-    };
-    let location = Location {
-        source: source.to_string(),
-        doc: doc.index,
-        line,
-    };
+    if let Some((line, value)) = split::parse_yaml_document(doc) {
+        let location = Location {
+            source: source.to_string(),
+            doc: doc.index,
+            line,
+        };
+        document_into(value, location, false, &mut out);
+    }
+    out
+}
+
+/// One parsed document (or its parse error) into `out`, at `location`.
+fn document_into(value: split::Parsed, location: Location, keep_raw: bool, out: &mut LoadResult) {
     match value {
         Err((line, message)) => out.problems.push(Problem {
             severity: Severity::Error,
@@ -141,9 +146,8 @@ pub fn parse_document(source: &str, doc: &DocText) -> LoadResult {
             path: String::new(),
             message,
         }),
-        Ok(value) => decode_into(value, "", &location, false, &mut out),
+        Ok(value) => decode_into(value, "", &location, keep_raw, out),
     }
-    out
 }
 
 /// [`parse_str`], also keeping each object's document as written ([`Loaded::raw`]).
@@ -159,16 +163,7 @@ fn parse(source: &str, text: &str, keep_raw: bool) -> LoadResult {
             doc: doc.index,
             line: doc.line,
         };
-        match doc.value {
-            Err((line, message)) => out.problems.push(Problem {
-                severity: Severity::Error,
-                location: Some(Location { line, ..location }),
-                object: None,
-                path: String::new(),
-                message,
-            }),
-            Ok(value) => decode_into(value, "", &location, keep_raw, &mut out),
-        }
+        document_into(doc.value, location, keep_raw, &mut out);
     });
     out
 }

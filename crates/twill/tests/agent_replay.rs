@@ -630,16 +630,7 @@ fn agent_programs_what_the_standalone_commands_program(name: &str, mode: &str) {
             .build()
             .unwrap();
         rt.block_on(async {
-            // The recording was made with node-a's Pods only (a field selector); policy
-            // needs every Pod, so the same answers stand in for an unfiltered list.
-            let mut recording = load("node-agent.json");
-            for ex in recording["exchanges"].as_array_mut().unwrap() {
-                let r = ex["request"].as_str().unwrap();
-                ex["request"] = r
-                    .replace("fieldSelector=spec.nodeName%3Dnode-a&", "")
-                    .into();
-            }
-            let replay = Replay::load(&recording);
+            let replay = unfiltered_node_agent_replay();
             // Watches answer as soon as asked: the agent cannot tell the test when it
             // synced. The end state is what is compared.
             replay.release_watches();
@@ -733,14 +724,7 @@ fn twill_agent_retries_a_restore_the_kernel_rejects_and_reports_it_in_healthz_an
             .build()
             .unwrap();
         rt.block_on(async {
-            let mut recording = load("node-agent.json");
-            for ex in recording["exchanges"].as_array_mut().unwrap() {
-                let r = ex["request"].as_str().unwrap();
-                ex["request"] = r
-                    .replace("fieldSelector=spec.nodeName%3Dnode-a&", "")
-                    .into();
-            }
-            let replay = Replay::load(&recording);
+            let replay = unfiltered_node_agent_replay();
             replay.release_watches();
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let scratch = Scratch::new("agent-retry", listener.local_addr().unwrap());
@@ -817,6 +801,20 @@ fn twill_agent_retries_a_restore_the_kernel_rejects_and_reports_it_in_healthz_an
     assert!(during.starts_with("HTTP/1.1 503"), "{during}");
     assert!(during.contains("iptables-restore"), "{during}");
     assert!(after.starts_with("HTTP/1.1 200"), "{after}\n{log}");
+}
+
+/// The node agent recording, answering unfiltered Pod lists too: it was made with
+/// node-a's Pods only (a field selector); policy needs every Pod, so the same answers
+/// stand in for an unfiltered list.
+fn unfiltered_node_agent_replay() -> Replay {
+    let mut recording = load("node-agent.json");
+    for ex in recording["exchanges"].as_array_mut().unwrap() {
+        let r = ex["request"].as_str().unwrap();
+        ex["request"] = r
+            .replace("fieldSelector=spec.nodeName%3Dnode-a&", "")
+            .into();
+    }
+    Replay::load(&recording)
 }
 
 /// Poll `check` every 100 ms (yielding to the runtime) for up to 30 s.
