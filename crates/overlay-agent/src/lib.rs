@@ -175,17 +175,7 @@ pub async fn run_agent(
     let underlay = describe_underlay(handle, opts.iface.as_deref())
         .await
         .map_err(Error::Netlink)?;
-    let node = NodeSpec {
-        public_ip: underlay.address.addr(),
-        ext_iface: underlay.name.clone(),
-        ext_mtu: underlay.mtu,
-        ext_address: underlay.address,
-        underlay_routes: underlay
-            .routes
-            .iter()
-            .map(|(dst, gw)| UnderlayRoute { dst: *dst, gw: *gw })
-            .collect(),
-    };
+    let node = node_spec(&underlay);
     let device = format!("flannel.{}", config.vni());
     let vtep_mac = match kind {
         BackendKind::Vxlan => Some(existing_or_new_mac(handle, &config, &node, &device).await?),
@@ -447,6 +437,21 @@ fn write_file(path: &std::path::Path, text: &str) -> Result<(), Error> {
 }
 
 /// subnet.env (what the CNI plugin reads) and, when asked, a twill-bridge CNI config.
+/// This node as the backends plan for it, from its external interface.
+pub fn node_spec(underlay: &twill_netlink::Underlay) -> NodeSpec {
+    NodeSpec {
+        public_ip: underlay.address.addr(),
+        ext_iface: underlay.name.clone(),
+        ext_mtu: underlay.mtu,
+        ext_address: underlay.address,
+        underlay_routes: underlay
+            .routes
+            .iter()
+            .map(|(dst, gw)| UnderlayRoute { dst: *dst, gw: *gw })
+            .collect(),
+    }
+}
+
 pub fn write_subnet_files(
     opts: &AgentOptions,
     config: &NetworkConfig,

@@ -25,7 +25,7 @@ use rtnetlink::Handle;
 use tokio::sync::watch;
 use twill_kube_source::subnet::{NodeLease, own_subnet, peer_leases};
 use twill_netlink::{Scope, describe_underlay, reconcile};
-use twill_overlay::backend::{NodeSpec, OwnLease, PeerTable, UnderlayRoute, plan_backend};
+use twill_overlay::backend::{OwnLease, PeerTable, plan_backend};
 use twill_overlay::{BackendKind, LeaseAttrs, NetworkConfig, SubnetKey};
 use twill_overlay_agent::{
     AgentOptions, HealthState, StoreSpec, apply_masquerade, existing_or_new_mac, write_subnet_files,
@@ -196,17 +196,7 @@ async fn run_kube(
     let underlay = describe_underlay(handle, opts.iface.as_deref())
         .await
         .context("describing the external interface")?;
-    let spec = NodeSpec {
-        public_ip: underlay.address.addr(),
-        ext_iface: underlay.name.clone(),
-        ext_mtu: underlay.mtu,
-        ext_address: underlay.address,
-        underlay_routes: underlay
-            .routes
-            .iter()
-            .map(|(dst, gw)| UnderlayRoute { dst: *dst, gw: *gw })
-            .collect(),
-    };
+    let spec = twill_overlay_agent::node_spec(&underlay);
     let device = format!("flannel.{}", config.vni());
     let vtep_mac = match kind {
         BackendKind::Vxlan => Some(existing_or_new_mac(handle, config, &spec, &device).await?),
