@@ -9,6 +9,7 @@
 //! - [`ChangeTracker`]: previous/current pairs, so a sync knows which services changed
 //!   (`servicechangetracker.go`, `endpointschangetracker.go`). That is what makes partial
 //!   syncs possible.
+//! - [`Config`] and [`LocalDetector`]: the settings every mode reads (`KubeProxyConfiguration`).
 //! - [`chain`]: `base32(sha256(...))[:16]` chain names (`iptables/proxier.go`).
 //!
 //! Pure: no I/O, no clock.
@@ -16,6 +17,7 @@
 pub mod chain;
 mod endpoints;
 mod model;
+mod settings;
 pub mod synthetic;
 mod topology;
 mod tracker;
@@ -25,6 +27,7 @@ pub use model::{
     FeatureGates, ModelConfig, ProxyModel, ServicePortInfo, ServicePortName, SkippedService,
     build_model,
 };
+pub use settings::{Config, LocalDetector, Scheduler};
 pub use topology::{Categorized, categorize_endpoints};
 pub use tracker::{ChangeTracker, StaleConntrack, SyncChanges};
 

@@ -20,7 +20,7 @@ mod render;
 pub mod restore;
 pub mod trace;
 
-pub use config::{Config, LocalDetector};
+pub use config::{Config, DetectorArgs, LocalDetector};
 pub use render::{
     BaseJump, LARGE_CLUSTER_ENDPOINTS_THRESHOLD, Rendered, ServiceChains, SyncMode,
     base_chain_jumps, large_cluster_mode, render,

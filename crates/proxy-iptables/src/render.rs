@@ -28,7 +28,7 @@ use twill_proxy_core::{
     EndpointInfo, ProxyModel, ServicePortInfo, ServicePortName, categorize_endpoints, chain,
 };
 
-use crate::config::Config;
+use crate::config::{Config, DetectorArgs, NodePorts};
 
 pub const KUBE_SERVICES: &str = "KUBE-SERVICES";
 pub const KUBE_EXTERNAL_SERVICES: &str = "KUBE-EXTERNAL-SERVICES";

@@ -46,7 +46,7 @@ pub struct FixtureReport {
 
 /// The ipvs settings of a prepared fixture.
 pub fn config_of(p: &Prepared) -> Config {
-    let mut c = Config::from_iptables(&p.config);
+    let mut c = p.config.clone();
     c.local_addresses = p.local_addresses.clone();
     c
 }
@@ -87,8 +87,8 @@ pub fn run_fixture_plan(fx: &Fixture, kernel: Result<(), String>) -> FixtureRepo
 
 fn is_pod(cfg: &Config, ip: &IpAddr) -> bool {
     match &cfg.local_detector {
-        LocalDetector::Cidr(n) => n.contains(ip),
-        LocalDetector::None => false,
+        LocalDetector::ClusterCidr(n) | LocalDetector::NodeCidr(n) => n.contains(ip),
+        _ => false,
     }
 }
 

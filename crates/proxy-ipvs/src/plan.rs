@@ -23,7 +23,7 @@ use ipnet::IpNet;
 use twill_model::Protocol;
 use twill_proxy_core::{ProxyModel, ServicePortName, categorize_endpoints};
 
-use crate::config::Config;
+use crate::config::{Config, NodePorts};
 use crate::ipset::{Entry, SetName, Sets};
 
 /// `IP_VS_SVC_F_PERSISTENT` (`include/uapi/linux/ip_vs.h`).
@@ -138,8 +138,8 @@ fn real_servers(eps: &[&twill_proxy_core::EndpointInfo]) -> Vec<RealServer> {
 /// Plan the ipvs state for `model`.
 pub fn plan(cfg: &Config, model: &ProxyModel) -> Plan {
     let mut out = Plan::default();
-    let mut sets = Sets::new(cfg.v6());
-    let netmask = if cfg.v6() { 128 } else { u32::MAX };
+    let mut sets = Sets::new(cfg.is_v6());
+    let netmask = if cfg.is_v6() { 128 } else { u32::MAX };
     let node_port_ips = cfg.node_port_ips();
     let local: BTreeSet<IpAddr> = cfg.local_addresses.iter().copied().collect();
     for (name, svc) in &model.services {
@@ -307,7 +307,7 @@ pub fn plan(cfg: &Config, model: &ProxyModel) -> Plan {
         ("net/ipv4/vs/expire_quiescent_template", "1"),
         ("net/ipv4/ip_forward", "1"),
     ];
-    if cfg.v6() {
+    if cfg.is_v6() {
         sysctls.push(("net/ipv6/conf/all/forwarding", "1"));
     }
     if cfg.strict_arp {

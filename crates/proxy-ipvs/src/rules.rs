@@ -8,7 +8,7 @@
 
 use std::fmt::Write as _;
 
-use crate::config::{Config, LocalDetector};
+use crate::config::Config;
 use crate::ipset::SetName;
 use crate::plan::Plan;
 
@@ -187,7 +187,11 @@ pub fn render(cfg: &Config, plan: &Plan) -> String {
     let set_comment = |s: SetName| quoted(s.comment());
     let mut nat = Vec::new();
     let mut filter = Vec::new();
-    let lo = if cfg.v6() { "::1/128" } else { "127.0.0.0/8" };
+    let lo = if cfg.is_v6() {
+        "::1/128"
+    } else {
+        "127.0.0.0/8"
+    };
     nat.push(format!("-A {KUBE_SERVICES} -s {lo} -j RETURN"));
     for (set, table, from, to, mt, proto) in SET_JUMPS {
         if sets.is_empty(set) {
@@ -217,7 +221,7 @@ pub fn render(cfg: &Config, plan: &Plan) -> String {
         );
         nat.push(if cfg.masquerade_all {
             format!("{head} dst,dst -j {KUBE_MARK_MASQ}")
-        } else if let LocalDetector::Cidr(n) = &cfg.local_detector {
+        } else if let Some(n) = cfg.local_detector.cidr() {
             format!("{head} dst,dst ! -s {n} -j {KUBE_MARK_MASQ}")
         } else {
             // No detector: masquerade node-originated traffic whose source is a VIP
@@ -262,9 +266,9 @@ pub fn render(cfg: &Config, plan: &Plan) -> String {
         }
     }
     // Twill: policies that leave no endpoint for some traffic.
-    let pod_match = match &cfg.local_detector {
-        LocalDetector::Cidr(n) => format!("! -s {n} "),
-        LocalDetector::None => String::new(),
+    let pod_match = match cfg.local_detector.cidr() {
+        Some(n) => format!("! -s {n} "),
+        None => String::new(),
     };
     for nl in &plan.no_local_endpoints {
         let proto = nl.key.protocol.lower();

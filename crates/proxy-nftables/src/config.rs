@@ -1,47 +1,39 @@
-//! The proxier's settings that change the ruleset.
+//! How the shared proxier settings ([`twill_proxy_core::Config`]) read in nftables
+//! terms: the local-traffic detector as an nft match, the family keywords, and the
+//! addresses that take node ports.
 
 use std::net::IpAddr;
 
-use ipnet::IpNet;
 use twill_model::IpFamily;
+pub use twill_proxy_core::{Config, LocalDetector};
 
-/// How "traffic from a local pod" is recognised (`--detect-local-mode`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum LocalDetector {
-    /// No detector: every source may be a pod.
-    None,
-    ClusterCidr(IpNet),
-    NodeCidr(IpNet),
-    BridgeInterface(String),
-    InterfaceNamePrefix(String),
+/// The local-traffic detector as an nft match.
+pub trait DetectorMatch {
+    /// The nft match for "from a local pod" (`ip saddr 10.0.0.0/8`, `iifname "cbr0"`).
+    fn if_local(&self, family: IpFamily) -> Option<String>;
+    /// The nft match for "not from a local pod".
+    fn if_not_local(&self, family: IpFamily) -> Option<String>;
 }
 
-impl LocalDetector {
-    pub fn is_implemented(&self) -> bool {
-        !matches!(self, LocalDetector::None)
+impl DetectorMatch for LocalDetector {
+    fn if_local(&self, family: IpFamily) -> Option<String> {
+        detector_expr(self, family, "")
     }
 
-    /// The nft match for "from a local pod" (`ip saddr 10.0.0.0/8`, `iifname "cbr0"`).
-    pub fn if_local(&self, family: IpFamily) -> Option<String> {
-        self.expr(family, "")
+    fn if_not_local(&self, family: IpFamily) -> Option<String> {
+        detector_expr(self, family, "!= ")
     }
+}
 
-    /// The nft match for "not from a local pod".
-    pub fn if_not_local(&self, family: IpFamily) -> Option<String> {
-        self.expr(family, "!= ")
-    }
-
-    fn expr(&self, family: IpFamily, op: &str) -> Option<String> {
-        Some(match self {
-            LocalDetector::None => return None,
-            LocalDetector::ClusterCidr(n) | LocalDetector::NodeCidr(n) => {
-                format!("{} saddr {op}{n}", ip_x(family))
-            }
-            LocalDetector::BridgeInterface(i) => format!("iifname {op}\"{i}\""),
-            LocalDetector::InterfaceNamePrefix(p) => format!("iifname {op}\"{p}*\""),
-        })
-    }
+fn detector_expr(d: &LocalDetector, family: IpFamily, op: &str) -> Option<String> {
+    Some(match d {
+        LocalDetector::ClusterCidr(n) | LocalDetector::NodeCidr(n) => {
+            format!("{} saddr {op}{n}", ip_x(family))
+        }
+        LocalDetector::BridgeInterface(i) => format!("iifname {op}\"{i}\""),
+        LocalDetector::InterfaceNamePrefix(p) => format!("iifname {op}\"{p}*\""),
+        _ => return None,
+    })
 }
 
 /// `ip` or `ip6`: the table family and the address-match keyword.
@@ -60,75 +52,19 @@ pub(crate) fn addr_type(family: IpFamily) -> &'static str {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Config {
-    pub family: IpFamily,
-    /// The node's primary IPs (the first is used for the LB source-range self check).
-    pub node_ips: Vec<IpAddr>,
-    /// Every local address (what `--nodeport-addresses` CIDRs select from).
-    pub local_addresses: Vec<IpAddr>,
-    pub local_detector: LocalDetector,
-    pub masquerade_all: bool,
-    /// `--masquerade-bit` (14 gives mark 0x4000).
-    pub masquerade_bit: u8,
-    /// `--nodeport-addresses`; empty (or only other-family CIDRs) means every local
-    /// address.
-    pub node_port_addresses: Vec<IpNet>,
-    /// Service CIDRs: traffic to an unallocated ClusterIP in them is dropped
-    /// (`cluster-ips-check`). Empty: no such rule.
-    pub service_cidrs: Vec<IpNet>,
-    /// Above this many endpoints in total, each policy chain's `numgen` dispatch uses a
-    /// named verdict map (named like the chain) instead of an inline one. Same packet
-    /// path, but the kernel binds an inline (anonymous) map by walking the whole
-    /// transaction, which makes a large full sync quadratic (about 100 s at 250k
-    /// endpoints). Upstream's iptables mode has the same kind of switch
-    /// (`largeClusterEndpointsThreshold`, 1000), which drops rule comments.
-    pub large_cluster_endpoints: usize,
-}
-
-impl Config {
-    /// Upstream's defaults for `family`.
-    pub fn new(family: IpFamily, node_ips: Vec<IpAddr>, local_detector: LocalDetector) -> Self {
-        Config {
-            family,
-            local_addresses: node_ips.clone(),
-            node_ips,
-            local_detector,
-            masquerade_all: false,
-            masquerade_bit: 14,
-            node_port_addresses: Vec::new(),
-            service_cidrs: Vec::new(),
-            large_cluster_endpoints: 1000,
-        }
-    }
-
-    /// `0x4000` for bit 14.
-    pub fn mark(&self) -> String {
-        format!("{:#x}", 1u32 << self.masquerade_bit)
-    }
-
-    fn is_v6(&self) -> bool {
-        self.family == IpFamily::V6
-    }
-
-    /// The addresses that accept NodePort traffic (`nodeport-ips`), sorted. Loopback is
-    /// never one: nftables mode has no localhost NodePorts.
-    pub fn node_port_ips(&self) -> Vec<IpAddr> {
-        let cidrs: Vec<&IpNet> = self
-            .node_port_addresses
-            .iter()
-            .filter(|n| n.addr().is_ipv6() == self.is_v6())
-            .collect();
-        let mut out: Vec<IpAddr> = self
-            .local_addresses
-            .iter()
-            .chain(&self.node_ips)
-            .copied()
-            .filter(|ip| ip.is_ipv6() == self.is_v6() && !ip.is_loopback())
-            .filter(|ip| cidrs.is_empty() || cidrs.iter().any(|n| n.contains(ip)))
-            .collect();
-        out.sort();
-        out.dedup();
-        out
-    }
+/// The addresses that accept NodePort traffic (`nodeport-ips`), sorted. Loopback is
+/// never one: nftables mode has no localhost NodePorts.
+pub fn node_port_ips(cfg: &Config) -> Vec<IpAddr> {
+    let cidrs = cfg.node_port_cidrs();
+    let mut out: Vec<IpAddr> = cfg
+        .local_addresses
+        .iter()
+        .chain(&cfg.node_ips)
+        .copied()
+        .filter(|ip| ip.is_ipv6() == cfg.is_v6() && !ip.is_loopback())
+        .filter(|ip| cidrs.is_empty() || cidrs.iter().any(|n| n.contains(ip)))
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }

@@ -36,7 +36,7 @@ mod names;
 mod render;
 mod script;
 
-pub use config::{Config, LocalDetector};
+pub use config::{Config, DetectorMatch, LocalDetector, node_port_ips};
 pub use names::{
     endpoint_chain_base, hash_and_truncate, is_affinity_set, is_service_chain, service_chain_base,
 };

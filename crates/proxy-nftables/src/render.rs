@@ -18,7 +18,7 @@ use twill_proxy_core::{
     EndpointInfo, ProxyModel, ServicePortInfo, ServicePortName, categorize_endpoints,
 };
 
-use crate::config::{Config, ip_x};
+use crate::config::{Config, DetectorMatch, ip_x};
 use crate::names::{
     AFFINITY_PREFIX, ENDPOINT_PREFIX, EXTERNAL_PREFIX, FIREWALL_PREFIX, LOCAL_PREFIX,
     SERVICE_PREFIX, endpoint_chain_base, service_chain_base,

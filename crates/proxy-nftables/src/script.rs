@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use crate::config::{Config, addr_type, ip_x};
+use crate::config::{Config, addr_type, ip_x, node_port_ips};
 use crate::render::{
     Desired, Element, FIREWALL_IPS, MARK_MASQ, NO_ENDPOINT_NODEPORTS, NO_ENDPOINT_SERVICES,
     REJECT_CHAIN, SERVICE_IPS, SERVICE_NODEPORTS, ServiceObjects,
@@ -284,7 +284,7 @@ fn write_fixed_rules(w: &mut Writer<'_>, cfg: &Config) {
         "services",
         &format!("{ipx} daddr @{NODEPORT_IPS} meta l4proto . th dport vmap @{SERVICE_NODEPORTS}"),
     );
-    for ip in cfg.node_port_ips() {
+    for ip in node_port_ips(cfg) {
         w.element("add", NODEPORT_IPS, &ip.to_string());
     }
 }

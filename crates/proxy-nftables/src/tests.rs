@@ -447,12 +447,15 @@ fn rendering_is_deterministic() {
 #[test]
 fn nodeport_addresses_select_local_addresses_but_never_loopback() {
     let mut c = cfg();
-    assert_eq!(c.node_port_ips(), [ip("192.168.0.2"), ip("192.168.1.2")]);
+    assert_eq!(
+        crate::config::node_port_ips(&c),
+        [ip("192.168.0.2"), ip("192.168.1.2")]
+    );
     c.node_port_addresses = vec![
         "192.168.1.0/24".parse().unwrap(),
         "127.0.0.0/8".parse().unwrap(),
     ];
-    assert_eq!(c.node_port_ips(), [ip("192.168.1.2")]);
+    assert_eq!(crate::config::node_port_ips(&c), [ip("192.168.1.2")]);
 }
 
 #[test]

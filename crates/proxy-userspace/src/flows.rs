@@ -22,8 +22,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use twill_model::IpFamily;
 use twill_proxy::corpus::{Fixture, Flow, Outcome, Prepared, parse_ip};
 use twill_proxy::lab::{self, Ns, Seen, Sender, send_flow, serve};
+use twill_proxy_core::LocalDetector;
 use twill_proxy_core::ProxyModel;
-use twill_proxy_iptables::LocalDetector;
 
 use crate::plan::Config;
 use crate::proxier::{Options, Proxier};
@@ -39,7 +39,7 @@ pub enum FlowOutcome {
 
 /// The userspace settings of a prepared fixture.
 pub fn config_of(p: &Prepared) -> Config {
-    let mut c = Config::from_iptables(&p.config);
+    let mut c = p.config.clone();
     c.local_addresses = p.local_addresses.clone();
     c
 }

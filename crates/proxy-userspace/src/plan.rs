@@ -28,7 +28,7 @@ use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
-use twill_model::{IpFamily, Protocol};
+use twill_model::Protocol;
 use twill_proxy_core::{ProxyModel, ServicePortInfo, ServicePortName, categorize_endpoints};
 
 pub const PORTALS_CONTAINER: &str = "KUBE-PORTALS-CONTAINER";
@@ -38,56 +38,13 @@ pub const NODEPORT_HOST: &str = "KUBE-NODEPORT-HOST";
 /// The filter chain that rejects or drops traffic no listener takes.
 pub const FILTER_SERVICES: &str = "KUBE-SERVICES";
 
-/// Settings that change the plan.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Config {
-    pub family: IpFamily,
-    /// The node's primary IPs (a LB source-range check lets the node itself through
-    /// when its first IP is in a range, as the iptables mode does).
-    pub node_ips: Vec<IpAddr>,
-    /// Every local address (what `nodePortAddresses` CIDRs select from).
-    pub local_addresses: Vec<IpAddr>,
-    /// `--nodeport-addresses`; empty means every local address.
-    pub node_port_addresses: Vec<IpNet>,
-    /// Node ports answer on 127.0.0.1 (IPv4 only, like `--iptables-localhost-nodeports`).
-    pub localhost_node_ports: bool,
-}
+/// Settings that change the plan: the shared proxier settings (this mode reads the
+/// family, node and local addresses, `nodePortAddresses` and localhost node ports).
+pub use twill_proxy_core::Config;
 
-impl Config {
-    pub fn new(family: IpFamily, node_ips: Vec<IpAddr>) -> Self {
-        Config {
-            family,
-            local_addresses: node_ips.clone(),
-            node_ips,
-            node_port_addresses: Vec::new(),
-            localhost_node_ports: true,
-        }
-    }
-    /// The same settings as an iptables-mode renderer config (what `twill proxy` builds
-    /// from its flags).
-    pub fn from_iptables(c: &twill_proxy_iptables::Config) -> Self {
-        Config {
-            family: c.family,
-            node_ips: c.node_ips.clone(),
-            local_addresses: c.local_addresses.clone(),
-            node_port_addresses: c.node_port_addresses.clone(),
-            localhost_node_ports: c.localhost_node_ports,
-        }
-    }
-    fn v6(&self) -> bool {
-        self.family == IpFamily::V6
-    }
-    /// CIDRs of the other family are ignored; none left means "all local addresses".
-    fn node_port_cidrs(&self) -> Vec<IpNet> {
-        self.node_port_addresses
-            .iter()
-            .filter(|n| n.addr().is_ipv6() == self.v6())
-            .copied()
-            .collect()
-    }
-    fn loopback_node_ports(&self) -> bool {
-        !self.v6() && self.localhost_node_ports
-    }
+/// Node ports answer on loopback only for IPv4 and when enabled.
+fn loopback_node_ports(cfg: &Config) -> bool {
+    !cfg.is_v6() && cfg.localhost_node_ports
 }
 
 /// Which traffic of a service port a listener takes.
@@ -325,8 +282,12 @@ fn quote(s: &str) -> String {
 fn node_port_dests(cfg: &Config) -> Vec<String> {
     let cidrs = cfg.node_port_cidrs();
     if cidrs.is_empty() {
-        let lo = if cfg.v6() { "::1/128" } else { "127.0.0.0/8" };
-        return vec![if cfg.loopback_node_ports() {
+        let lo = if cfg.is_v6() {
+            "::1/128"
+        } else {
+            "127.0.0.0/8"
+        };
+        return vec![if loopback_node_ports(cfg) {
             String::new()
         } else {
             format!("! -d {lo} ")
@@ -336,9 +297,9 @@ fn node_port_dests(cfg: &Config) -> Vec<String> {
         .local_addresses
         .iter()
         .copied()
-        .filter(|ip| ip.is_ipv6() == cfg.v6())
+        .filter(|ip| ip.is_ipv6() == cfg.is_v6())
         .filter(|ip| cidrs.iter().any(|n| n.contains(ip)))
-        .filter(|ip| !ip.is_loopback() || cfg.loopback_node_ports())
+        .filter(|ip| !ip.is_loopback() || loopback_node_ports(cfg))
         .collect();
     ips.sort();
     ips.dedup();

@@ -287,29 +287,6 @@ impl Prepared {
     pub fn render(&self) -> Rendered {
         render(&self.config, &self.model, SyncMode::Full { existing: None })
     }
-
-    /// The same settings for the nftables renderer.
-    pub fn nft_config(&self) -> twill_proxy_nftables::Config {
-        nft_config(&self.config)
-    }
-}
-
-/// The iptables-mode settings as nftables-mode settings (the fields both modes share).
-pub fn nft_config(c: &Config) -> twill_proxy_nftables::Config {
-    use twill_proxy_nftables::LocalDetector as N;
-    let detector = match &c.local_detector {
-        LocalDetector::None => N::None,
-        LocalDetector::ClusterCidr(n) => N::ClusterCidr(*n),
-        LocalDetector::NodeCidr(n) => N::NodeCidr(*n),
-        LocalDetector::BridgeInterface(i) => N::BridgeInterface(i.clone()),
-        LocalDetector::InterfaceNamePrefix(p) => N::InterfaceNamePrefix(p.clone()),
-    };
-    let mut n = twill_proxy_nftables::Config::new(c.family, c.node_ips.clone(), detector);
-    n.local_addresses = c.local_addresses.clone();
-    n.masquerade_all = c.masquerade_all;
-    n.masquerade_bit = c.masquerade_bit;
-    n.node_port_addresses = c.node_port_addresses.clone();
-    n
 }
 
 /// Which expected lines of `fx.nftables` are missing from an `nft list table` listing

@@ -756,7 +756,7 @@ fn program_node(
             Ok(None)
         }
         Mode::Nftables => {
-            let desired = twill_proxy_nftables::render(&prepared.nft_config(), &prepared.model);
+            let desired = twill_proxy_nftables::render(&prepared.config, &prepared.model);
             let script = twill_proxy_nftables::full_script(&desired, None);
             topo.node
                 .exec("nft", &["-f", "-"], Some(script.as_bytes()))?;

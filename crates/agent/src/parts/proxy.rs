@@ -144,17 +144,14 @@ impl ProxySettings {
         let cfg = self.renderer_config(&node_ips)?;
         let mc = self.model_config(state);
         if self.mode == Mode::Userspace {
-            return Ok(Box::new(UserspaceMode::new(
-                mc,
-                twill_proxy_userspace::Config::from_iptables(&cfg),
-            )));
+            return Ok(Box::new(UserspaceMode::new(mc, cfg.clone())));
         }
         for note in twill_proxy::proxier::apply_sysctls(&cfg) {
             tracing::info!("{note}");
         }
         Ok(match self.mode {
             Mode::Nftables => {
-                let mut ncfg = twill_proxy::corpus::nft_config(&cfg);
+                let mut ncfg = cfg.clone();
                 ncfg.local_addresses = twill_proxy::nft_proxier::local_addresses(self.family);
                 Box::new(twill_proxy::nft_proxier::NftProxier::new(
                     mc,

@@ -9,7 +9,11 @@ use crate::plan::{Kind, RealServer, VirtualServer};
 use twill_proxy_core::ServicePortName;
 
 fn cfg() -> Config {
-    Config::new(IpFamily::V4, vec![IpAddr::from([192, 168, 0, 2])])
+    Config::new(
+        IpFamily::V4,
+        vec![IpAddr::from([192, 168, 0, 2])],
+        crate::config::LocalDetector::None,
+    )
 }
 
 fn key(last: u8, protocol: Protocol) -> VsKey {

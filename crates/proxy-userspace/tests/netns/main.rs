@@ -126,6 +126,7 @@ fn tcp_forwarding_carries_both_directions_and_half_close_and_retries_a_dead_back
         let cfg = twill_proxy_userspace::Config::new(
             twill_model::IpFamily::V4,
             vec![IpAddr::from([127, 0, 0, 1])],
+            twill_proxy_core::LocalDetector::None,
         );
         let opts = Options {
             apply_rules: false,
@@ -168,6 +169,7 @@ fn an_endpoint_change_keeps_the_listener_and_its_port() {
         let cfg = twill_proxy_userspace::Config::new(
             twill_model::IpFamily::V4,
             vec![IpAddr::from([127, 0, 0, 1])],
+            twill_proxy_core::LocalDetector::None,
         );
         let opts = Options {
             apply_rules: false,
@@ -215,6 +217,7 @@ fn lo_cfg() -> twill_proxy_userspace::Config {
     twill_proxy_userspace::Config::new(
         twill_model::IpFamily::V4,
         vec![IpAddr::from([127, 0, 0, 1])],
+        twill_proxy_core::LocalDetector::None,
     )
 }
 

@@ -267,10 +267,8 @@ fn overall_fixture_renders_upstream_nftables_lines() {
         .find(|(f, fx)| f.ends_with("overall-iptables.json") && fx.name == "overall-six-services")
         .expect("overall fixture");
     let p = fx.prepare(false).expect("fixture prepares");
-    let script = twill_proxy_nftables::full_script(
-        &twill_proxy_nftables::render(&p.nft_config(), &p.model),
-        None,
-    );
+    let script =
+        twill_proxy_nftables::full_script(&twill_proxy_nftables::render(&p.config, &p.model), None);
     let have: std::collections::BTreeSet<&str> = script.lines().collect();
     let want = [
         "add rule ip kube-proxy service-42NFTM6N-ns2/svc2/tcp/p80 ip daddr 172.30.0.42 ip saddr != 10.0.0.0/8 jump mark-for-masquerade",

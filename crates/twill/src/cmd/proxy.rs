@@ -354,18 +354,18 @@ fn run_rules(s: &Settings, a: RulesArgs) -> anyhow::Result<ExitCode> {
     let cfg = renderer_config(s, family)?;
     match mode {
         Mode::Nftables => {
-            let desired = twill_proxy_nftables::render(&corpus::nft_config(&cfg), &model);
+            let desired = twill_proxy_nftables::render(&cfg, &model);
             print!("{}", twill_proxy_nftables::full_script(&desired, None));
             return Ok(ExitCode::SUCCESS);
         }
         Mode::Userspace => {
-            let ucfg = twill_proxy_userspace::Config::from_iptables(&cfg);
+            let ucfg = cfg.clone();
             let plan = twill_proxy_userspace::plan_listeners(&ucfg, &model);
             print!("{}", twill_proxy_userspace::preview(&ucfg, &plan));
             return Ok(ExitCode::SUCCESS);
         }
         Mode::Ipvs => {
-            let mut icfg = twill_proxy_ipvs::Config::from_iptables(&cfg);
+            let mut icfg = cfg.clone();
             icfg.scheduler = twill_proxy_ipvs::Scheduler::parse(&a.ipvs_scheduler)
                 .with_context(|| format!("--ipvs-scheduler {:?}", a.ipvs_scheduler))?;
             print!("{}", twill_proxy_ipvs::render_text(&icfg, &model));
