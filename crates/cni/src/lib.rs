@@ -10,10 +10,8 @@
 //! - [`bridge`]: the bridge plugin through rtnetlink;
 //! - [`ipmasq`]: per-container masquerade chains;
 //! - [`flannel`]: the flannel CNI plugin (delegates to bridge + host-local from `subnet.env`);
-//! - [`conformance`]: the runner for the shared CNI corpus.
 
 pub mod bridge;
-pub mod conformance;
 pub mod delegate;
 pub mod flannel;
 pub mod host_local;

@@ -14,8 +14,7 @@
 //!   caller asks the upstream and appends its answer, so this crate never does I/O.
 //! - [`resolvconf`] is kubelet's `pkg/kubelet/network/dns` for every `dnsPolicy`.
 //!
-//! With the `corpus` feature, [`corpus`] reads the shared test-data schema and compares
-//! responses the way its README defines.
+//! The shared corpus's runner is test code: it lives in `twill-conformance` (`dns`).
 
 mod answer;
 mod config;
@@ -23,11 +22,8 @@ mod labels;
 pub mod resolvconf;
 mod snapshot;
 
-#[cfg(feature = "corpus")]
-pub mod corpus;
-
 pub use answer::{Reply, Resolution, resolve};
-pub use config::{Config, ConfigError, PodMode};
+pub use config::{Config, ConfigError, PodMode, parse_zone};
 pub use snapshot::Snapshot;
 
 /// The schema version `dns-version.<zone>` TXT reports (the specification's version).

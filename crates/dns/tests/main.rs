@@ -3,7 +3,7 @@
 
 use hickory_proto::op::{Message, MessageType, OpCode};
 use hickory_proto::rr::{Name, RecordType};
-use twill_dns::corpus::{
+use twill_conformance::dns::{
     QueryFile, check_resolv, check_response, parse_query_file, parse_resolv_file, upstream_answer,
 };
 use twill_dns::{Reply, Resolution, Snapshot, resolve};

@@ -13,12 +13,12 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use twill_conformance::netpol::corpus::World;
+use twill_conformance::netpol::harness::{Harness, HarnessOptions, ProbePlan};
+use twill_conformance::netpol::netns::enter;
 use twill_model::{Labels, ObjectKey, Protocol};
 use twill_netpol::{NamedPort, Peer, PolicyPod, RenderOptions, render_node};
 use twill_netpol_agent::apply::{apply_node, apply_node_after};
-use twill_netpol_agent::corpus::World;
-use twill_netpol_agent::harness::{Harness, HarnessOptions, ProbePlan};
-use twill_netpol_agent::netns::enter;
 use twill_netpol_agent::source::policy_from_json;
 
 const NODE: &str = "node-1";
@@ -91,7 +91,7 @@ fn rate(h: &Harness, client: &ObjectKey, server: IpAddr, window: Duration) -> f6
             let start = Instant::now();
             let mut ok = 0u64;
             while start.elapsed() < window {
-                if twill_netpol_agent::probe::tcp_probe(
+                if twill_conformance::netpol::probe::tcp_probe(
                     None,
                     SocketAddrV4::new(server, 80),
                     Duration::from_secs(1),

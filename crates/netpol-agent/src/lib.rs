@@ -5,17 +5,10 @@
 //!   (`ipset restore`, then one `iptables-restore --noflush`, then the hook jumps);
 //! - [`daemon`]: the node enforcer behind `twill netpol` (manifests in, change-driven
 //!   syncs, metrics);
-//! - [`corpus`]: the truth-table schema (`shared/testdata/netpol`) and its replay;
-//! - [`harness`], [`probe`], [`netns`]: a netns cluster (two nodes, bridges with
-//!   br_netfilter, pods with real listeners, an external host) probed with real
-//!   connections;
-//! - [`replay`]: scenarios through the harness, with diff matrices on failure.
+//!
+//! The truth-table corpus and the netns cluster that replays it are test code: they
+//! live in `twill-conformance` (`netpol`).
 
 pub mod apply;
-pub mod corpus;
 pub mod daemon;
-pub mod harness;
-pub mod netns;
-pub mod probe;
-pub mod replay;
 pub mod source;

@@ -3,10 +3,12 @@
 use std::net::IpAddr;
 
 use serde_json::json;
+use twill_conformance::netpol::corpus::{
+    CorpusFile, Target, World, expand_probes, file_label, load_dir,
+};
 use twill_model::{ObjectKey, Protocol};
 use twill_netpol::trace::Tracer;
 use twill_netpol::{RenderOptions, render_node};
-use twill_netpol_agent::corpus::{CorpusFile, Target, World, expand_probes, file_label, load_dir};
 use twill_netpol_agent::source::policy_from_json;
 
 fn corpus() -> Vec<(std::path::PathBuf, CorpusFile)> {
@@ -106,7 +108,7 @@ fn rendered_rules_traced_per_node_match_every_truth_table_probe() {
 #[test]
 fn pure_replay_agrees_with_every_truth_table_probe() {
     for (path, file) in corpus() {
-        let (passed, failures) = twill_netpol_agent::corpus::check_pure(&path, &file);
+        let (passed, failures) = twill_conformance::netpol::corpus::check_pure(&path, &file);
         assert!(failures.is_empty(), "{}", failures.join("\n"));
         assert!(passed > 0, "{}", path.display());
     }
@@ -202,7 +204,7 @@ fn invalid_policy_isolates_what_it_selects_and_others_stay_enforced() {
 
 #[test]
 fn diff_matrix_marks_only_cells_where_kernel_and_expectation_differ() {
-    use twill_netpol_agent::corpus::{PortRef, Probe};
+    use twill_conformance::netpol::corpus::{PortRef, Probe};
     let cell = |from: &str, to: &str, expected: bool| Probe {
         from: from.into(),
         to: to.into(),
@@ -223,7 +225,7 @@ fn diff_matrix_marks_only_cells_where_kernel_and_expectation_differ() {
         (&probes[2], Some(false)),
         (&probes[3], Some(true)),
     ];
-    let text = twill_netpol_agent::replay::diff_matrix("t", &cells);
+    let text = twill_conformance::netpol::replay::diff_matrix("t", &cells);
     let rows: Vec<Vec<&str>> = text
         .lines()
         .skip(2)

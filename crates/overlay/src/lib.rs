@@ -8,7 +8,6 @@
 
 pub mod alloc;
 pub mod backend;
-pub mod cases;
 pub mod config;
 pub mod lease;
 pub mod masq;

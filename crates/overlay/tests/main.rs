@@ -1,6 +1,6 @@
 //! Table-driven over `shared/testdata/overlay`, read in place.
 
-use twill_overlay::cases::check_case;
+use twill_conformance::overlay::check_case;
 
 #[test]
 fn every_shared_overlay_case_passes() {

@@ -14,12 +14,10 @@
 //! - [`netlink`]: IPVS generic-netlink messages, byte for byte as the kernel's UAPI
 //!   (`include/uapi/linux/ip_vs.h`) defines them.
 //! - [`detect`]: whether this kernel can run the mode at all.
-//! - [`conformance`]: the shared corpus's flows checked against the plan.
 //!
 //! Everything but [`detect::check_kernel`] is pure (no I/O, no clock).
 
 pub mod config;
-pub mod conformance;
 pub mod detect;
 pub mod diff;
 pub mod ipset;

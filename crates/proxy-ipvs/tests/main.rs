@@ -1,7 +1,7 @@
 //! The shared proxy corpus at plan level, and the kernel check on this machine.
 
-use twill_proxy::corpus::{CaseFile, Fixture};
-use twill_proxy_ipvs::conformance::{FlowOutcome, run_fixture_plan};
+use twill_conformance::proxy::corpus::{CaseFile, Fixture};
+use twill_conformance::proxy::ipvs::{FlowOutcome, run_fixture_plan};
 use twill_testkit::testdata::json_cases;
 
 fn fixtures() -> Vec<(String, Fixture)> {

@@ -1,7 +1,7 @@
 //! Same run, same kernel: bulk throughput (iperf3) and TCP connection rate from a client
 //! namespace to one endpoint, directly to the pod IP, through a ClusterIP in iptables
 //! mode, and through a ClusterIP in userspace mode. Each variant gets a fresh
-//! `twill_proxy::lab` topology (client ns → node ns → endpoint ns).
+//! `twill_conformance::proxy::flows` topology (client ns → node ns → endpoint ns).
 //!
 //! `cargo bench -p twill-proxy-userspace --bench modes` (root; needs iperf3).
 //! `TWILL_BENCH_SECS` sets the iperf3 duration (default 5), `TWILL_BENCH_ROUNDS` the
@@ -15,9 +15,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use twill_proxy::corpus::{Fixture, Prepared};
-use twill_proxy::lab::{self, Topology};
-use twill_proxy_userspace::flows::config_of;
+use twill_conformance::proxy::corpus::{Fixture, Prepared};
+use twill_conformance::proxy::flows::{self as lab, Topology};
+use twill_conformance::proxy::userspace::config_of;
 use twill_proxy_userspace::{Options, Proxier};
 
 const POD: &str = "10.180.0.1";

@@ -7,10 +7,8 @@
 //!   [`ProxyModel`](twill_proxy_core::ProxyModel).
 //! - [`balancer`]: pure. Round-robin and affinity with time as an argument.
 //! - [`forward`], [`proxier`]: the runtime.
-//! - [`flows`]: the shared corpus's packet flows through this mode in namespaces.
 
 pub mod balancer;
-pub mod flows;
 pub mod forward;
 pub mod plan;
 pub mod proxier;

@@ -13,9 +13,10 @@
 
 use std::time::{Duration, Instant};
 
+use twill_conformance::proxy::flows as lab;
 use twill_model::{ClusterState, IpFamily, ObjectKey};
 use twill_netfilter::Family;
-use twill_proxy::{Backend, Kernel, Proxier, Variant, lab};
+use twill_proxy::{Backend, Kernel, Proxier, Variant};
 use twill_proxy_core::synthetic::{self, v4};
 use twill_proxy_core::{FeatureGates, ModelConfig, build_model};
 use twill_proxy_iptables::{Config, LocalDetector, SyncMode, render};

@@ -6,13 +6,8 @@
 //!   server, `twill_agent::http`, with `/healthz` and the health-check node ports).
 //! - [`nft_proxier`]: the nftables mode's applier, one `nft -f -` transaction per sync
 //!   (incremental when it can be).
-//! - [`corpus`]: the shared proxy corpus and its pure checks.
-//! - [`lab`]: real-kernel packet flows in network namespaces (a node namespace owning
-//!   the fixture's local addresses, client and endpoint namespaces).
 
 pub mod conntrack;
-pub mod corpus;
-pub mod lab;
 pub mod metrics;
 pub mod nft_proxier;
 pub mod proxier;

@@ -40,7 +40,6 @@
 
 pub mod collect;
 pub mod conntrack;
-pub mod corpus;
 pub mod iptables;
 pub mod nft;
 pub mod path;

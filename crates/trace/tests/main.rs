@@ -2,7 +2,7 @@
 //! upstream's exact ruleset (`iptablesRestore`) must trace to its expected outputs and
 //! masquerade verdict. General over the schema: hidden fixtures run the same way.
 
-use twill_trace::corpus;
+use twill_conformance::trace as corpus;
 
 #[test]
 fn every_corpus_flow_traces_to_its_expected_outputs_and_masquerade() {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::{Call, Impl, TempDir, ipv4_of, plugin_dir, ready, store_files, veths};
-use twill_cni::conformance::{Runner, run_dir};
+use twill_conformance::cni::{Runner, run_dir};
 use twill_testkit::netns::Netns;
 
 fn bridge_conf(net: &str, bridge: &str, subnet: &str, data: &std::path::Path) -> Value {

@@ -25,7 +25,7 @@ pub fn corpus_fixture(file: &str) -> (Vec<Object>, Config) {
     let path = twill_testkit::testdata::area_dir("dns").join(file);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let f = twill_dns::corpus::parse_query_file(&v).unwrap_or_else(|e| panic!("{file}: {e}"));
+    let f = twill_conformance::dns::parse_query_file(&v).unwrap_or_else(|e| panic!("{file}: {e}"));
     (f.state.objects(), f.config)
 }
 

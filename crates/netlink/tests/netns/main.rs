@@ -7,8 +7,8 @@
 use std::collections::BTreeSet;
 
 use serde_json::Value;
+use twill_conformance::overlay::backend_case_plan;
 use twill_netlink::{Scope, reconcile};
-use twill_overlay::cases::backend_case_plan;
 use twill_overlay::state::KernelState;
 use twill_testkit::netns::{Netns, veth_pair};
 

@@ -1,9 +1,9 @@
 //! Privileged: truth-table scenarios replayed in a netns cluster with real connections.
 
+use twill_conformance::netpol::corpus::load_dir;
+use twill_conformance::netpol::harness::HarnessOptions;
+use twill_conformance::netpol::replay::{PolicyOrder, run_scenario};
 use twill_netpol::DenyAction;
-use twill_netpol_agent::corpus::load_dir;
-use twill_netpol_agent::harness::HarnessOptions;
-use twill_netpol_agent::replay::{PolicyOrder, run_scenario};
 
 fn run(names: &[&str], order: PolicyOrder, deny: DenyAction) {
     let files = load_dir(&twill_testkit::testdata::area_dir("netpol")).unwrap();
@@ -61,10 +61,10 @@ fn label_changes_and_ipblock_except_hold_when_policies_come_before_pods_with_dro
 
 mod enforcer {
     use serde_json::json;
+    use twill_conformance::netpol::corpus::{World, load_dir};
     use twill_model::ObjectKey;
     use twill_netpol::RenderOptions;
     use twill_netpol_agent::apply::{existing_chains, existing_sets};
-    use twill_netpol_agent::corpus::{World, load_dir};
     use twill_netpol_agent::daemon::{Enforcer, SyncOutcome};
     use twill_testkit::netns::Netns;
 
@@ -161,9 +161,9 @@ mod enforcer {
 
 mod fail_closed {
     use serde_json::json;
+    use twill_conformance::netpol::corpus::{Connection, Target, World, load_dir};
+    use twill_conformance::netpol::harness::{Harness, HarnessOptions, ProbePlan};
     use twill_model::Protocol;
-    use twill_netpol_agent::corpus::{Connection, Target, World, load_dir};
-    use twill_netpol_agent::harness::{Harness, HarnessOptions, ProbePlan};
 
     #[test]
     fn an_invalid_policy_blocks_the_pods_it_selects_in_the_kernel_while_valid_policies_apply() {

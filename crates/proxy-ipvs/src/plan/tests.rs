@@ -1,12 +1,12 @@
 use std::net::IpAddr;
 
-use twill_proxy::corpus::{CaseFile, Fixture};
+use twill_conformance::proxy::corpus::{CaseFile, Fixture};
 use twill_testkit::testdata::json_cases;
 
 use super::*;
 use crate::config::Scheduler;
-use crate::conformance::config_of;
 use crate::ipset::render_restore;
+use twill_conformance::proxy::ipvs::config_of;
 
 fn fixture(file_suffix: &str, name_part: &str) -> Fixture {
     for (path, v) in json_cases("proxy") {

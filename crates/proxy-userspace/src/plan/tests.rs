@@ -1,11 +1,11 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use twill_proxy::corpus::{CaseFile, Fixture};
+use twill_conformance::proxy::corpus::{CaseFile, Fixture};
 use twill_testkit::testdata::json_cases;
 
 use super::*;
-use crate::flows::config_of;
+use twill_conformance::proxy::userspace::config_of;
 
 fn fixture(file_suffix: &str, name_part: &str) -> Fixture {
     for (path, v) in json_cases("proxy") {

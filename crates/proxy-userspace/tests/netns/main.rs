@@ -4,8 +4,8 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
-use twill_proxy::corpus::{CaseFile, Fixture};
-use twill_proxy_userspace::flows::{FlowOutcome, config_of, run_fixture};
+use twill_conformance::proxy::corpus::{CaseFile, Fixture};
+use twill_conformance::proxy::userspace::{FlowOutcome, config_of, run_fixture};
 use twill_proxy_userspace::{ListenerKey, Options, Proxier, Scope};
 use twill_testkit::netns::Netns;
 use twill_testkit::testdata::json_cases;

@@ -5,10 +5,10 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
+use twill_conformance::proxy::corpus::{self, CaseFile, Fixture};
+use twill_conformance::proxy::flows as lab;
 use twill_model::{ClusterState, Object};
 use twill_netfilter::Family;
-use twill_proxy::corpus::{self, CaseFile, Fixture};
-use twill_proxy::lab;
 use twill_proxy::{Kernel, Proxier};
 use twill_proxy_core::{FeatureGates, ModelConfig};
 use twill_proxy_iptables::trace::Tracer;

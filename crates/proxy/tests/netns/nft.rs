@@ -4,11 +4,11 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use twill_conformance::proxy::flows::{self as lab, FlowOutcome, Mode};
 use twill_model::{
     ClusterState, Endpoint, EndpointPort, EndpointSlice, IpFamily, Object, ObjectKey, Protocol,
     Service, ServicePort, ServiceType, SessionAffinity, TargetPort,
 };
-use twill_proxy::lab::{self, FlowOutcome, Mode};
 use twill_proxy::nft_proxier::{NftKernel, NftProxier};
 use twill_proxy_core::{FeatureGates, ModelConfig};
 use twill_proxy_nftables::{Config, LocalDetector};

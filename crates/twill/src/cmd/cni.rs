@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use twill_cni::PluginKind;
-use twill_cni::conformance::{Runner, run_dir};
+use twill_conformance::cni::{Runner, run_dir};
 
 #[derive(clap::Subcommand)]
 pub enum Command {

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{Name, RecordType};
-use twill_dns::corpus::{self, CaseRecord};
+use twill_conformance::dns::{self as corpus, CaseRecord};
 use twill_dns::resolvconf::{KubeletDns, pod_resolv_conf};
 use twill_dns::{Config, PodMode, Snapshot};
 use twill_dns_server::forward::upstreams_from_resolv_conf;

@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use twill_agent::parts::policy::PolicyPart;
+use twill_conformance::netpol::corpus::{check_pure, load_dir};
+use twill_conformance::netpol::harness::HarnessOptions;
+use twill_conformance::netpol::replay::{PolicyOrder, run_scenario};
 use twill_netpol::{DenyAction, RenderOptions};
-use twill_netpol_agent::corpus::{check_pure, load_dir};
 use twill_netpol_agent::daemon::cluster_from_manifests;
-use twill_netpol_agent::harness::HarnessOptions;
-use twill_netpol_agent::replay::{PolicyOrder, run_scenario};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -134,7 +134,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     }
     source.follow(tx, Duration::from_secs(5))?;
     if let Some(ns) = &a.netns {
-        twill_netpol_agent::netns::enter(&std::path::Path::new("/run/netns").join(ns))
+        twill_conformance::netpol::netns::enter(&std::path::Path::new("/run/netns").join(ns))
             .map_err(|e| anyhow::anyhow!("entering netns {ns}: {e}"))?;
     }
     twill_agent::signals::install();
@@ -245,7 +245,7 @@ pub fn run_conformance(a: ConformanceArgs) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        let why = if twill_netpol_agent::probe::sctp_supported() {
+        let why = if twill_conformance::netpol::probe::sctp_supported() {
             "self-probes".to_string()
         } else {
             format!("{sctp} SCTP (this kernel has no SCTP sockets), the rest self-probes")

@@ -145,7 +145,7 @@ pub fn run_conformance(a: ConformanceArgs) -> anyhow::Result<ExitCode> {
             .and_then(|t| {
                 serde_json::from_str::<serde_json::Value>(&t).map_err(|e| format!("not JSON: {e}"))
             })
-            .and_then(|case| twill_overlay::cases::check_case(&case));
+            .and_then(|case| twill_conformance::overlay::check_case(&case));
         match outcome {
             Ok(()) => passed += 1,
             Err(e) => {

@@ -10,8 +10,8 @@ use std::time::Duration;
 use anyhow::Context;
 pub use twill_agent::parts::proxy::{Backend, Mode};
 use twill_agent::parts::proxy::{ProxyPart, ProxySettings};
+use twill_conformance::proxy::corpus::{self, Fixture};
 use twill_model::{ClusterState, IpFamily};
-use twill_proxy::corpus::{self, Fixture};
 use twill_proxy_core::{FeatureGates, ModelConfig, build_model};
 use twill_proxy_iptables::trace::Tracer;
 use twill_proxy_iptables::{Config, SyncMode, render};
@@ -396,7 +396,7 @@ pub fn run_conformance(a: ConformanceArgs) -> anyhow::Result<ExitCode> {
         .collect();
     files.sort();
     let kernel = !a.trace_only
-        && twill_proxy::lab::available()
+        && twill_conformance::proxy::flows::available()
             .map_err(|why| eprintln!("note: real-kernel flows skipped: {why}"))
             .is_ok();
     let (mut passed, mut failed) = (0usize, 0usize);
@@ -437,7 +437,7 @@ fn case_files(dir: &PathBuf) -> anyhow::Result<Vec<PathBuf>> {
 /// rendered `kube-proxy` table, plus the fixture's `nftables` lines where it states
 /// them. Flows needing what the mode lacks are reported `skipped: …` and not counted.
 fn run_conformance_nft(a: &ConformanceArgs) -> anyhow::Result<ExitCode> {
-    use twill_proxy::lab::{self, FlowOutcome, Mode as LabMode};
+    use twill_conformance::proxy::flows::{self as lab, FlowOutcome, Mode as LabMode};
     let kernel = if a.trace_only {
         Err("--trace-only (nftables mode has no rule tracer)".to_string())
     } else {
@@ -505,7 +505,7 @@ enum Outcome {
 fn record(
     file: &str,
     fx: &Fixture,
-    flow: &twill_proxy::corpus::Flow,
+    flow: &twill_conformance::proxy::corpus::Flow,
     o: Outcome,
     (passed, failed, skipped): (&mut usize, &mut usize, &mut usize),
 ) {
@@ -528,7 +528,7 @@ fn record(
 fn run_conformance_other(a: &ConformanceArgs) -> anyhow::Result<ExitCode> {
     let kernel: Result<(), String> = match a.mode {
         Mode::Userspace if a.trace_only => Err("--trace-only".into()),
-        Mode::Userspace => twill_proxy::lab::available(),
+        Mode::Userspace => twill_conformance::proxy::flows::available(),
         _ => twill_proxy_ipvs::check_kernel().map_err(|m| m.to_string()),
     };
     if a.mode == Mode::Ipvs
@@ -558,10 +558,10 @@ fn run_conformance_other(a: &ConformanceArgs) -> anyhow::Result<ExitCode> {
                         .iter()
                         .map(|_| Outcome::Skip(format!("real-kernel flows: {why}")))
                         .collect(),
-                    Ok(()) => twill_proxy_userspace::flows::run_fixture(fx)
+                    Ok(()) => twill_conformance::proxy::userspace::run_fixture(fx)
                         .into_iter()
                         .map(|o| {
-                            use twill_proxy_userspace::flows::FlowOutcome as F;
+                            use twill_conformance::proxy::userspace::FlowOutcome as F;
                             match o {
                                 F::Pass => Outcome::Pass,
                                 F::Fail(e) => Outcome::Fail(e),
@@ -570,11 +570,11 @@ fn run_conformance_other(a: &ConformanceArgs) -> anyhow::Result<ExitCode> {
                         })
                         .collect(),
                 },
-                _ => twill_proxy_ipvs::conformance::run_fixture_plan(fx, kernel.clone())
+                _ => twill_conformance::proxy::ipvs::run_fixture_plan(fx, kernel.clone())
                     .flows
                     .into_iter()
                     .map(|o| {
-                        use twill_proxy_ipvs::conformance::FlowOutcome as F;
+                        use twill_conformance::proxy::ipvs::FlowOutcome as F;
                         match o {
                             F::Pass => Outcome::Pass,
                             F::Fail(e) => Outcome::Fail(e),
@@ -628,7 +628,7 @@ fn run_fixture(file: &str, fx: &Fixture, kernel: bool) -> (usize, usize) {
         .map(|f| corpus::check_flow_traced(f, &tracer).map_err(|e| format!("traced: {e}")))
         .collect();
     if kernel {
-        let outcomes = twill_proxy::lab::run_fixture(fx);
+        let outcomes = twill_conformance::proxy::flows::run_fixture(fx);
         for (r, k) in results.iter_mut().zip(outcomes) {
             if r.is_ok()
                 && let Err(e) = k

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use twill_trace::{Probe, Snapshot, collect, corpus, report};
+use twill_conformance::trace as corpus;
+use twill_trace::{Probe, Snapshot, collect, report};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -295,7 +296,7 @@ fn resolve_dest(
 /// Replace each fixture's `iptablesRestore` with what Twill's proxy renders for it.
 #[cfg(feature = "proxy")]
 fn render_into(label: &str, text: &str, file: &mut serde_json::Value) -> anyhow::Result<()> {
-    let cf = twill_proxy::corpus::parse_case_file(label, text)?;
+    let cf = twill_conformance::proxy::corpus::parse_case_file(label, text)?;
     for (i, fx) in cf.fixtures.iter().enumerate() {
         let prepared = fx
             .prepare(true)

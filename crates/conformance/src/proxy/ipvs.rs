@@ -20,12 +20,12 @@
 
 use std::net::IpAddr;
 
+use super::corpus::{Fixture, Flow, Outcome, Prepared, canonical_endpoint, parse_ip};
 use twill_model::Protocol;
-use twill_proxy::corpus::{Fixture, Flow, Outcome, Prepared, canonical_endpoint, parse_ip};
 
-use crate::config::{Config, LocalDetector};
-use crate::ipset::{Entry, SetName};
-use crate::plan::{Kind, Plan, plan};
+use twill_proxy_core::{Config, LocalDetector};
+use twill_proxy_ipvs::ipset::{Entry, SetName};
+use twill_proxy_ipvs::plan::{Kind, Plan, plan};
 
 /// How one flow went.
 #[derive(Debug, Clone, PartialEq, Eq)]

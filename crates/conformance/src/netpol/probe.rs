@@ -40,7 +40,7 @@ pub fn spawn_listener(
 ) -> Result<std::thread::JoinHandle<()>, String> {
     let (tx, rx) = std::sync::mpsc::channel::<Result<(), String>>();
     let handle = std::thread::spawn(move || {
-        if let Err(e) = crate::netns::enter(&netns) {
+        if let Err(e) = super::netns::enter(&netns) {
             let _ = tx.send(Err(e));
             return;
         }

@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 
 use super::sandbox::Exec;
 use super::{Runner, Sandbox};
-use crate::spec::{SUPPORTED_VERSIONS, parse_version};
+use twill_cni::spec::{SUPPORTED_VERSIONS, parse_version};
 
 /// One plugin execution: what was run, with what, and what it printed.
 #[derive(Debug, Clone)]

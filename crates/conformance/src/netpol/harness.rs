@@ -32,10 +32,10 @@ use twill_model::{ObjectKey, Protocol};
 use twill_netfilter::{Family, iptables_restore, run_with_input};
 use twill_netpol::{DenyAction, RenderOptions};
 
-use crate::apply::{ApplyError, sync_node};
-use crate::corpus::{Connection, Target, World};
-use crate::netns::{Netns, NetnsError, enter};
-use crate::probe::{probe, spawn_listener};
+use super::corpus::{Connection, Target, World};
+use super::netns::{Netns, NetnsError, enter};
+use super::probe::{probe, spawn_listener};
+use twill_netpol_agent::apply::{ApplyError, sync_node};
 
 const EXT_IP: Ipv4Addr = Ipv4Addr::new(100, 127, 255, 254);
 const SVC_CHAIN: &str = "TWILL-NPH-SVC";
@@ -211,11 +211,11 @@ impl Harness {
         plan: &ProbePlan,
         opts: HarnessOptions,
     ) -> Result<Self, HarnessError> {
-        crate::netns::sweep_stale();
-        let ul = crate::netns::create("ul")?;
+        super::netns::sweep_stale();
+        let ul = super::netns::create("ul")?;
         ul.ip(&["link", "add", "br0", "type", "bridge"])?;
         ul.ip(&["link", "set", "br0", "up"])?;
-        let ext = crate::netns::create("ext")?;
+        let ext = super::netns::create("ext")?;
         let stop = Arc::new(AtomicBool::new(false));
         let mut h = Harness {
             opts,
@@ -284,7 +284,7 @@ impl Harness {
                         .find(|a| !pod_ips.contains(a))
                         .unwrap_or(Ipv4Addr::from(base + 1))
                 });
-            let ns = crate::netns::create(&format!("n{i}"))?;
+            let ns = super::netns::create(&format!("n{i}"))?;
             let node = NodeNs {
                 ns,
                 ip,
@@ -458,7 +458,7 @@ impl Harness {
             let node = self.nodes.get(&pod.node).ok_or_else(|| {
                 HarnessError::Setup(format!("pod {} is on unknown node {}", pod.key, pod.node))
             })?;
-            let ns = crate::netns::create("p")?;
+            let ns = super::netns::create("p")?;
             self.veths += 1;
             let host = format!("vp{}", self.veths);
             node.ns.ip(&[
@@ -569,7 +569,7 @@ impl Harness {
     /// Probe every connection with a real client; `None` where the kernel run does not
     /// apply (self-probes, SCTP without kernel support, IPv6).
     pub fn probe_all(&self, world: &World, conns: &[Connection]) -> Vec<Option<bool>> {
-        let sctp = crate::probe::sctp_supported();
+        let sctp = super::probe::sctp_supported();
         let jobs: Vec<Option<ProbeJob>> = conns
             .iter()
             .map(|c| {

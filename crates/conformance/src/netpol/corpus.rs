@@ -9,7 +9,7 @@ use serde_json::Value;
 use twill_model::{Labels, ObjectKey, Protocol};
 use twill_netpol::{Cluster, NamedPort, NodeInfo, Peer, PolicyPod};
 
-use crate::source::policy_from_json;
+use twill_netpol_agent::source::policy_from_json;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -6,7 +6,7 @@ use serde_json::Value;
 
 /// Whole-string regex match; an invalid pattern never matches.
 pub fn re_full_match(pattern: &str, s: &str) -> bool {
-    regex_automata::meta::Regex::new(&format!("^(?:{pattern})$")).is_ok_and(|re| re.is_match(s))
+    regex_lite::Regex::new(&format!("^(?:{pattern})$")).is_ok_and(|re| re.is_match(s))
 }
 
 /// A string expectation: `re:...`, `*`, or literal.

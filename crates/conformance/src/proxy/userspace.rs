@@ -1,6 +1,6 @@
 //! The shared proxy corpus's packet flows through the userspace mode, in real kernels.
 //!
-//! The topology is `twill_proxy::lab`'s (client, node, one namespace per endpoint, sink);
+//! The topology is `twill_conformance::proxy::flows`'s (client, node, one namespace per endpoint, sink);
 //! the node runs a [`Proxier`] instead of the iptables rules. Judging differs from the
 //! iptables mode in one way that is the nature of a userspace proxy: the backend always
 //! sees a node address as the source (the proxy opens the backend connection), so an
@@ -19,14 +19,14 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use super::corpus::{Fixture, Flow, Outcome, Prepared, parse_ip};
+use super::flows::{self as lab, Ns, Seen, Sender, send_flow, serve};
 use twill_model::IpFamily;
-use twill_proxy::corpus::{Fixture, Flow, Outcome, Prepared, parse_ip};
-use twill_proxy::lab::{self, Ns, Seen, Sender, send_flow, serve};
 use twill_proxy_core::LocalDetector;
 use twill_proxy_core::ProxyModel;
 
-use crate::plan::Config;
-use crate::proxier::{Options, Proxier};
+use twill_proxy_userspace::Config;
+use twill_proxy_userspace::proxier::{Options, Proxier};
 
 /// How one flow went.
 #[derive(Debug, Clone, PartialEq, Eq)]

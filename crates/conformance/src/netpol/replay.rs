@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use twill_model::Protocol;
 
-use crate::corpus::{
+use super::corpus::{
     Connection, CorpusFile, Probe, Scenario, World, expand_probes, file_label, verdict_word,
 };
-use crate::harness::{Harness, HarnessError, HarnessOptions, ProbePlan};
+use super::harness::{Harness, HarnessError, HarnessOptions, ProbePlan};
 
 /// When policies reach the nodes relative to the pods' network setup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,8 +10,8 @@ use serde_json::Value;
 use twill_manifest::Decoded;
 use twill_model::{ClusterState, Object, Pod};
 
-use crate::config::{Config, parse_zone};
-use crate::resolvconf::{KubeletDns, PodResolvConf, pod_resolv_conf};
+use twill_dns::resolvconf::{KubeletDns, PodResolvConf, pod_resolv_conf};
+use twill_dns::{Config, parse_zone};
 
 /// A record in the corpus's presentation form.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,7 +109,9 @@ pub fn parse_query_file(v: &Value) -> Result<QueryFile, String> {
     let mut config =
         Config::new(s(c, "zone").ok_or("config.zone: missing")?).map_err(|e| e.to_string())?;
     if let Some(p) = s(c, "pods") {
-        config.pods = p.parse().map_err(|e: crate::ConfigError| e.to_string())?;
+        config.pods = p
+            .parse()
+            .map_err(|e: twill_dns::ConfigError| e.to_string())?;
     }
     if let Some(t) = c.get("ttl").and_then(Value::as_u64) {
         config.ttl = t as u32;

@@ -11,14 +11,16 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use ipnet::{Ipv4Net, Ipv6Net};
 use serde_json::{Map, Value, json};
 
-use crate::alloc::plan_allocation;
-use crate::backend::{LeaseEvent, NodeSpec, OwnLease, PeerTable, UnderlayRoute, plan_backend};
-use crate::config::{NetworkConfig, RawConfig};
-use crate::lease::{DEFAULT_PREFIX, LEASE_TTL_SECS, Lease, LeaseAttrs, Mac, SubnetKey};
-use crate::masq::{MasqOptions, render_masquerade};
-use crate::renewal::plan_renewal;
-use crate::state::{KernelState, LinkSpec};
-use crate::subnet_env::{
+use twill_overlay::alloc::plan_allocation;
+use twill_overlay::backend::{
+    LeaseEvent, NodeSpec, OwnLease, PeerTable, UnderlayRoute, plan_backend,
+};
+use twill_overlay::config::{NetworkConfig, RawConfig};
+use twill_overlay::lease::{DEFAULT_PREFIX, LEASE_TTL_SECS, Lease, LeaseAttrs, Mac, SubnetKey};
+use twill_overlay::masq::{MasqOptions, render_masquerade};
+use twill_overlay::renewal::plan_renewal;
+use twill_overlay::state::{KernelState, LinkSpec};
+use twill_overlay::subnet_env::{
     SUBNET_ENV_MODE, SUBNET_ENV_PATH, SubnetEnv, previous_subnet, render_subnet_env,
 };
 
@@ -442,7 +444,7 @@ fn state_json(state: &KernelState) -> Map<String, Value> {
 /// namespace and compare the kernel with `expected`).
 pub fn backend_case_plan(
     case: &Value,
-) -> Result<(NetworkConfig, NodeSpec, crate::BackendPlan), String> {
+) -> Result<(NetworkConfig, NodeSpec, twill_overlay::BackendPlan), String> {
     let c = config_of(case)?;
     let node = node_of(case)?;
     let own_lease = lease_of(case.get("ownLease").ok_or("missing ownLease")?)?;

@@ -13,10 +13,10 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde_json::Value;
 
-use crate::iptables::{Ruleset, parse_ip};
-use crate::route::{Interface, Route, RoutingState};
-use crate::walk::{Branch, Fate, Probe, sockaddr, trace};
-use crate::{Error, Snapshot};
+use twill_trace::iptables::{Ruleset, parse_ip};
+use twill_trace::route::{Interface, Route, RoutingState};
+use twill_trace::walk::{Branch, Fate, Probe, sockaddr, trace};
+use twill_trace::{Error, Snapshot};
 
 /// (table, chain, rule text, the KUBE chain it needs), in the order they end up.
 const KUBE_JUMPS: &[(&str, &str, &str, &str)] = &[
@@ -105,7 +105,7 @@ pub fn add_kube_proxy_jumps(rs: &mut Ruleset) -> Result<(), Error> {
             continue;
         }
         let already = rs.chain(table, chain).is_some_and(|c| {
-            c.rules.iter().any(|r| matches!(&r.target, crate::iptables::Target::Jump { chain, .. } if chain == needs))
+            c.rules.iter().any(|r| matches!(&r.target, twill_trace::iptables::Target::Jump { chain, .. } if chain == needs))
         });
         if already {
             continue;

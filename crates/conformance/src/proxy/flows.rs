@@ -33,7 +33,7 @@ use std::time::Duration;
 use twill_model::IpFamily;
 use twill_proxy_iptables::base_chain_jumps;
 
-use crate::corpus::{Fixture, Flow, Outcome, canonical_endpoint, check_nft_listing, parse_ip};
+use super::corpus::{Fixture, Flow, Outcome, canonical_endpoint, check_nft_listing, parse_ip};
 
 /// Which proxy mode programs the node namespace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -651,7 +651,7 @@ pub fn send_flow(source: IpAddr, dest: SocketAddr, tcp: bool) -> Seen {
     let text = String::from_utf8_lossy(&buf);
     let (identity, peer) = text.trim().split_once('|').unwrap_or((text.trim(), ""));
     Seen::Answer {
-        identity: crate::corpus::canonical_endpoint(identity)
+        identity: super::corpus::canonical_endpoint(identity)
             .unwrap_or_else(|| identity.to_string()),
         peer: peer.to_string(),
     }
@@ -737,7 +737,7 @@ pub fn run_fixture_mode(fx: &Fixture, mode: Mode) -> ModeRun {
 /// the fixture's `nftables` lines.
 fn program_node(
     topo: &Topology,
-    prepared: &crate::corpus::Prepared,
+    prepared: &super::corpus::Prepared,
     fx: &Fixture,
     mode: Mode,
 ) -> Result<Option<Vec<String>>, String> {
