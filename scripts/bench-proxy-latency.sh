@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Time from a manifest write to the rule in the kernel (issue 18): `twill proxy -f FILE`
-# with N ClusterIP Services × 10 endpoints (crates/proxy/benches/gen-services.py),
+# with N ClusterIP Services × 10 endpoints (scripts/gen-services.py),
 # iptables mode on the legacy backend, default sync periods (min 1 s, resync 1 h), in a
 # network namespace of its own. Each round moves one endpoint of one Service (the file
 # replaced by rename, as an editor or a controller writes it) and reads the daemon's
@@ -39,7 +39,7 @@ npl() {
 }
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
-python3 crates/proxy/benches/gen-services.py "$N" > "$WORK/base.yaml"
+python3 scripts/gen-services.py "$N" > "$WORK/base.yaml"
 echo "| binary | services | floor: 1-chain restore (median) | write → rule in kernel: median | min | max |"
 echo "|---|---|---|---|---|---|"
 for TWILL in "${BINS[@]}"; do

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Memory of the `twill proxy` daemon (issue 6): N ClusterIP Services × 10 endpoints
-# from one manifest file (crates/proxy/benches/gen-services.py), iptables mode on the
+# from one manifest file (scripts/gen-services.py), iptables mode on the
 # legacy backend, in a network namespace of its own. Prints, once the first (full)
 # sync is done and the heap trimmed: VmRSS split into anonymous memory and mapped
 # binary pages, and the peak (VmHWM, reached while loading and syncing).
@@ -30,7 +30,7 @@ kb() { awk -v k="$1:" '$1 == k { print $2 }' "/proc/$PID/status"; }
 echo "| services | VmRSS | anonymous | binary pages | peak (VmHWM) | first sync |"
 echo "|---|---|---|---|---|---|"
 for n in "${SIZES[@]}"; do
-  python3 crates/proxy/benches/gen-services.py "$n" > "$WORK/svc.yaml"
+  python3 scripts/gen-services.py "$n" > "$WORK/svc.yaml"
   ip netns add "$NS"
   ip -n "$NS" link set lo up
   start=$(date +%s%N)

@@ -14,13 +14,19 @@
 //!
 //! Base-chain jumps (`PREROUTING` → `KUBE-SERVICES`, ...) are not part of the restore
 //! text; [`base_chain_jumps`] lists them for the applier.
+//!
+//! Everything above is pure. [`proxier`] is the mode's applier: one
+//! `iptables-restore --noflush` per sync through `twill-netfilter`, partial when only
+//! some services changed, full periodically and after failures.
 
 mod config;
+pub mod proxier;
 mod render;
 pub mod restore;
 pub mod trace;
 
 pub use config::{Config, DetectorArgs, LocalDetector};
+pub use proxier::{Backend, Kernel, Proxier, SyncError, SyncReport, Variant};
 pub use render::{
     BaseJump, LARGE_CLUSTER_ENDPOINTS_THRESHOLD, Rendered, ServiceChains, SyncMode,
     base_chain_jumps, large_cluster_mode, render,

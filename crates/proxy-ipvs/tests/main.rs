@@ -1,20 +1,7 @@
 //! The shared proxy corpus at plan level, and the kernel check on this machine.
 
-use twill_conformance::proxy::corpus::{CaseFile, Fixture};
+use twill_conformance::proxy::corpus::shared_fixtures as fixtures;
 use twill_conformance::proxy::ipvs::{FlowOutcome, run_fixture_plan};
-use twill_testkit::testdata::json_cases;
-
-fn fixtures() -> Vec<(String, Fixture)> {
-    let mut out = Vec::new();
-    for (path, v) in json_cases("proxy") {
-        let case: CaseFile =
-            serde_json::from_value(v).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        for fx in case.fixtures {
-            out.push((path.display().to_string(), fx));
-        }
-    }
-    out
-}
 
 #[test]
 fn shared_corpus_flows_are_routed_by_the_ipvs_plan() {

@@ -29,10 +29,12 @@
 //! Upstream's nftables mode has no localhost NodePorts (`localhostNodePorts` is an
 //! iptables/IPv4 feature): `nodeport-ips` never holds a loopback address.
 //!
-//! Pure: no I/O, no clock.
+//! Everything above is pure: no I/O, no clock. [`proxier`] is the mode's applier, one
+//! `nft -f -` transaction per sync (incremental when it can be).
 
 mod config;
 mod names;
+pub mod proxier;
 mod render;
 mod script;
 
@@ -40,6 +42,7 @@ pub use config::{Config, DetectorMatch, LocalDetector, node_port_ips};
 pub use names::{
     endpoint_chain_base, hash_and_truncate, is_affinity_set, is_service_chain, service_chain_base,
 };
+pub use proxier::{NftKernel, NftProxier};
 pub use render::{Desired, Element, ServiceObjects, render, render_changed};
 pub use script::{Existing, TABLE, diff_script, full_script, parse_existing};
 

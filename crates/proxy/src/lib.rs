@@ -1,15 +1,13 @@
-//! The iptables-mode service proxy's I/O side.
+//! What every proxy mode's applier shares.
 //!
-//! - [`proxier`]: one `iptables-restore --noflush` per sync, partial when only some
-//!   services changed, full periodically and after failures.
-//! - [`metrics`]: kube-proxy's metric names (served by the agent runtime's one HTTP
-//!   server, `twill_agent::http`, with `/healthz` and the health-check node ports).
-//! - [`nft_proxier`]: the nftables mode's applier, one `nft -f -` transaction per sync
-//!   (incremental when it can be).
+//! - [`metrics`]: kube-proxy's metric names, one set per proxier (served by the agent
+//!   runtime's one HTTP server, `twill_agent::http`), and [`metrics::node_model`], the
+//!   model build that counts skipped services.
+//! - [`conntrack`]: deleting stale UDP conntrack entries after an endpoint goes away
+//!   (netlink, no `conntrack` binary needed).
+//!
+//! The appliers themselves live with their modes: `twill_proxy_iptables::proxier`,
+//! `twill_proxy_nftables::proxier`, `twill_proxy_ipvs` and `twill_proxy_userspace`.
 
 pub mod conntrack;
 pub mod metrics;
-pub mod nft_proxier;
-pub mod proxier;
-
-pub use proxier::{Backend, Kernel, Proxier, SyncError, SyncReport, Variant};

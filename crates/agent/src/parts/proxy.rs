@@ -1,5 +1,5 @@
 //! The service proxy part (kube-proxy's job) in every mode: the proxier of the chosen
-//! mode behind [`ModeProxier`], built at the first sync (its defaults come from this
+//! mode as a [`ModeProxier`] (a closed enum), built at the first sync (its defaults come from this
 //! node's Node object), its metrics in the agent's registry, and the health-check node
 //! ports of `externalTrafficPolicy: Local` services published in the status.
 
@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use twill_model::{ClusterState, IpFamily};
 use twill_proxy::metrics::Metrics;
+use twill_proxy_core::{Config, LocalDetector};
 use twill_proxy_core::{FeatureGates, ModelConfig, ProxyModel};
-use twill_proxy_iptables::{Config, LocalDetector};
 
 use super::{PartError, SyncContext};
 use crate::status::{ServiceHealth, Status};
@@ -133,7 +133,7 @@ impl ProxySettings {
     }
 
     /// Build the proxier of the mode (sysctls set as kube-proxy sets them).
-    pub fn build(&self, state: &ClusterState) -> Result<Box<dyn ModeProxier>, PartError> {
+    pub fn build(&self, state: &ClusterState) -> Result<ModeProxier, PartError> {
         self.check_runnable()?;
         let mut node_ips = self.node_ips.clone();
         if node_ips.is_empty()
@@ -144,88 +144,97 @@ impl ProxySettings {
         let cfg = self.renderer_config(&node_ips)?;
         let mc = self.model_config(state);
         if self.mode == Mode::Userspace {
-            return Ok(Box::new(UserspaceMode::new(mc, cfg.clone())));
+            return Ok(ModeProxier::Userspace(UserspaceMode::new(mc, cfg)));
         }
-        for note in twill_proxy::proxier::apply_sysctls(&cfg) {
+        for note in twill_proxy_iptables::proxier::apply_sysctls(&cfg) {
             tracing::info!("{note}");
         }
         Ok(match self.mode {
             Mode::Nftables => {
                 let mut ncfg = cfg.clone();
-                ncfg.local_addresses = twill_proxy::nft_proxier::local_addresses(self.family);
-                Box::new(twill_proxy::nft_proxier::NftProxier::new(
+                ncfg.local_addresses = twill_proxy_nftables::proxier::local_addresses(self.family);
+                ModeProxier::Nftables(twill_proxy_nftables::NftProxier::new(
                     mc,
                     ncfg,
                     self.sync_period,
-                    twill_proxy::nft_proxier::NftKernel,
+                    twill_proxy_nftables::NftKernel,
                 ))
             }
-            _ => Box::new(twill_proxy::Proxier::new(
+            _ => ModeProxier::Iptables(twill_proxy_iptables::Proxier::new(
                 mc,
                 cfg,
                 self.sync_period,
-                twill_proxy::Kernel::new(match self.iptables_backend {
-                    Backend::System => twill_proxy::Variant::System,
-                    Backend::Legacy => twill_proxy::Variant::Legacy,
-                    Backend::Nft => twill_proxy::Variant::Nft,
+                twill_proxy_iptables::Kernel::new(match self.iptables_backend {
+                    Backend::System => twill_proxy_iptables::Variant::System,
+                    Backend::Legacy => twill_proxy_iptables::Variant::Legacy,
+                    Backend::Nft => twill_proxy_iptables::Variant::Nft,
                 }),
             )),
         })
     }
 }
 
-/// What the runtime needs from a mode's proxier.
-pub trait ModeProxier: Send {
+/// The proxier of the chosen mode: a closed set, one variant per mode that applies
+/// (ipvs stops at [`ProxySettings::build`] with what the kernel lacks).
+pub enum ModeProxier {
+    Iptables(twill_proxy_iptables::Proxier<twill_proxy_iptables::Kernel>),
+    Nftables(twill_proxy_nftables::NftProxier<twill_proxy_nftables::NftKernel>),
+    Userspace(UserspaceMode),
+}
+
+impl ModeProxier {
     /// Who the proxier models the cluster for.
-    fn model_config(&self) -> &ModelConfig;
+    pub fn model_config(&self) -> &ModelConfig {
+        match self {
+            ModeProxier::Iptables(p) => &p.model_config,
+            ModeProxier::Nftables(p) => p.model_config(),
+            ModeProxier::Userspace(p) => &p.mc,
+        }
+    }
+
     /// Sync a model built with [`Self::model_config`]; `true` when something was
     /// written. The same `Arc` again only writes when a full sync is due.
-    fn sync_model(&mut self, model: Arc<ProxyModel>, now: Instant) -> Result<bool, String>;
-    fn metrics(&self) -> &Metrics;
-    fn synced_model(&self) -> Option<&ProxyModel>;
-}
-
-impl ModeProxier for twill_proxy::Proxier<twill_proxy::Kernel> {
-    fn model_config(&self) -> &ModelConfig {
-        &self.model_config
-    }
-    fn sync_model(&mut self, model: Arc<ProxyModel>, now: Instant) -> Result<bool, String> {
-        let r = twill_proxy::Proxier::sync_model(self, model, now).map_err(|e| e.to_string())?;
-        if let Some(r) = &r {
-            tracing::debug!(?r, "iptables sync");
+    pub fn sync_model(&mut self, model: Arc<ProxyModel>, now: Instant) -> Result<bool, String> {
+        match self {
+            ModeProxier::Iptables(p) => {
+                let r = p.sync_model(model, now).map_err(|e| e.to_string())?;
+                if let Some(r) = &r {
+                    tracing::debug!(?r, "iptables sync");
+                }
+                Ok(r.is_some())
+            }
+            ModeProxier::Nftables(p) => {
+                let r = p.sync_model(model, now).map_err(|e| e.to_string())?;
+                if let Some(r) = &r {
+                    tracing::debug!(?r, "nftables sync");
+                }
+                Ok(r.is_some())
+            }
+            ModeProxier::Userspace(p) => p.sync_model(model),
         }
-        Ok(r.is_some())
     }
-    fn metrics(&self) -> &Metrics {
-        &self.metrics
-    }
-    fn synced_model(&self) -> Option<&ProxyModel> {
-        twill_proxy::Proxier::synced_model(self)
-    }
-}
 
-impl ModeProxier for twill_proxy::nft_proxier::NftProxier<twill_proxy::nft_proxier::NftKernel> {
-    fn model_config(&self) -> &ModelConfig {
-        twill_proxy::nft_proxier::NftProxier::model_config(self)
-    }
-    fn sync_model(&mut self, model: Arc<ProxyModel>, now: Instant) -> Result<bool, String> {
-        let r = twill_proxy::nft_proxier::NftProxier::sync_model(self, model, now)
-            .map_err(|e| e.to_string())?;
-        if let Some(r) = &r {
-            tracing::debug!(?r, "nftables sync");
+    pub fn metrics(&self) -> &Metrics {
+        match self {
+            ModeProxier::Iptables(p) => &p.metrics,
+            ModeProxier::Nftables(p) => &p.metrics,
+            ModeProxier::Userspace(p) => &p.metrics,
         }
-        Ok(r.is_some())
     }
-    fn metrics(&self) -> &Metrics {
-        &self.metrics
-    }
-    fn synced_model(&self) -> Option<&ProxyModel> {
-        twill_proxy::nft_proxier::NftProxier::synced_model(self)
+
+    /// The model of the last successful sync.
+    pub fn synced_model(&self) -> Option<&ProxyModel> {
+        match self {
+            ModeProxier::Iptables(p) => p.synced_model(),
+            ModeProxier::Nftables(p) => p.synced_model(),
+            ModeProxier::Userspace(p) => p.model.as_deref(),
+        }
     }
 }
 
-/// The userspace proxier behind the same trait: it syncs models, not states.
-struct UserspaceMode {
+/// The userspace proxier with what the other modes keep themselves: the model
+/// config, metrics and the last synced model (it syncs models, not states).
+pub struct UserspaceMode {
     mc: ModelConfig,
     proxier: twill_proxy_userspace::Proxier,
     metrics: Metrics,
@@ -244,13 +253,8 @@ impl UserspaceMode {
             model: None,
         }
     }
-}
 
-impl ModeProxier for UserspaceMode {
-    fn model_config(&self) -> &ModelConfig {
-        &self.mc
-    }
-    fn sync_model(&mut self, model: Arc<ProxyModel>, _now: Instant) -> Result<bool, String> {
+    fn sync_model(&mut self, model: Arc<ProxyModel>) -> Result<bool, String> {
         if self.model.as_ref() == Some(&model) {
             return Ok(false);
         }
@@ -263,18 +267,12 @@ impl ModeProxier for UserspaceMode {
         self.model = Some(model);
         Ok(true)
     }
-    fn metrics(&self) -> &Metrics {
-        &self.metrics
-    }
-    fn synced_model(&self) -> Option<&ProxyModel> {
-        self.model.as_deref()
-    }
 }
 
 /// The part: settings until the first sync, then the proxier.
 pub struct ProxyPart {
     settings: ProxySettings,
-    proxier: Option<Box<dyn ModeProxier>>,
+    proxier: Option<ModeProxier>,
     /// The model of the state generation it was built from: an unchanged state costs
     /// no rebuild on periodic resyncs.
     model: Option<(u64, Arc<ProxyModel>)>,
@@ -293,8 +291,8 @@ impl ProxyPart {
         &self.settings
     }
 
-    pub fn proxier(&self) -> Option<&dyn ModeProxier> {
-        self.proxier.as_deref()
+    pub fn proxier(&self) -> Option<&ModeProxier> {
+        self.proxier.as_ref()
     }
 
     pub(crate) fn sync(&mut self, ctx: &SyncContext, status: &Status) -> Result<bool, PartError> {

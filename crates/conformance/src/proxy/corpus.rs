@@ -432,3 +432,34 @@ pub fn check_flow_traced(flow: &Flow, tracer: &Tracer) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// Every fixture of the shared proxy corpus (`$TWILL_SHARED_DIR/testdata/proxy`), with
+/// the file it came from. Panics on a case file that does not parse: the corpus is
+/// the tests' input, and a test that skipped it would pass on nothing.
+pub fn shared_fixtures() -> Vec<(String, Fixture)> {
+    let mut out = Vec::new();
+    for (path, v) in twill_testkit::testdata::json_cases("proxy") {
+        let case: CaseFile =
+            serde_json::from_value(v).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        for fx in case.fixtures {
+            out.push((path.display().to_string(), fx));
+        }
+    }
+    out
+}
+
+/// The fixture named `name` (or, failing an exact match, the first whose name contains
+/// it) in the corpus file whose path ends with `file_suffix`. Panics when there is none.
+pub fn shared_fixture(file_suffix: &str, name: &str) -> Fixture {
+    let in_file: Vec<Fixture> = shared_fixtures()
+        .into_iter()
+        .filter(|(f, _)| f.ends_with(file_suffix))
+        .map(|(_, fx)| fx)
+        .collect();
+    let exact = in_file.iter().position(|fx| fx.name == name);
+    let found = exact.or_else(|| in_file.iter().position(|fx| fx.name.contains(name)));
+    match found {
+        Some(i) => in_file.into_iter().nth(i).expect("index from position"),
+        None => panic!("no fixture {name:?} in {file_suffix}"),
+    }
+}

@@ -1,28 +1,11 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use twill_conformance::proxy::corpus::{CaseFile, Fixture};
+use twill_conformance::proxy::corpus::{CaseFile, Fixture, shared_fixture as fixture};
 use twill_testkit::testdata::json_cases;
 
 use super::*;
 use twill_conformance::proxy::userspace::config_of;
-
-fn fixture(file_suffix: &str, name_part: &str) -> Fixture {
-    for (path, v) in json_cases("proxy") {
-        if !path.display().to_string().ends_with(file_suffix) {
-            continue;
-        }
-        let case: CaseFile = serde_json::from_value(v).expect("case file");
-        if let Some(fx) = case
-            .fixtures
-            .into_iter()
-            .find(|f| f.name.contains(name_part))
-        {
-            return fx;
-        }
-    }
-    panic!("no fixture {name_part:?} in {file_suffix}");
-}
 
 fn planned(fx: &Fixture) -> (Config, Plan) {
     let p = fx.prepare(false).expect("prepare");

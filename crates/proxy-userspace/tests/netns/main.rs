@@ -4,26 +4,13 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
-use twill_conformance::proxy::corpus::{CaseFile, Fixture};
+use twill_conformance::proxy::corpus::{Fixture, shared_fixtures as fixtures};
 use twill_conformance::proxy::userspace::{FlowOutcome, config_of, run_fixture};
 use twill_proxy_userspace::{ListenerKey, Options, Proxier, Scope};
 use twill_testkit::netns::Netns;
-use twill_testkit::testdata::json_cases;
 
 fn ready(test: &str) -> bool {
     twill_testkit::require_root(test) && twill_testkit::require_tool(test, "iptables-restore")
-}
-
-fn fixtures() -> Vec<(String, Fixture)> {
-    let mut out = Vec::new();
-    for (path, v) in json_cases("proxy") {
-        let case: CaseFile =
-            serde_json::from_value(v).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        for fx in case.fixtures {
-            out.push((path.display().to_string(), fx));
-        }
-    }
-    out
 }
 
 #[test]

@@ -1,43 +1,24 @@
 //! Privileged tests: the proxy in network namespaces it creates (never the host's).
 
+#![allow(clippy::disallowed_methods)] // a test in namespaces: I/O and the clock are its job
+
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use twill_conformance::proxy::corpus::{self, CaseFile, Fixture};
+use twill_conformance::proxy::corpus::{
+    self, Fixture, shared_fixture as fixture, shared_fixtures as fixtures,
+};
 use twill_conformance::proxy::flows as lab;
 use twill_model::{ClusterState, Object};
 use twill_netfilter::Family;
-use twill_proxy::{Kernel, Proxier};
 use twill_proxy_core::{FeatureGates, ModelConfig};
 use twill_proxy_iptables::trace::Tracer;
-use twill_testkit::testdata::json_cases;
-
-mod nft;
+use twill_proxy_iptables::{Kernel, Proxier};
 
 fn ready(test: &str) -> bool {
     twill_testkit::require_root(test) && twill_testkit::require_tool(test, "iptables-restore")
-}
-
-fn fixtures() -> Vec<(String, Fixture)> {
-    let mut out = Vec::new();
-    for (path, v) in json_cases("proxy") {
-        let case: CaseFile =
-            serde_json::from_value(v).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        for fx in case.fixtures {
-            out.push((path.display().to_string(), fx));
-        }
-    }
-    out
-}
-
-fn fixture(file_suffix: &str, name: &str) -> Fixture {
-    fixtures()
-        .into_iter()
-        .find(|(f, fx)| f.ends_with(file_suffix) && fx.name == name)
-        .map(|(_, fx)| fx)
-        .unwrap_or_else(|| panic!("fixture {name} in {file_suffix}"))
 }
 
 #[test]

@@ -2,13 +2,13 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use crate::{BaseJump, Config, LocalDetector};
 use twill_model::{
     ClusterState, Endpoint, EndpointPort, EndpointSlice, IpFamily, Object, ObjectKey, Protocol,
     Service, ServicePort, ServiceType, TargetPort,
 };
 use twill_netfilter::Family;
 use twill_proxy_core::{FeatureGates, ModelConfig, StaleConntrack};
-use twill_proxy_iptables::{BaseJump, Config, LocalDetector};
 
 use super::{Backend, Proxier};
 
@@ -60,7 +60,7 @@ impl Backend for Fake {
     fn clear_conntrack(
         &mut self,
         stale: &[StaleConntrack],
-    ) -> Result<usize, crate::conntrack::ConntrackError> {
+    ) -> Result<usize, twill_proxy::conntrack::ConntrackError> {
         self.conntrack_cleared.extend(stale.iter().cloned());
         Ok(stale.len())
     }

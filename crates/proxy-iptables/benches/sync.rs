@@ -11,14 +11,16 @@
 //! opt-in with `TWILL_BENCH_NFT_10K=1`, its full restore takes minutes;
 //! `TWILL_BENCH_QUICK=1` leaves out the standalone full restore and the final full sync.)
 
+#![allow(clippy::disallowed_methods)] // a test in namespaces: I/O and the clock are its job
+
 use std::time::{Duration, Instant};
 
 use twill_conformance::proxy::flows as lab;
 use twill_model::{ClusterState, IpFamily, ObjectKey};
 use twill_netfilter::Family;
-use twill_proxy::{Backend, Kernel, Proxier, Variant};
 use twill_proxy_core::synthetic::{self, v4};
 use twill_proxy_core::{FeatureGates, ModelConfig, build_model};
+use twill_proxy_iptables::{Backend, Kernel, Proxier, Variant};
 use twill_proxy_iptables::{Config, LocalDetector, SyncMode, render};
 
 fn state(services: u32) -> ClusterState {

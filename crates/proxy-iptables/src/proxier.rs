@@ -15,22 +15,24 @@
 //! whose floor with `--noflush` is reading and rewriting the whole table (legacy) or
 //! its cache (nft), about 1.1 s for legacy at that size whatever the input.
 
+#![allow(clippy::disallowed_methods)] // the applier: I/O and the clock are its job
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::{
+    BaseJump, Config, Rendered, ServiceChains, SyncMode, base_chain_jumps, large_cluster_mode,
+    render,
+};
 use twill_model::{ClusterState, IpFamily};
 use twill_netfilter::Family;
 use twill_proxy_core::{
     ChangeTracker, ModelConfig, ProxyModel, ServicePortName, StaleConntrack, SyncChanges,
 };
-use twill_proxy_iptables::{
-    BaseJump, Config, Rendered, ServiceChains, SyncMode, base_chain_jumps, large_cluster_mode,
-    render,
-};
 
-use crate::metrics::Metrics;
+use twill_proxy::metrics::Metrics;
 
 pub const CANARY: &str = "KUBE-PROXY-CANARY";
 
@@ -66,7 +68,7 @@ pub trait Backend {
     fn clear_conntrack(
         &mut self,
         stale: &[StaleConntrack],
-    ) -> Result<usize, crate::conntrack::ConntrackError>;
+    ) -> Result<usize, twill_proxy::conntrack::ConntrackError>;
 }
 
 /// Which iptables binaries to run. `System` is whatever `iptables` points at (the
@@ -156,8 +158,8 @@ impl Backend for Kernel {
     fn clear_conntrack(
         &mut self,
         stale: &[StaleConntrack],
-    ) -> Result<usize, crate::conntrack::ConntrackError> {
-        crate::conntrack::clear_stale(stale)
+    ) -> Result<usize, twill_proxy::conntrack::ConntrackError> {
+        twill_proxy::conntrack::clear_stale(stale)
     }
     fn canary_present(&mut self, family: Family) -> bool {
         twill_netfilter::run_with_input(
@@ -275,7 +277,8 @@ impl<B: Backend> Proxier<B> {
         now: Instant,
     ) -> Result<Option<SyncReport>, SyncError> {
         let t = Instant::now();
-        let (model, skipped) = crate::metrics::node_model(state, &self.model_config, &self.metrics);
+        let (model, skipped) =
+            twill_proxy::metrics::node_model(state, &self.model_config, &self.metrics);
         let built = t.elapsed();
         Ok(self.sync_model(model, now)?.map(|mut r| {
             r.skipped_services = skipped;
@@ -286,7 +289,7 @@ impl<B: Backend> Proxier<B> {
     }
 
     /// [`Self::sync`] from a model already built for this node (with
-    /// `self.model_config` and [`crate::metrics::node_model`], which counts what it
+    /// `self.model_config` and [`twill_proxy::metrics::node_model`], which counts what it
     /// skipped). The same `Arc` again costs no diff: only a due full sync writes.
     pub fn sync_model(
         &mut self,

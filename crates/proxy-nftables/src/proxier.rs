@@ -11,17 +11,19 @@
 //! and a failure forces the next sync to be full. Only table `kube-proxy` of the
 //! proxier's family is ever touched.
 
+#![allow(clippy::disallowed_methods)] // the applier: I/O and the clock are its job
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use twill_model::{ClusterState, IpFamily};
-use twill_proxy_core::{ChangeTracker, ModelConfig, ProxyModel, StaleConntrack, SyncChanges};
-use twill_proxy_nftables::{
+use crate::{
     Config, Desired, Existing, TABLE, diff_script, full_script, parse_existing, render,
     render_changed,
 };
+use twill_model::{ClusterState, IpFamily};
+use twill_proxy_core::{ChangeTracker, ModelConfig, ProxyModel, StaleConntrack, SyncChanges};
 
-use crate::metrics::Metrics;
+use twill_proxy::metrics::Metrics;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -44,7 +46,7 @@ pub trait NftBackend {
     fn clear_conntrack(
         &mut self,
         stale: &[StaleConntrack],
-    ) -> Result<usize, crate::conntrack::ConntrackError>;
+    ) -> Result<usize, twill_proxy::conntrack::ConntrackError>;
 }
 
 /// The real kernel, in the calling thread's network namespace.
@@ -80,8 +82,8 @@ impl NftBackend for NftKernel {
     fn clear_conntrack(
         &mut self,
         stale: &[StaleConntrack],
-    ) -> Result<usize, crate::conntrack::ConntrackError> {
-        crate::conntrack::clear_stale(stale)
+    ) -> Result<usize, twill_proxy::conntrack::ConntrackError> {
+        twill_proxy::conntrack::clear_stale(stale)
     }
 }
 
@@ -199,7 +201,8 @@ impl<B: NftBackend> NftProxier<B> {
         now: Instant,
     ) -> Result<Option<NftSyncReport>, NftSyncError> {
         let t = Instant::now();
-        let (model, skipped) = crate::metrics::node_model(state, &self.model_config, &self.metrics);
+        let (model, skipped) =
+            twill_proxy::metrics::node_model(state, &self.model_config, &self.metrics);
         let built = t.elapsed();
         Ok(self.sync_model(model, now)?.map(|mut r| {
             r.skipped_services = skipped;
@@ -209,7 +212,7 @@ impl<B: NftBackend> NftProxier<B> {
     }
 
     /// [`Self::sync`] from a model already built for this node (with
-    /// `self.model_config` and [`crate::metrics::node_model`], which counts what it
+    /// `self.model_config` and [`twill_proxy::metrics::node_model`], which counts what it
     /// skipped). The same `Arc` again costs no diff: only a due full sync writes.
     pub fn sync_model(
         &mut self,

@@ -1,6 +1,8 @@
 //! nftables mode in namespaces this test creates: the applier's incremental and full
 //! syncs, and the shared corpus flows.
 
+#![allow(clippy::disallowed_methods)] // a test in namespaces: I/O and the clock are its job
+
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -9,12 +11,12 @@ use twill_model::{
     ClusterState, Endpoint, EndpointPort, EndpointSlice, IpFamily, Object, ObjectKey, Protocol,
     Service, ServicePort, ServiceType, SessionAffinity, TargetPort,
 };
-use twill_proxy::nft_proxier::{NftKernel, NftProxier};
 use twill_proxy_core::{FeatureGates, ModelConfig};
 use twill_proxy_nftables::{Config, LocalDetector};
+use twill_proxy_nftables::{NftKernel, NftProxier};
 use twill_testkit::netns::Netns;
 
-use super::fixtures;
+use twill_conformance::proxy::corpus::shared_fixtures as fixtures;
 
 fn ready(test: &str) -> bool {
     twill_testkit::require_root(test) && twill_testkit::require_tool(test, "nft")
