@@ -1,7 +1,8 @@
 //! The shared proxy corpus at plan level, and the kernel check on this machine.
 
+use twill_conformance::proxy::corpus::FlowOutcome;
 use twill_conformance::proxy::corpus::shared_fixtures as fixtures;
-use twill_conformance::proxy::ipvs::{FlowOutcome, run_fixture_plan};
+use twill_conformance::proxy::ipvs::run_fixture_plan;
 
 #[test]
 fn shared_corpus_flows_are_routed_by_the_ipvs_plan() {
@@ -13,9 +14,9 @@ fn shared_corpus_flows_are_routed_by_the_ipvs_plan() {
         assert!(r.kernel_skipped.is_some());
         for (flow, o) in fx.flows.iter().zip(r.flows) {
             match o {
-                FlowOutcome::Pass => pass += 1,
-                FlowOutcome::Skip(_) => skip += 1,
-                FlowOutcome::Fail(e) => {
+                FlowOutcome::Passed => pass += 1,
+                FlowOutcome::Skipped(_) => skip += 1,
+                FlowOutcome::Failed(e) => {
                     failures.push(format!("{file} [{}] {:?}: {e}", fx.name, flow.name))
                 }
             }

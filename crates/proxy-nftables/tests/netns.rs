@@ -6,7 +6,8 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use twill_conformance::proxy::flows::{self as lab, FlowOutcome, Mode};
+use twill_conformance::proxy::corpus::FlowOutcome;
+use twill_conformance::proxy::flows::{self as lab, Mode};
 use twill_model::{
     ClusterState, Endpoint, EndpointPort, EndpointSlice, IpFamily, Object, ObjectKey, Protocol,
     Service, ServicePort, ServiceType, SessionAffinity, TargetPort,

@@ -463,3 +463,12 @@ pub fn shared_fixture(file_suffix: &str, name: &str) -> Fixture {
         None => panic!("no fixture {name:?} in {file_suffix}"),
     }
 }
+
+/// What became of one flow, in any mode's runner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FlowOutcome {
+    Passed,
+    Failed(String),
+    /// The mode lacks what the flow needs (counted neither passed nor failed).
+    Skipped(String),
+}

@@ -33,22 +33,15 @@ use std::time::Duration;
 use twill_model::IpFamily;
 use twill_proxy_iptables::base_chain_jumps;
 
-use super::corpus::{Fixture, Flow, Outcome, canonical_endpoint, check_nft_listing, parse_ip};
+use super::corpus::{
+    Fixture, Flow, FlowOutcome, Outcome, canonical_endpoint, check_nft_listing, parse_ip,
+};
 
 /// Which proxy mode programs the node namespace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     Iptables,
     Nftables,
-}
-
-/// What became of one flow.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FlowOutcome {
-    Passed,
-    Failed(String),
-    /// The mode lacks what the flow needs (counted neither passed nor failed).
-    Skipped(String),
 }
 
 /// One fixture run in one mode.

@@ -20,20 +20,12 @@
 
 use std::net::IpAddr;
 
-use super::corpus::{Fixture, Flow, Outcome, Prepared, canonical_endpoint, parse_ip};
+use super::corpus::{Fixture, Flow, FlowOutcome, Outcome, Prepared, canonical_endpoint, parse_ip};
 use twill_model::Protocol;
 
 use twill_proxy_core::{Config, LocalDetector};
 use twill_proxy_ipvs::ipset::{Entry, SetName};
 use twill_proxy_ipvs::plan::{Kind, Plan, plan};
-
-/// How one flow went.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FlowOutcome {
-    Pass,
-    Fail(String),
-    Skip(String),
-}
 
 /// The plan-level result of one fixture.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,7 +55,7 @@ pub fn run_fixture_plan(fx: &Fixture, kernel: Result<(), String>) -> FixtureRepo
                 flows: fx
                     .flows
                     .iter()
-                    .map(|_| FlowOutcome::Fail(format!("fixture: {e}")))
+                    .map(|_| FlowOutcome::Failed(format!("fixture: {e}")))
                     .collect(),
                 kernel_skipped,
             };
@@ -76,9 +68,9 @@ pub fn run_fixture_plan(fx: &Fixture, kernel: Result<(), String>) -> FixtureRepo
             .flows
             .iter()
             .map(|f| match check_flow(f, &prepared, &cfg, &p) {
-                Ok(None) => FlowOutcome::Pass,
-                Ok(Some(skip)) => FlowOutcome::Skip(skip),
-                Err(e) => FlowOutcome::Fail(e),
+                Ok(None) => FlowOutcome::Passed,
+                Ok(Some(skip)) => FlowOutcome::Skipped(skip),
+                Err(e) => FlowOutcome::Failed(e),
             })
             .collect(),
         kernel_skipped,

@@ -7,7 +7,7 @@
 //! answer passes when it comes from an allowed endpoint and names a node address as its
 //! peer, whatever the flow's `masq` says.
 //!
-//! Skipped flows, with the reason in [`FlowOutcome::Skip`]:
+//! Skipped flows, with the reason in [`FlowOutcome::Skipped`]:
 //! - SCTP: the userspace mode proxies TCP and UDP only.
 //! - externalTrafficPolicy Local, traffic to a node port / external IP / LB IP from
 //!   outside the cluster, where the expected endpoints are the local ones (or DROP
@@ -19,7 +19,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::corpus::{Fixture, Flow, Outcome, Prepared, parse_ip};
+use super::corpus::{Fixture, Flow, FlowOutcome, Outcome, Prepared, parse_ip};
 use super::flows::{self as lab, Ns, Seen, Sender, send_flow, serve};
 use twill_model::IpFamily;
 use twill_proxy_core::LocalDetector;
@@ -27,15 +27,6 @@ use twill_proxy_core::ProxyModel;
 
 use twill_proxy_userspace::Config;
 use twill_proxy_userspace::proxier::{Options, Proxier};
-
-/// How one flow went.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FlowOutcome {
-    Pass,
-    Fail(String),
-    /// Not applicable to the userspace mode; the reason says why.
-    Skip(String),
-}
 
 /// The userspace settings of a prepared fixture.
 pub fn config_of(p: &Prepared) -> Config {
@@ -89,7 +80,7 @@ pub fn run_fixture(fx: &Fixture) -> Vec<FlowOutcome> {
         Err(e) => fx
             .flows
             .iter()
-            .map(|_| FlowOutcome::Fail(format!("topology: {e}")))
+            .map(|_| FlowOutcome::Failed(format!("topology: {e}")))
             .collect(),
     }
 }
@@ -211,11 +202,11 @@ fn run_inner(fx: &Fixture) -> Result<Vec<FlowOutcome>, String> {
             handles
                 .into_iter()
                 .map(|h| match h {
-                    Err(why) => FlowOutcome::Skip(why),
+                    Err(why) => FlowOutcome::Skipped(why),
                     Ok(h) => match h.join() {
-                        Ok(Ok(Ok(()))) => FlowOutcome::Pass,
-                        Ok(Ok(Err(e))) | Ok(Err(e)) => FlowOutcome::Fail(e),
-                        Err(_) => FlowOutcome::Fail("flow thread panicked".into()),
+                        Ok(Ok(Ok(()))) => FlowOutcome::Passed,
+                        Ok(Ok(Err(e))) | Ok(Err(e)) => FlowOutcome::Failed(e),
+                        Err(_) => FlowOutcome::Failed("flow thread panicked".into()),
                     },
                 })
                 .collect(),
@@ -259,9 +250,9 @@ pub fn tally(outcomes: &[FlowOutcome]) -> (usize, usize, usize) {
     let mut t = (0, 0, 0);
     for o in outcomes {
         match o {
-            FlowOutcome::Pass => t.0 += 1,
-            FlowOutcome::Fail(_) => t.1 += 1,
-            FlowOutcome::Skip(_) => t.2 += 1,
+            FlowOutcome::Passed => t.0 += 1,
+            FlowOutcome::Failed(_) => t.1 += 1,
+            FlowOutcome::Skipped(_) => t.2 += 1,
         }
     }
     t

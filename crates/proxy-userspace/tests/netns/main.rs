@@ -4,8 +4,9 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
+use twill_conformance::proxy::corpus::FlowOutcome;
 use twill_conformance::proxy::corpus::{Fixture, shared_fixtures as fixtures};
-use twill_conformance::proxy::userspace::{FlowOutcome, config_of, run_fixture};
+use twill_conformance::proxy::userspace::{config_of, run_fixture};
 use twill_proxy_userspace::{ListenerKey, Options, Proxier, Scope};
 use twill_testkit::netns::Netns;
 
@@ -23,12 +24,12 @@ fn shared_corpus_flows_pass_through_the_userspace_proxy_in_real_kernels() {
     for (file, fx) in fixtures() {
         for (flow, o) in fx.flows.iter().zip(run_fixture(&fx)) {
             match o {
-                FlowOutcome::Pass => pass += 1,
-                FlowOutcome::Skip(why) => {
+                FlowOutcome::Passed => pass += 1,
+                FlowOutcome::Skipped(why) => {
                     skip += 1;
                     eprintln!("SKIP {file} [{}] {:?}: {why}", fx.name, flow.name);
                 }
-                FlowOutcome::Fail(e) => {
+                FlowOutcome::Failed(e) => {
                     fail += 1;
                     failures.push(format!("{file} [{}] {:?}: {e}", fx.name, flow.name));
                 }

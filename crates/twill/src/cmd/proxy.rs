@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 pub use twill_agent::parts::proxy::{Backend, Mode};
 use twill_agent::parts::proxy::{ProxyPart, ProxySettings};
-use twill_conformance::proxy::corpus::{self, Fixture};
+use twill_conformance::proxy::corpus::{self, Fixture, FlowOutcome};
 use twill_model::{ClusterState, IpFamily};
 use twill_proxy_core::{FeatureGates, ModelConfig, build_model};
 use twill_proxy_iptables::trace::Tracer;
@@ -437,7 +437,7 @@ fn case_files(dir: &PathBuf) -> anyhow::Result<Vec<PathBuf>> {
 /// rendered `kube-proxy` table, plus the fixture's `nftables` lines where it states
 /// them. Flows needing what the mode lacks are reported `skipped: …` and not counted.
 fn run_conformance_nft(a: &ConformanceArgs) -> anyhow::Result<ExitCode> {
-    use twill_conformance::proxy::flows::{self as lab, FlowOutcome, Mode as LabMode};
+    use twill_conformance::proxy::flows::{self as lab, Mode as LabMode};
     let kernel = if a.trace_only {
         Err("--trace-only (nftables mode has no rule tracer)".to_string())
     } else {
@@ -480,11 +480,6 @@ fn run_conformance_nft(a: &ConformanceArgs) -> anyhow::Result<ExitCode> {
                 }
             }
             for (flow, o) in fx.flows.iter().zip(run.flows) {
-                let o = match o {
-                    FlowOutcome::Passed => Outcome::Pass,
-                    FlowOutcome::Failed(e) => Outcome::Fail(e),
-                    FlowOutcome::Skipped(why) => Outcome::Skip(why),
-                };
                 record(&file, fx, flow, o, (&mut passed, &mut failed, &mut skipped));
             }
         }
@@ -493,29 +488,22 @@ fn run_conformance_nft(a: &ConformanceArgs) -> anyhow::Result<ExitCode> {
     Ok(super::conformance::summary(passed, failed))
 }
 
-/// A flow's result in the nftables, userspace and ipvs runners.
-enum Outcome {
-    Pass,
-    Fail(String),
-    Skip(String),
-}
-
 /// Count one flow's outcome into (passed, failed, skipped) and print a line for a
 /// failure or a skip, the same way for every mode.
 fn record(
     file: &str,
     fx: &Fixture,
     flow: &twill_conformance::proxy::corpus::Flow,
-    o: Outcome,
+    o: FlowOutcome,
     (passed, failed, skipped): (&mut usize, &mut usize, &mut usize),
 ) {
     match o {
-        Outcome::Pass => *passed += 1,
-        Outcome::Fail(e) => {
+        FlowOutcome::Passed => *passed += 1,
+        FlowOutcome::Failed(e) => {
             *failed += 1;
             println!("FAIL {file} [{}] flow {:?}: {e}", fx.name, flow.name);
         }
-        Outcome::Skip(why) => {
+        FlowOutcome::Skipped(why) => {
             *skipped += 1;
             println!("skipped: {file} [{}] flow {:?}: {why}", fx.name, flow.name);
         }
@@ -551,36 +539,20 @@ fn run_conformance_other(a: &ConformanceArgs) -> anyhow::Result<ExitCode> {
             }
         };
         for fx in &case.fixtures {
-            let outcomes: Vec<Outcome> = match a.mode {
+            let outcomes: Vec<FlowOutcome> = match a.mode {
                 Mode::Userspace => match &kernel {
                     Err(why) => fx
                         .flows
                         .iter()
-                        .map(|_| Outcome::Skip(format!("real-kernel flows: {why}")))
+                        .map(|_| FlowOutcome::Skipped(format!("real-kernel flows: {why}")))
                         .collect(),
                     Ok(()) => twill_conformance::proxy::userspace::run_fixture(fx)
                         .into_iter()
-                        .map(|o| {
-                            use twill_conformance::proxy::userspace::FlowOutcome as F;
-                            match o {
-                                F::Pass => Outcome::Pass,
-                                F::Fail(e) => Outcome::Fail(e),
-                                F::Skip(w) => Outcome::Skip(w),
-                            }
-                        })
                         .collect(),
                 },
                 _ => twill_conformance::proxy::ipvs::run_fixture_plan(fx, kernel.clone())
                     .flows
                     .into_iter()
-                    .map(|o| {
-                        use twill_conformance::proxy::ipvs::FlowOutcome as F;
-                        match o {
-                            F::Pass => Outcome::Pass,
-                            F::Fail(e) => Outcome::Fail(e),
-                            F::Skip(w) => Outcome::Skip(w),
-                        }
-                    })
                     .collect(),
             };
             for (flow, o) in fx.flows.iter().zip(outcomes) {
