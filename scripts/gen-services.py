@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """N Services (ClusterIP, one port) each with an EndpointSlice of 10 ready endpoints, as
-one YAML stream: the shape of `cargo bench -p twill-proxy --bench sync`, for measuring
+one YAML stream: the shape of `cargo bench -p twill-proxy-iptables --bench sync`, for measuring
 the daemon (`twill proxy -f FILE --hostname-override n0` in a netns you create)."""
 import sys
 n = int(sys.argv[1])

@@ -4,7 +4,7 @@
 //! so endpoint comments are left out, as kube-proxy does. Criterion reports warm
 //! figures (the allocator reuses the previous iteration's pages); the first render in a
 //! fresh process also pays page faults (see the `render full` column of
-//! `cargo bench -p twill-proxy --bench sync`).
+//! `cargo bench -p twill-proxy-iptables --bench sync`).
 
 use std::collections::BTreeSet;
 use std::hint::black_box;

@@ -6,7 +6,7 @@
 //! phases, next to the floor: a `--noflush` restore of one tiny chain into the same
 //! table (what the restore tool costs before Twill writes anything).
 //!
-//! `cargo bench -p twill-proxy --bench sync`
+//! `cargo bench -p twill-proxy-iptables --bench sync`
 //! (`TWILL_BENCH_SIZES=10000 TWILL_BENCH_VARIANTS=nft` to pick runs; nft at 10k is
 //! opt-in with `TWILL_BENCH_NFT_10K=1`, its full restore takes minutes;
 //! `TWILL_BENCH_QUICK=1` leaves out the standalone full restore and the final full sync.)

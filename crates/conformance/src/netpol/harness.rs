@@ -14,7 +14,7 @@
 //! so pod traffic keeps its source address end to end (no masquerade), as on a flannel
 //! host-gw cluster. Service ClusterIPs are DNATed to their backend on every node (a
 //! minimal stand-in for the proxy), so policy sees the connection after DNAT. Policy rules
-//! are applied through the real path: [`crate::apply::sync_node`] in each node's netns.
+//! are applied through the real path: `twill_netpol_agent::apply::sync_node` in each node's netns.
 //!
 //! Not probed in the kernel: a pod probing itself (that traffic never leaves the pod's
 //! netns; see the corpus README on the diagonal), SCTP when the kernel has no SCTP, and

@@ -1,6 +1,6 @@
 //! The shared proxy corpus (`shared/testdata/proxy`, schema in its README): reading
 //! fixtures, and the pure checks (expected restore text, expected chains, traced flows).
-//! The real-kernel flow checks are in [`crate::lab`].
+//! The real-kernel flow checks are in [`super::flows`].
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;

@@ -44,7 +44,7 @@ pub fn config_of(p: &Prepared) -> Config {
 }
 
 /// Check every flow of `fx` against the ipvs plan. `kernel` is the result of
-/// [`crate::check_kernel`] (or a stand-in): on `Err`, the report says why the
+/// `twill_proxy_ipvs::check_kernel` (or a stand-in): on `Err`, the report says why the
 /// real-kernel half was skipped.
 pub fn run_fixture_plan(fx: &Fixture, kernel: Result<(), String>) -> FixtureReport {
     let kernel_skipped = kernel.err();
