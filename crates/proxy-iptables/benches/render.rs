@@ -48,6 +48,7 @@ fn bench(c: &mut Criterion) {
                     SyncMode::Partial {
                         changed: &changed,
                         previous: &previous,
+                        applied_top: None,
                     },
                 ))
             })

@@ -28,7 +28,7 @@ pub mod trace;
 pub use config::{Config, DetectorArgs, LocalDetector};
 pub use proxier::{Backend, Kernel, Proxier, SyncError, SyncReport, Variant};
 pub use render::{
-    BaseJump, LARGE_CLUSTER_ENDPOINTS_THRESHOLD, Rendered, ServiceChains, SyncMode,
+    BaseJump, ChainDigests, LARGE_CLUSTER_ENDPOINTS_THRESHOLD, Rendered, ServiceChains, SyncMode,
     base_chain_jumps, large_cluster_mode, render,
 };
 

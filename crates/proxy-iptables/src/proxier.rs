@@ -23,8 +23,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::{
-    BaseJump, Config, Rendered, ServiceChains, SyncMode, base_chain_jumps, large_cluster_mode,
-    render,
+    BaseJump, ChainDigests, Config, Rendered, ServiceChains, SyncMode, base_chain_jumps,
+    large_cluster_mode, render,
 };
 use twill_model::{ClusterState, IpFamily};
 use twill_netfilter::Family;
@@ -212,7 +212,7 @@ pub struct Proxier<B: Backend> {
     need_full_sync: bool,
     /// `(len, hash)` of each top-level chain's rules as the kernel has them after our
     /// last successful restore, by (table, chain).
-    applied_top: ChainHashes,
+    applied_top: ChainDigests,
     /// Whether the last successful sync rendered upstream's large-cluster form; when it
     /// flips, every chain is rewritten so no chain keeps the other form.
     last_large_cluster_mode: Option<bool>,
@@ -330,17 +330,12 @@ impl<B: Backend> Proxier<B> {
             None => SyncMode::Partial {
                 changed: &changes.services,
                 previous: &self.service_chains,
+                applied_top: Some(&self.applied_top),
             },
         };
         let t = Instant::now();
         let mut rendered = render(&self.config, &model, mode);
         drop(existing);
-        let (minimal, top_hashes, omitted_nat_rules) =
-            omit_unchanged_top_level(&rendered.text, (!full).then_some(&self.applied_top));
-        if let Some(text) = minimal {
-            rendered.text = text;
-        }
-        rendered.nat_rules_written -= omitted_nat_rules;
         let t_render = t.elapsed();
         let kind = if full { "full" } else { "partial" };
         let t = Instant::now();
@@ -369,7 +364,7 @@ impl<B: Backend> Proxier<B> {
             self.last_full = Some(now);
         }
         self.need_full_sync = false;
-        self.applied_top = top_hashes;
+        self.applied_top = std::mem::take(&mut rendered.top_level);
         self.last_large_cluster_mode = Some(rendered.large_cluster_mode);
         // The restore input is the biggest allocation of a sync (tens of MB at 10k
         // services); nothing needs it after the restore.
@@ -456,106 +451,6 @@ impl<B: Backend> Proxier<B> {
             },
         }))
     }
-}
-
-/// `(len, hash)` of a top-level chain's rules, by (table, chain).
-type ChainHashes = BTreeMap<(String, String), (usize, u64)>;
-
-/// Partial syncs leave out top-level chains whose rules are the same as in our last
-/// successful restore. Upstream rewrites every top-level chain on every sync; on a
-/// 10k-service node that is KUBE-SERVICES' 10k rules for a one-endpoint change, which
-/// `iptables-nft-restore` pays for rule by rule. Leaving an unchanged chain undeclared
-/// keeps it as it is in the kernel (`--noflush`), which is the same content. A chain
-/// that changes, or any doubt (a failed restore, a full sync), writes everything.
-///
-/// Returns the text without those chains (`None` when nothing was left out), the
-/// `(len, hash)` of every top-level chain's rules (to record once applied), and how
-/// many nat rules were left out.
-fn omit_unchanged_top_level(
-    text: &str,
-    applied: Option<&ChainHashes>,
-) -> (Option<String>, ChainHashes, usize) {
-    use std::hash::{DefaultHasher, Hasher};
-    // Pass 1: hash each top-level chain's rules, per table.
-    let mut acc: BTreeMap<(&str, &str), (usize, DefaultHasher, usize)> = BTreeMap::new();
-    let mut table = "";
-    for line in text.lines() {
-        if let Some(t) = line.strip_prefix('*') {
-            table = t;
-        } else if let Some(rest) = line.strip_prefix(':') {
-            let chain = rest.split(' ').next().unwrap_or_default();
-            if !twill_proxy_core::chain::is_service_chain(chain) {
-                acc.entry((table, chain))
-                    .or_insert_with(|| (0, DefaultHasher::new(), 0));
-            }
-        } else if let Some(rest) = line.strip_prefix("-A ") {
-            let chain = rest.split(' ').next().unwrap_or_default();
-            if let Some((len, h, n)) = acc.get_mut(&(table, chain)) {
-                *len += line.len() + 1;
-                h.write(line.as_bytes());
-                h.write_u8(b'\n');
-                *n += 1;
-            }
-        }
-    }
-    let hashes: ChainHashes = acc
-        .iter()
-        .map(|((t, c), (len, h, _))| ((t.to_string(), c.to_string()), (*len, h.finish())))
-        .collect();
-    let Some(applied) = applied else {
-        return (None, hashes, 0);
-    };
-    let omit: BTreeSet<(&str, &str)> = acc
-        .iter()
-        .filter(|((t, c), (len, h, _))| {
-            applied.get(&(t.to_string(), c.to_string())) == Some(&(*len, h.finish()))
-        })
-        .map(|(k, _)| *k)
-        .collect();
-    if omit.is_empty() {
-        return (None, hashes, 0);
-    }
-    let omitted_nat_rules = acc
-        .iter()
-        .filter(|(k, _)| k.0 == "nat" && omit.contains(*k))
-        .map(|(_, (_, _, n))| n)
-        .sum();
-    // Pass 2: copy the text without them; a table left with nothing is left out whole
-    // (an empty table section would still make legacy iptables replace the table).
-    let mut out = String::with_capacity(text.len());
-    let mut section = String::new();
-    let mut section_has_content = false;
-    for line in text.lines() {
-        if let Some(t) = line.strip_prefix('*') {
-            table = t;
-            section.clear();
-            section_has_content = false;
-            section.push_str(line);
-            section.push('\n');
-            continue;
-        }
-        if line == "COMMIT" {
-            if section_has_content {
-                out.push_str(&section);
-                out.push_str("COMMIT\n");
-            }
-            section.clear();
-            continue;
-        }
-        let chain = line
-            .strip_prefix(':')
-            .or_else(|| line.strip_prefix("-A "))
-            .map(|r| r.split(' ').next().unwrap_or_default());
-        if let Some(chain) = chain
-            && omit.contains(&(table, chain))
-        {
-            continue;
-        }
-        section.push_str(line);
-        section.push('\n');
-        section_has_content = true;
-    }
-    (Some(out), hashes, omitted_nat_rules)
 }
 
 /// Hand memory freed by the sync back to the kernel. A sync at 10k services allocates

@@ -62,12 +62,15 @@ pub enum SyncMode<'a> {
     Full {
         existing: Option<&'a BTreeSet<String>>,
     },
-    /// Every top-level chain, but per-service chains only for `changed` services (and
-    /// for any service `previous` has no record of). Stale chains of changed services
-    /// are deleted.
+    /// Per-service chains only for `changed` services (and for any service `previous`
+    /// has no record of). Stale chains of changed services are deleted. Top-level chains
+    /// are all written, except those whose digest equals the one in `applied_top` (the
+    /// digests of what the kernel holds): declaring a chain flushes it, so an unchanged
+    /// one is left out whole.
     Partial {
         changed: &'a BTreeSet<ObjectKey>,
         previous: &'a BTreeMap<ServicePortName, Arc<ServiceChains>>,
+        applied_top: Option<&'a ChainDigests>,
     },
 }
 
@@ -86,6 +89,9 @@ pub struct Rendered {
     pub nat_rules_written: usize,
     pub services_no_local_endpoints_internal: usize,
     pub services_no_local_endpoints_external: usize,
+    /// The digest of every top-level chain's rules as rendered (written or left out),
+    /// for the applier to record once the input is applied.
+    pub top_level: ChainDigests,
     /// More than [`LARGE_CLUSTER_ENDPOINTS_THRESHOLD`] endpoints: endpoint comments are
     /// left out. A proxier forces a full sync when this flips, so unchanged chains never
     /// mix both forms.
@@ -113,6 +119,17 @@ pub fn large_cluster_mode(model: &ProxyModel) -> bool {
         }
     }
     false
+}
+
+/// `(table, chain)` of a top-level chain → the length and a hash of its rules' text.
+/// Top-level chain names are fixed (`KUBE-SERVICES`, …), hence `&'static str`.
+pub type ChainDigests = BTreeMap<(&'static str, &'static str), (usize, u64)>;
+
+fn digest(body: &str) -> (usize, u64) {
+    use std::hash::{DefaultHasher, Hasher};
+    let mut h = DefaultHasher::new();
+    h.write(body.as_bytes());
+    (body.len(), h.finish())
 }
 
 /// One table's top-level chains being built: chain → (rules text, rule count). Rules
@@ -287,20 +304,33 @@ fn name_key(name: &str) -> [u64; 4] {
     k
 }
 
-/// Write one table: declarations then rules, in canonical chain order.
+/// Write one table: declarations then rules, in canonical chain order. Top-level chains
+/// for which `omit` is true are left out (declaration and rules); a table left with
+/// nothing to write is left out whole, since even an empty section makes legacy
+/// iptables replace the table.
 fn write_table(
     out: &mut String,
     name: &str,
     top: &Table,
     svc: Option<&Chains>,
     deletes: &[String],
+    omit: &dyn Fn(&'static str) -> bool,
 ) {
+    let kept: Vec<(&'static str, &str)> = top
+        .rules
+        .iter()
+        .filter(|(c, _)| !omit(c))
+        .map(|(c, (body, _))| (*c, body.as_str()))
+        .collect();
+    if kept.is_empty() && svc.is_none_or(|c| c.segs.is_empty()) && deletes.is_empty() {
+        return;
+    }
     let _ = writeln!(out, "*{name}");
     let n_svc = svc.map_or(0, |c| c.segs.len());
     // (name, body, rank).
     let mut all: Vec<(&str, &str, u8)> =
         Vec::with_capacity(top.rules.len() + n_svc + deletes.len());
-    for (c, (body, _)) in &top.rules {
+    for (c, body) in kept {
         all.push((c, body, chain_order(c).0));
     }
     if let Some(svc) = svc {
@@ -446,7 +476,9 @@ pub fn render(cfg: &Config, model: &ProxyModel, mode: SyncMode<'_>) -> Rendered 
     for svc in services {
         let reuse = match mode {
             SyncMode::Full { .. } => None,
-            SyncMode::Partial { changed, previous } => {
+            SyncMode::Partial {
+                changed, previous, ..
+            } => {
                 if changed.contains(&svc.name.service) {
                     None
                 } else {
@@ -588,9 +620,38 @@ pub fn render(cfg: &Config, model: &ProxyModel, mode: SyncMode<'_>) -> Rendered 
     let mut text = String::with_capacity(
         top + chains.body.len() + chains.segs.len() * 32 + out.deleted_chains.len() * 64 + 4096,
     );
-    write_table(&mut text, "filter", &filter, None, &[]);
-    write_table(&mut text, "nat", &nat, Some(&chains), &out.deleted_chains);
+    let applied_top = match mode {
+        SyncMode::Partial { applied_top, .. } => applied_top,
+        SyncMode::Full { .. } => None,
+    };
+    let mut top_level = ChainDigests::new();
+    for (name, table) in [("filter", &filter), ("nat", &nat)] {
+        for (chain, (body, _)) in &table.rules {
+            top_level.insert((name, *chain), digest(body));
+        }
+    }
+    let unchanged = |key: &(&'static str, &'static str)| {
+        applied_top.is_some_and(|a| a.get(key) == top_level.get(key))
+    };
+    out.nat_rules_written -= nat
+        .rules
+        .iter()
+        .filter(|(c, _)| unchanged(&("nat", **c)))
+        .map(|(_, (_, n))| n)
+        .sum::<usize>();
+    write_table(&mut text, "filter", &filter, None, &[], &|c| {
+        unchanged(&("filter", c))
+    });
+    write_table(
+        &mut text,
+        "nat",
+        &nat,
+        Some(&chains),
+        &out.deleted_chains,
+        &|c| unchanged(&("nat", c)),
+    );
     out.text = text;
+    out.top_level = top_level;
     out
 }
 

@@ -127,6 +127,7 @@ fn partial_sync_writes_only_changed_service_chains_but_all_top_level_rules() {
         SyncMode::Partial {
             changed: &changed,
             previous: &full.services,
+            applied_top: None,
         },
     );
     assert_eq!(full.active_nat_chains(), part.active_nat_chains());
@@ -150,9 +151,66 @@ fn partial_sync_writes_only_changed_service_chains_but_all_top_level_rules() {
         SyncMode::Partial {
             changed: &changed,
             previous: &none,
+            applied_top: None,
         },
     );
     assert!(blind.text.contains("ns/a:p80 -> 10.1.0.1:80"));
+}
+
+#[test]
+fn partial_sync_leaves_out_top_level_chains_whose_digest_the_kernel_already_holds() {
+    let before = cluster(&[
+        ("a", "172.30.0.1", &["10.1.0.1"]),
+        ("b", "172.30.0.2", &["10.1.0.2"]),
+    ]);
+    let full = render(&cfg(), &before, SyncMode::Full { existing: None });
+    assert!(full.top_level.contains_key(&("nat", "KUBE-SERVICES")));
+    assert!(full.top_level.contains_key(&("filter", "KUBE-FORWARD")));
+    // Only b's endpoint changes: every top-level chain is as applied, and the filter
+    // table has nothing else, so it is left out whole.
+    let after = cluster(&[
+        ("a", "172.30.0.1", &["10.1.0.1"]),
+        ("b", "172.30.0.2", &["10.1.0.3"]),
+    ]);
+    let changed: BTreeSet<ObjectKey> = [ObjectKey::new("ns", "b")].into();
+    let part = render(
+        &cfg(),
+        &after,
+        SyncMode::Partial {
+            changed: &changed,
+            previous: &full.services,
+            applied_top: Some(&full.top_level),
+        },
+    );
+    assert!(!part.text.contains("*filter"), "{}", part.text);
+    assert!(!part.text.contains(":KUBE-SERVICES "), "{}", part.text);
+    assert!(part.text.contains("ns/b:p80 -> 10.1.0.3:80"), "{}", part.text);
+    assert_eq!(part.top_level, full.top_level);
+    // The rules written are the service chains only.
+    let written = part.text.lines().filter(|l| l.starts_with("-A ")).count();
+    assert_eq!(part.nat_rules_written, written);
+    // A new service changes KUBE-SERVICES: that chain is written again, in full.
+    let grown = cluster(&[
+        ("a", "172.30.0.1", &["10.1.0.1"]),
+        ("b", "172.30.0.2", &["10.1.0.2"]),
+        ("c", "172.30.0.3", &["10.1.0.4"]),
+    ]);
+    let changed: BTreeSet<ObjectKey> = [ObjectKey::new("ns", "c")].into();
+    let part = render(
+        &cfg(),
+        &grown,
+        SyncMode::Partial {
+            changed: &changed,
+            previous: &full.services,
+            applied_top: Some(&full.top_level),
+        },
+    );
+    assert!(part.text.contains(":KUBE-SERVICES "), "{}", part.text);
+    assert!(part.text.contains("ns/a:p80 cluster IP"), "{}", part.text);
+    assert_ne!(
+        part.top_level.get(&("nat", "KUBE-SERVICES")),
+        full.top_level.get(&("nat", "KUBE-SERVICES"))
+    );
 }
 
 #[test]
@@ -171,6 +229,7 @@ fn partial_sync_deletes_chains_of_removed_endpoints_and_services() {
         SyncMode::Partial {
             changed: &changed,
             previous: &full.services,
+            applied_top: None,
         },
     );
     let gone: BTreeSet<String> = full
@@ -358,6 +417,7 @@ fn in_large_clusters_partial_syncs_leave_stale_chains_to_the_next_full_sync() {
         SyncMode::Partial {
             changed: &changed,
             previous: &full.services,
+            applied_top: None,
         },
     );
     let stale: BTreeSet<String> = full
