@@ -10,12 +10,14 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::os::unix::process::ExitStatusExt;
 use std::process::Child;
 use std::time::Duration;
 
 use twill_control::Settings;
 use twill_model::{ClusterState, Node, Object, ObjectEvent, ObjectKey, PodPhase};
 
+use crate::lifecycle::{self, Backoff, Exit, Runtime, State};
 use crate::pod::{self, RunningPod};
 use crate::spec::{LabSpec, write_atomic};
 use crate::{LabError, dns, status};
@@ -27,7 +29,10 @@ pub struct Controller {
     /// The last reconciled state (what the API server holds).
     state: ClusterState,
     running: BTreeMap<ObjectKey, RunningPod>,
-    children: Vec<Child>,
+    /// Container processes this controller started, by pid (a restarted controller
+    /// finds earlier ones only as pids in status.json).
+    children: BTreeMap<i32, Child>,
+    backoff: Backoff,
     last_written: String,
     /// Underlay service addresses and the node holding each.
     vips: BTreeMap<std::net::Ipv4Addr, String>,
@@ -71,7 +76,8 @@ impl Controller {
                 .into_iter()
                 .map(|p| (ObjectKey::new(p.namespace.clone(), p.name.clone()), p))
                 .collect(),
-            children: Vec::new(),
+            children: BTreeMap::new(),
+            backoff: Backoff::with_base(Duration::from_millis(spec.restart_backoff_ms)),
             last_written: String::new(),
             vips: BTreeMap::new(),
             spec,
@@ -81,6 +87,7 @@ impl Controller {
 
     /// One pass; returns whether anything changed.
     pub fn tick(&mut self) -> Result<bool, LabError> {
+        let now_ms = unix_ms();
         let (events, problems) = self.watcher.poll();
         if !problems.is_empty() {
             self.problems = problems.iter().map(ToString::to_string).collect();
@@ -116,6 +123,16 @@ impl Controller {
         for (key, pod) in &self.state.pods {
             if pod.owner.is_some() && !input.pods.contains_key(key) {
                 input.pods.insert(key.clone(), pod.clone());
+            }
+        }
+        // A pod placed once stays on its node (the scheduler binds it; a later tick must
+        // not schedule it again, or the table would name another node than the one it
+        // runs on).
+        for (key, pod) in input.pods.iter_mut() {
+            if pod.spec.node_name.is_none()
+                && let Some(prev) = self.state.pods.get(key)
+            {
+                pod.spec.node_name = prev.spec.node_name.clone();
             }
         }
         input.apply(ObjectEvent::Synced);
@@ -171,9 +188,30 @@ impl Controller {
             };
             let resolv = dns::resolv_conf(&self.spec, &p);
             let conflist = pod::node_conflist(&self.spec, &node);
-            match pod::start(&self.spec, &node, &p, &resolv, &conflist) {
-                Ok((r, children)) => {
-                    self.children.extend(children);
+            match pod::start(&self.spec, &node, &p, &resolv, &conflist, now_ms / 1000) {
+                Ok(mut r) => {
+                    let now = now_ms / 1000;
+                    let msg = format!("Successfully assigned {} to {}", p.key, node.name);
+                    lifecycle::record_event(
+                        &mut r.events,
+                        now,
+                        "Normal",
+                        "Scheduled",
+                        "default-scheduler",
+                        msg,
+                    );
+                    if let Some(ip) = r.ip.filter(|_| !r.host_network) {
+                        let msg = format!("Add eth0 [{ip}] from the bridge plugin (CNI ADD)");
+                        let ev = &mut r.events;
+                        lifecycle::record_event(
+                            ev,
+                            now,
+                            "Normal",
+                            "AddedInterface",
+                            "kubelet",
+                            msg,
+                        );
+                    }
                     self.running.insert(p.key.clone(), r);
                     changed = true;
                 }
@@ -186,17 +224,20 @@ impl Controller {
                 }
             }
         }
-        // Readiness.
-        for r in self.running.values_mut() {
+        // Containers: notice exits, start what is due (kubelet's restart policy and
+        // back-off), then readiness.
+        let now_ms = unix_ms();
+        for (key, r) in self.running.iter_mut() {
+            let Some(p) = out.state.pods.get(key) else {
+                continue;
+            };
+            changed |= step_containers(&self.spec, p, r, &mut self.children, &self.backoff, now_ms);
             let ready = pod::probe_ready(r);
             if ready != r.ready {
                 r.ready = ready;
                 changed = true;
             }
         }
-        // Reap exited children so they do not linger as zombies.
-        self.children
-            .retain_mut(|c| matches!(c.try_wait(), Ok(None)));
 
         // Publish: status into pods, then the slices that follow from it.
         for (key, r) in &self.running {
@@ -268,6 +309,128 @@ impl Controller {
 
 fn apply_status(p: &mut twill_model::Pod, r: &RunningPod) {
     p.pod_ips = r.ip.into_iter().collect();
-    p.phase = PodPhase::Running;
-    p.ready = r.ready;
+    p.phase = lifecycle::finished_phase(&r.containers).unwrap_or(PodPhase::Running);
+    p.ready = r.ready && p.phase == PodPhase::Running;
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// One kubelet pass over a pod's containers: record the ones whose process ended,
+/// then start the ones that are new or whose back-off has passed, with the events
+/// kubelet would emit. Returns whether anything changed.
+fn step_containers(
+    spec: &LabSpec,
+    pod: &twill_model::Pod,
+    r: &mut RunningPod,
+    children: &mut BTreeMap<i32, Child>,
+    backoff: &Backoff,
+    now_ms: u64,
+) -> bool {
+    let (policy, now) = (pod.spec.restart_policy, now_ms / 1000);
+    let mut changed = false;
+    for i in 0..r.containers.len().min(pod.spec.containers.len()) {
+        if let Some(pid) = r.containers[i].pid {
+            let ended = match children.get_mut(&pid).map(Child::try_wait) {
+                Some(Ok(None)) => None,
+                Some(Ok(Some(status))) => {
+                    children.remove(&pid);
+                    // A signal shows as 128 + its number, as container runtimes report.
+                    let code = status
+                        .code()
+                        .or_else(|| status.signal().map(|s| 128 + s))
+                        .unwrap_or(-1);
+                    Some((code, None, String::new()))
+                }
+                // Not our child (the controller restarted): only its absence is known.
+                _ if !std::path::Path::new(&format!("/proc/{pid}")).exists() => Some((
+                    137,
+                    Some("Error"),
+                    "the process ended while no controller watched it".to_string(),
+                )),
+                _ => None,
+            };
+            if let Some((code, reason, message)) = ended {
+                let exit = Exit {
+                    code,
+                    reason,
+                    message: &message,
+                };
+                exited(r, i, exit, policy, backoff, &pod.key, now_ms);
+                changed = true;
+            }
+        }
+        let c = &r.containers[i];
+        let first_start = c.pid.is_none()
+            && matches!(&c.state, State::Waiting { reason, .. } if reason == "ContainerCreating");
+        if !(first_start || (c.pid.is_none() && c.restart_due(now_ms))) {
+            continue;
+        }
+        changed = true;
+        match pod::start_container(spec, pod, r, i) {
+            Ok(child) => {
+                let pid = child.id() as i32;
+                children.insert(pid, child);
+                let c = &mut r.containers[i];
+                lifecycle::container_started(c, pid, now_ms);
+                let what = match &c.runtime {
+                    Runtime::Command { argv, .. } => format!("command {:?}", argv.join(" ")),
+                    Runtime::Responder { .. } => "the lab's responder".to_string(),
+                };
+                let msg = format!("Started container {} ({what})", c.name);
+                lifecycle::record_event(&mut r.events, now, "Normal", "Started", "kubelet", msg);
+            }
+            Err(message) => {
+                tracing::warn!(pod = %pod.key, container = %r.containers[i].name, "{message}");
+                // A start that failed at once still counts as a restart attempt.
+                let c = &mut r.containers[i];
+                if c.restart_at_ms.take().is_some() {
+                    c.restart_count += 1;
+                    c.last_restart = Some(now);
+                }
+                let msg = format!("Error: {message}");
+                lifecycle::record_event(&mut r.events, now, "Warning", "Failed", "kubelet", msg);
+                let exit = Exit {
+                    code: 128,
+                    reason: Some("StartError"),
+                    message: &message,
+                };
+                exited(r, i, exit, policy, backoff, &pod.key, now_ms);
+            }
+        }
+    }
+    r.refresh_pids();
+    changed
+}
+
+/// Container `i` ended: its new state under the restart policy, and a `BackOff`
+/// event when it now waits out a back-off.
+fn exited(
+    r: &mut RunningPod,
+    i: usize,
+    exit: Exit<'_>,
+    policy: twill_model::RestartPolicy,
+    backoff: &Backoff,
+    pod: &ObjectKey,
+    now_ms: u64,
+) {
+    let c = &mut r.containers[i];
+    lifecycle::container_exited(c, exit, policy, backoff, &pod.name, now_ms);
+    if matches!(&c.state, State::Waiting { reason, .. } if reason == "CrashLoopBackOff") {
+        let msg = format!(
+            "Back-off restarting failed container {} in pod {pod}",
+            c.name
+        );
+        lifecycle::record_event(
+            &mut r.events,
+            now_ms / 1000,
+            "Warning",
+            "BackOff",
+            "kubelet",
+            msg,
+        );
+    }
 }

@@ -4,6 +4,7 @@ use std::fmt::Write;
 
 use twill_model::{ClusterState, ServiceType};
 
+use crate::lifecycle;
 use crate::pod::RunningPod;
 
 /// Which namespaces to show.
@@ -119,12 +120,15 @@ pub fn nodes(state: &ClusterState, wide: bool, age: &str) -> String {
     table(&rows)
 }
 
+/// `get pods`. `age` is shown for pods the runtime has not started; started pods show
+/// their own, from `now` (unix seconds).
 pub fn pods(
     state: &ClusterState,
     running: &[RunningPod],
     scope: &Scope<'_>,
     wide: bool,
     age: &str,
+    now: u64,
 ) -> String {
     let mut cols = vec!["NAME", "READY", "STATUS", "RESTARTS", "AGE"];
     if wide {
@@ -140,17 +144,23 @@ pub fn pods(
             .iter()
             .find(|r| r.namespace == p.key.namespace && r.name == p.key.name);
         let containers = p.spec.containers.len().max(1);
-        let status = match r {
-            Some(_) => "Running",
-            None if p.spec.node_name.is_none() => "Pending",
-            None => "ContainerCreating",
+        let (status, restarts, pod_age, ready) = match r {
+            Some(r) => (
+                lifecycle::status_text(p.phase.as_str(), p.terminating, &r.containers),
+                lifecycle::restarts_text(&r.containers, now),
+                crate::kubectl::age(now.saturating_sub(r.created_at)),
+                // Readiness is per pod here (declared ports bound), so all or none.
+                if p.ready { containers } else { 0 },
+            ),
+            None if p.spec.node_name.is_none() => ("Pending".into(), "0".into(), age.into(), 0),
+            None => ("ContainerCreating".into(), "0".into(), age.into(), 0),
         };
         let mut row = vec![
             p.key.name.clone(),
-            format!("{}/{containers}", if p.ready { containers } else { 0 }),
-            status.into(),
-            "0".into(),
-            age.into(),
+            format!("{ready}/{containers}"),
+            status,
+            restarts,
+            pod_age,
         ];
         if wide {
             row.push(
@@ -161,10 +171,15 @@ pub fn pods(
             );
             row.push(p.spec.node_name.clone().unwrap_or_else(|| "<none>".into()));
             row.extend(["<none>".to_string(), "<none>".into()]);
+            // The lab's runtime per container (`describe pod` says why).
             row.push(match r {
-                Some(r) if r.responder => "responder".into(),
-                Some(_) => "process".into(),
-                None => "<none>".into(),
+                Some(r) if !r.containers.is_empty() => r
+                    .containers
+                    .iter()
+                    .map(|c| c.runtime.kind())
+                    .collect::<Vec<_>>()
+                    .join(","),
+                _ => "<none>".into(),
             });
         }
         rows.push(with_ns(scope, &p.key.namespace, row));
@@ -321,6 +336,212 @@ pub fn age(secs: u64) -> String {
         120..=3599 => format!("{}m{}s", secs / 60, secs % 60),
         _ => format!("{}h{}m", secs / 3600, (secs % 3600) / 60),
     }
+}
+
+/// `describe pod`, in kubectl's layout: the pod, each container with the lab's runtime
+/// and why, its state, last state and restarts, the conditions, and the events.
+pub fn describe_pod(pod: &twill_model::Pod, running: Option<&RunningPod>, now: u64) -> String {
+    use lifecycle::State;
+    use std::fmt::Write as _;
+    let mut o = String::new();
+    let field = |o: &mut String, indent: usize, k: &str, v: &str| {
+        let key = if k.is_empty() {
+            String::new()
+        } else {
+            format!("{k}:")
+        };
+        // kubectl aligns values in a column, with at least one space after a long key.
+        let pad = 18usize.saturating_sub(indent).max(key.len() + 1);
+        let _ = writeln!(o, "{:indent$}{key:<pad$}{v}", "");
+    };
+    field(&mut o, 0, "Name", &pod.key.name);
+    field(&mut o, 0, "Namespace", &pod.key.namespace);
+    let node = match (&pod.spec.node_name, pod.host_ip) {
+        (Some(n), Some(ip)) => format!("{n}/{ip}"),
+        (Some(n), None) => n.clone(),
+        (None, _) => "<none>".into(),
+    };
+    field(&mut o, 0, "Node", &node);
+    if let Some(r) = running {
+        field(&mut o, 0, "Start Time", &lifecycle::rfc3339(r.created_at));
+    }
+    let kv = |m: &twill_model::Labels, sep: &str| -> Vec<String> {
+        m.iter().map(|(k, v)| format!("{k}{sep}{v}")).collect()
+    };
+    for (name, lines) in [
+        ("Labels", kv(&pod.labels, "=")),
+        ("Annotations", kv(&pod.annotations, ": ")),
+    ] {
+        let mut lines = lines.into_iter();
+        field(
+            &mut o,
+            0,
+            name,
+            &lines.next().unwrap_or_else(|| "<none>".into()),
+        );
+        for l in lines {
+            field(&mut o, 0, "", &l);
+        }
+    }
+    let status = match running {
+        Some(r) => lifecycle::status_text(pod.phase.as_str(), pod.terminating, &r.containers),
+        None if pod.spec.node_name.is_none() => "Pending".into(),
+        None => "Pending".into(),
+    };
+    field(&mut o, 0, "Status", &status);
+    let ip = pod
+        .pod_ips
+        .first()
+        .map_or_else(|| "<none>".to_string(), ToString::to_string);
+    field(&mut o, 0, "IP", &ip);
+    field(
+        &mut o,
+        0,
+        "Restart Policy",
+        pod.spec.restart_policy.as_str(),
+    );
+    o.push_str("Containers:\n");
+    for (i, c) in pod.spec.containers.iter().enumerate() {
+        let cs = running.and_then(|r| r.containers.get(i));
+        let _ = writeln!(o, "  {}:", c.name);
+        field(
+            &mut o,
+            4,
+            "Image",
+            if c.image.is_empty() {
+                "<none>"
+            } else {
+                &c.image
+            },
+        );
+        if let Some(cs) = cs {
+            let rt = format!("{} ({})", cs.runtime.kind(), cs.runtime.reason());
+            field(&mut o, 4, "Lab runtime", &rt);
+        }
+        let ports: Vec<String> = c
+            .ports
+            .iter()
+            .map(|p| format!("{}/{}", p.container_port, p.protocol.as_str()))
+            .collect();
+        field(
+            &mut o,
+            4,
+            "Port",
+            &if ports.is_empty() {
+                "<none>".into()
+            } else {
+                ports.join(", ")
+            },
+        );
+        if !c.command.is_empty() {
+            field(&mut o, 4, "Command", &c.command.join(" "));
+        }
+        if !c.args.is_empty() {
+            field(&mut o, 4, "Args", &c.args.join(" "));
+        }
+        let state_lines = |o: &mut String, label: &str, st: &State| match st {
+            State::Running { started_at } => {
+                field(o, 4, label, "Running");
+                field(o, 6, "Started", &lifecycle::rfc3339(*started_at));
+            }
+            State::Waiting { reason, message } => {
+                field(o, 4, label, "Waiting");
+                field(o, 6, "Reason", reason);
+                if !message.is_empty() {
+                    field(o, 6, "Message", message);
+                }
+            }
+            State::Terminated {
+                exit_code,
+                reason,
+                message,
+                started_at,
+                finished_at,
+            } => {
+                field(o, 4, label, "Terminated");
+                field(o, 6, "Reason", reason);
+                if !message.is_empty() {
+                    field(o, 6, "Message", message);
+                }
+                field(o, 6, "Exit Code", &exit_code.to_string());
+                if let Some(s) = started_at {
+                    field(o, 6, "Started", &lifecycle::rfc3339(*s));
+                }
+                field(o, 6, "Finished", &lifecycle::rfc3339(*finished_at));
+            }
+        };
+        match cs {
+            Some(cs) => {
+                state_lines(&mut o, "State", &cs.state);
+                if let Some(last) = &cs.last_state {
+                    state_lines(&mut o, "Last State", last);
+                }
+                let ready = running.is_some_and(|r| r.ready) && cs.running();
+                field(&mut o, 4, "Ready", if ready { "True" } else { "False" });
+                field(&mut o, 4, "Restart Count", &cs.restart_count.to_string());
+            }
+            None => {
+                let waiting = State::Waiting {
+                    reason: if pod.spec.node_name.is_some() {
+                        "ContainerCreating".into()
+                    } else {
+                        String::new()
+                    },
+                    message: String::new(),
+                };
+                state_lines(&mut o, "State", &waiting);
+                field(&mut o, 4, "Ready", "False");
+                field(&mut o, 4, "Restart Count", "0");
+            }
+        }
+    }
+    o.push_str("Conditions:\n  Type              Status\n");
+    let scheduled = pod.spec.node_name.is_some();
+    let ready = pod.ready;
+    for (t, v) in [
+        ("PodScheduled", scheduled),
+        ("Ready", ready),
+        ("ContainersReady", ready),
+    ] {
+        let _ = writeln!(o, "  {t:<18}{}", if v { "True" } else { "False" });
+    }
+    let events = running.map(|r| r.events.as_slice()).unwrap_or_default();
+    if events.is_empty() {
+        o.push_str("Events:            <none>\n");
+    } else {
+        o.push_str("Events:\n");
+        let mut rows = vec![
+            ["Type", "Reason", "Age", "From", "Message"]
+                .map(String::from)
+                .to_vec(),
+            ["----", "------", "----", "----", "-------"]
+                .map(String::from)
+                .to_vec(),
+        ];
+        for e in events {
+            let age = if e.count > 1 {
+                format!(
+                    "{} (x{} over {})",
+                    age(now.saturating_sub(e.last)),
+                    e.count,
+                    age(now.saturating_sub(e.first))
+                )
+            } else {
+                age(now.saturating_sub(e.first))
+            };
+            rows.push(vec![
+                e.kind.clone(),
+                e.reason.clone(),
+                age,
+                e.source.clone(),
+                e.message.clone(),
+            ]);
+        }
+        for line in table(&rows).lines() {
+            let _ = writeln!(o, "  {line}");
+        }
+    }
+    o
 }
 
 #[cfg(test)]

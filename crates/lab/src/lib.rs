@@ -20,6 +20,7 @@ pub mod cni;
 pub mod controller;
 pub mod dns;
 pub mod kubectl;
+pub mod lifecycle;
 pub mod netns;
 pub mod ops;
 pub mod pod;

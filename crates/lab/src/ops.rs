@@ -300,7 +300,12 @@ fn write_system(spec: &LabSpec, agents_available: &[&str]) -> Result<(), LabErro
                 "replicas": 2,
                 "selector": {"matchLabels": {"k8s-app": "kube-dns"}},
                 "template": {
-                    "metadata": {"labels": {"k8s-app": "kube-dns"}},
+                    // The DNS server is Twill itself: run its command (the runtime
+                    // rule would give an unknown image the responder).
+                    "metadata": {
+                        "labels": {"k8s-app": "kube-dns"},
+                        "annotations": {crate::lifecycle::RUNTIME_ANNOTATION: "command"},
+                    },
                     "spec": {
                         "dnsPolicy": "Default",
                         "containers": [{

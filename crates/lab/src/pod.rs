@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use twill_model::{Pod, Protocol};
 
+use crate::lifecycle::{ContainerStatus, Event, Runtime, runtime_for};
 use crate::spec::{LabSpec, NodeSpec};
 use crate::{LabError, cni, netns};
 
@@ -26,13 +27,29 @@ pub struct RunningPod {
     pub netns: String,
     pub ip: Option<IpAddr>,
     pub pids: Vec<i32>,
-    /// The built-in responder stands in for an image that cannot run here.
+    /// The built-in responder stands in for at least one container.
     pub responder: bool,
     pub host_network: bool,
     pub ready: bool,
     pub ports: Vec<(u16, String)>,
     pub container_id: String,
     pub cni_result: Option<serde_json::Value>,
+    /// When the pod was started (unix seconds): its AGE.
+    #[serde(default)]
+    pub created_at: u64,
+    /// One per container, in the pod's order: what runs, its state and restarts.
+    #[serde(default)]
+    pub containers: Vec<ContainerStatus>,
+    /// What happened to the pod (`kubectl describe`'s Events).
+    #[serde(default)]
+    pub events: Vec<Event>,
+}
+
+impl RunningPod {
+    /// Keep `pids` (what exec, logs and stop use) in step with the containers.
+    pub fn refresh_pids(&mut self) {
+        self.pids = self.containers.iter().filter_map(|c| c.pid).collect();
+    }
 }
 
 pub fn pod_key(namespace: &str, name: &str) -> String {
@@ -54,14 +71,6 @@ pub fn pod_netns(spec: &LabSpec, pod: &Pod) -> String {
 
 pub fn pod_dir(spec: &LabSpec, namespace: &str, name: &str) -> PathBuf {
     spec.pods_dir().join(format!("{namespace}_{name}"))
-}
-
-fn on_path(program: &str) -> bool {
-    if program.contains('/') {
-        return Path::new(program).is_file();
-    }
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
 }
 
 /// `/etc/hosts` the way kubelet writes it (`pkg/kubelet/kubelet_pods.go`
@@ -87,42 +96,59 @@ pub fn hosts_file(pod: &Pod, ip: Option<IpAddr>, cluster_domain: &str) -> String
     s
 }
 
-/// The processes a pod runs: its containers' commands where they exist on this
-/// machine, otherwise the responder on the declared ports.
-fn container_commands(spec: &LabSpec, pod: &Pod) -> (Vec<Vec<String>>, bool) {
-    let mut cmds = Vec::new();
-    let mut responder = false;
-    for c in &pod.spec.containers {
-        let argv: Vec<String> = c.command.iter().chain(&c.args).cloned().collect();
-        if let Some(first) = argv.first()
-            && on_path(first)
-        {
-            cmds.push(argv);
-        } else {
-            responder = true;
+/// The argv of container `i` under its runtime: its command, or the responder on its
+/// declared ports.
+fn container_argv(spec: &LabSpec, pod: &Pod, i: usize, runtime: &Runtime) -> Vec<String> {
+    match runtime {
+        Runtime::Command { argv, .. } => argv.clone(),
+        Runtime::Responder { .. } => {
+            let ports: Vec<String> = pod.spec.containers[i]
+                .ports
+                .iter()
+                .map(|p| format!("{}/{}", p.container_port, p.protocol.as_str()))
+                .collect();
+            vec![
+                spec.twill.display().to_string(),
+                "lab".into(),
+                "responder".into(),
+                "--pod".into(),
+                pod.key.name.clone(),
+                "--namespace".into(),
+                pod.key.namespace.clone(),
+                "--ports".into(),
+                ports.join(","),
+            ]
         }
     }
-    if responder {
-        let ports: Vec<String> = pod
-            .spec
-            .containers
-            .iter()
-            .flat_map(|c| &c.ports)
-            .map(|p| format!("{}/{}", p.container_port, p.protocol.as_str()))
-            .collect();
-        cmds.push(vec![
-            spec.twill.display().to_string(),
-            "lab".into(),
-            "responder".into(),
-            "--pod".into(),
-            pod.key.name.clone(),
-            "--namespace".into(),
-            pod.key.namespace.clone(),
-            "--ports".into(),
-            ports.join(","),
-        ]);
-    }
-    (cmds, responder)
+}
+
+/// Start container `i` of a started pod (its first start or a restart). `Err` is the
+/// message a container runtime gives when the process cannot start (`exec: "java":
+/// executable file not found in $PATH`); the caller records it as a `StartError`.
+pub fn start_container(
+    spec: &LabSpec,
+    pod: &Pod,
+    running: &RunningPod,
+    i: usize,
+) -> Result<Child, String> {
+    let c = &pod.spec.containers[i];
+    let runtime = &running.containers[i].runtime;
+    let argv = container_argv(spec, pod, i, runtime);
+    let dir = pod_dir(spec, &pod.key.namespace, &pod.key.name);
+    let hostname = pod
+        .spec
+        .hostname
+        .clone()
+        .unwrap_or_else(|| pod.key.name.clone());
+    spawn(&running.netns, &hostname, &dir, &argv, &c.env).map_err(|e| match e {
+        LabError::Io(_, io) if io.kind() == std::io::ErrorKind::NotFound => {
+            format!("exec: {:?}: executable file not found in $PATH", argv[0])
+        }
+        LabError::Io(_, io) if io.kind() == std::io::ErrorKind::PermissionDenied => {
+            format!("exec: {:?}: permission denied", argv[0])
+        }
+        e => e.to_string(),
+    })
 }
 
 /// Spawn one container process inside the pod's namespaces.
@@ -195,15 +221,17 @@ fn spawn(
     cmd.spawn().map_err(io)
 }
 
-/// Start a pod on its node: namespace, CNI ADD, files, processes. On failure nothing
-/// is left behind.
+/// Start a pod's sandbox on its node: namespace, CNI ADD, files. Its containers are
+/// `ContainerCreating` until the caller starts them ([`start_container`]). On failure
+/// nothing is left behind.
 pub fn start(
     spec: &LabSpec,
     node: &NodeSpec,
     pod: &Pod,
     resolv_conf: &str,
     conflist: &serde_json::Value,
-) -> Result<(RunningPod, Vec<Child>), LabError> {
+    now: u64,
+) -> Result<RunningPod, LabError> {
     let dir = pod_dir(spec, &pod.key.namespace, &pod.key.name);
     std::fs::create_dir_all(&dir).map_err(|e| LabError::Io(dir.display().to_string(), e))?;
     let host_network = pod.spec.host_network;
@@ -235,7 +263,19 @@ pub fn start(
             .collect(),
         container_id,
         cni_result: None,
+        created_at: now,
+        containers: pod
+            .spec
+            .containers
+            .iter()
+            .map(|c| ContainerStatus::new(&c.name, runtime_for(pod, c)))
+            .collect(),
+        events: Vec::new(),
     };
+    running.responder = running
+        .containers
+        .iter()
+        .any(|c| matches!(c.runtime, Runtime::Responder { .. }));
     let result = (|| {
         if !host_network {
             netns::add(&ns)?;
@@ -250,29 +290,10 @@ pub fn start(
         };
         write("resolv.conf", resolv_conf)?;
         write("hosts", &hosts_file(pod, running.ip, "cluster.local"))?;
-        let (cmds, responder) = container_commands(spec, pod);
-        running.responder = responder;
-        let hostname = pod
-            .spec
-            .hostname
-            .clone()
-            .unwrap_or_else(|| pod.key.name.clone());
-        let mut children = Vec::new();
-        let env: Vec<(String, String)> = pod
-            .spec
-            .containers
-            .iter()
-            .flat_map(|c| c.env.clone())
-            .collect();
-        for argv in cmds {
-            let child = spawn(&ns, &hostname, &dir, &argv, &env)?;
-            running.pids.push(child.id() as i32);
-            children.push(child);
-        }
-        Ok(children)
+        Ok(())
     })();
     match result {
-        Ok(children) => Ok((running, children)),
+        Ok(()) => Ok(running),
         Err(e) => {
             let _ = stop(spec, node, &running);
             Err(e)
@@ -387,12 +408,17 @@ fn listening(pid: i32, proto: Protocol) -> Vec<u16> {
     out
 }
 
-/// Ready when a process is alive and every declared TCP/UDP port is bound in the pod.
+/// Ready when every container is running and every declared TCP/UDP port is bound in
+/// the pod (the rule for pods without readiness probes).
 pub fn probe_ready(running: &RunningPod) -> bool {
-    let Some(pid) = running.pids.first().copied() else {
+    if running.pids.is_empty() || !running.containers.iter().all(ContainerStatus::running) {
         return false;
-    };
-    if !Path::new(&format!("/proc/{pid}")).exists() {
+    }
+    if !running
+        .pids
+        .iter()
+        .all(|pid| Path::new(&format!("/proc/{pid}")).exists())
+    {
         return false;
     }
     running

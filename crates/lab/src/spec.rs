@@ -78,6 +78,8 @@ pub struct UpOptions {
     pub underlay: Ipv4Net,
     pub with_client: bool,
     pub dns: bool,
+    /// The crash-loop back-off base in milliseconds (kubelet: 10 s, doubling to 5 min).
+    pub restart_backoff_ms: u64,
 }
 
 impl Default for UpOptions {
@@ -92,6 +94,7 @@ impl Default for UpOptions {
             underlay: "192.168.50.0/24".parse().expect("literal"),
             with_client: true,
             dns: true,
+            restart_backoff_ms: 10_000,
         }
     }
 }
@@ -114,6 +117,13 @@ pub struct LabSpec {
     pub dns: bool,
     /// The twill binary the lab runs for plugins and agents.
     pub twill: PathBuf,
+    /// The crash-loop back-off base in milliseconds (see [`UpOptions`]).
+    #[serde(default = "kubelet_backoff_ms")]
+    pub restart_backoff_ms: u64,
+}
+
+fn kubelet_backoff_ms() -> u64 {
+    10_000
 }
 
 /// Lab names become parts of namespace and interface names: keep them short and plain.
@@ -192,6 +202,7 @@ impl LabSpec {
             lb_pool,
             dns: o.dns,
             twill,
+            restart_backoff_ms: o.restart_backoff_ms.max(1),
         })
     }
 

@@ -79,6 +79,41 @@ pub struct PodSpec {
     pub dns_config: Option<PodDnsConfig>,
     pub containers: Vec<Container>,
     pub termination_grace_period_seconds: Option<i64>,
+    pub restart_policy: RestartPolicy,
+}
+
+/// `spec.restartPolicy`: whether kubelet restarts a container that exited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum RestartPolicy {
+    #[default]
+    Always,
+    OnFailure,
+    Never,
+}
+
+impl RestartPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestartPolicy::Always => "Always",
+            RestartPolicy::OnFailure => "OnFailure",
+            RestartPolicy::Never => "Never",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Always, Self::OnFailure, Self::Never]
+            .into_iter()
+            .find(|p| p.as_str() == s)
+    }
+
+    /// Whether a container that exited with `exit_code` is started again.
+    pub fn restarts(self, exit_code: i32) -> bool {
+        match self {
+            RestartPolicy::Always => true,
+            RestartPolicy::OnFailure => exit_code != 0,
+            RestartPolicy::Never => false,
+        }
+    }
 }
 
 impl PodSpec {

@@ -184,7 +184,11 @@ fn partial_sync_leaves_out_top_level_chains_whose_digest_the_kernel_already_hold
     );
     assert!(!part.text.contains("*filter"), "{}", part.text);
     assert!(!part.text.contains(":KUBE-SERVICES "), "{}", part.text);
-    assert!(part.text.contains("ns/b:p80 -> 10.1.0.3:80"), "{}", part.text);
+    assert!(
+        part.text.contains("ns/b:p80 -> 10.1.0.3:80"),
+        "{}",
+        part.text
+    );
     assert_eq!(part.top_level, full.top_level);
     // The rules written are the service chains only.
     let written = part.text.lines().filter(|l| l.starts_with("-A ")).count();

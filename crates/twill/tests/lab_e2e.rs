@@ -661,3 +661,157 @@ fn a_network_policy_applied_to_the_lab_changes_what_curl_reaches() {
         "an allow rule for pods in the namespace on port 80 opens it again"
     );
 }
+
+/// The classic hello-world walkthrough: a Java Spring Boot Deployment behind NodePort
+/// 30001. The lab's runtime rule gives its image the responder on every machine; here a
+/// `java` that would crash at once is first on the lab's PATH, and every node's 30001
+/// still reaches all three replicas.
+#[test]
+fn the_hello_world_walkthrough_serves_through_the_responder_even_where_java_exists() {
+    let test = "the_hello_world_walkthrough_serves_through_the_responder_even_where_java_exists";
+    if !twill_testkit::require_root(test) || !twill_testkit::require_tool(test, "curl") {
+        return;
+    }
+    let bin = std::env::temp_dir().join(format!("twill-e2e-fakejava-{}", std::process::id()));
+    std::fs::create_dir_all(&bin).unwrap();
+    let java = bin.join("java");
+    std::fs::write(
+        &java,
+        "#!/bin/sh\necho 'Error: Unable to access jarfile' >&2\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&java, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    // The lab's processes inherit this PATH from `lab up`.
+    sweep();
+    let name = format!(
+        "e{}x{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    );
+    let lab = Lab { name };
+    let hello = manifest(
+        "hello.yaml",
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: hello}\nspec:\n  replicas: 3\n  selector: {matchLabels: {app: hello}}\n  template:\n    metadata: {labels: {app: hello}}\n    spec:\n      containers:\n      - name: hello\n        image: myorg/spring-hello:1.0\n        command: [java, -jar, lib/spring-boot-1.0-SNAPSHOT.jar]\n        ports: [{containerPort: 8080}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: hello}\nspec:\n  type: NodePort\n  selector: {app: hello}\n  ports: [{port: 8080, nodePort: 30001}]\n",
+    );
+    let out = twill()
+        .env("PATH", &path)
+        .args(["lab", "up", "--name", &lab.name, "--no-dns", "-f", &hello])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "lab up: {}", text(&out));
+    assert!(text(&out).contains("3/3 pods ready"), "{}", text(&out));
+    let pods = text(&lab.run(&["get", "pods", "-o", "wide"]));
+    assert_eq!(column(&pods, "hello-", 2), ["Running"; 3], "{pods}");
+    assert_eq!(column(&pods, "hello-", 9), ["responder"; 3], "{pods}");
+    let status = text(&lab.run(&["status"]));
+    let node_ips: Vec<String> = status
+        .lines()
+        .filter(|l| l.starts_with("node "))
+        .filter_map(|l| l.split_whitespace().nth(2).map(str::to_string))
+        .collect();
+    assert_eq!(node_ips.len(), 2, "{status}");
+    for ip in &node_ips {
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..30 {
+            let body = curl(&lab, &["--host", "client"], &format!("http://{ip}:30001/"));
+            if let Some(pod) = body.split_whitespace().next() {
+                seen.insert(pod.to_string());
+            }
+            if seen.len() == 3 {
+                break;
+            }
+        }
+        assert_eq!(seen.len(), 3, "node {ip}:30001 reached {seen:?}");
+        assert!(seen.iter().all(|p| p.starts_with("hello-")), "{seen:?}");
+    }
+    let described = text(&lab.run(&["describe", "pod", &column(&pods, "hello-", 0)[0]]));
+    assert!(
+        described
+            .contains("Lab runtime:  responder (image myorg/spring-hello:1.0 is not a tool image"),
+        "{described}"
+    );
+    let _ = std::fs::remove_dir_all(&bin);
+}
+
+/// kubelet's lifecycle: a failing command under `Always` crash-loops with growing
+/// restarts and back-off events; under `Never` it stays `Error`; a command that exits 0
+/// under `OnFailure` is `Completed`; a program the host lacks is a `StartError`.
+#[test]
+fn failing_containers_show_as_kubectl_shows_them() {
+    let test = "failing_containers_show_as_kubectl_shows_them";
+    if !twill_testkit::require_root(test) {
+        return;
+    }
+    let pods = manifest(
+        "lifecycle.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: crash}\nspec:\n  containers: [{name: c, image: busybox, command: [sh, -c, 'echo boom; exit 3']}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: once}\nspec:\n  restartPolicy: Never\n  containers: [{name: c, image: busybox, command: [sh, -c, 'exit 1']}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: done}\nspec:\n  restartPolicy: OnFailure\n  containers: [{name: c, image: alpine, command: ['true']}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: missing, annotations: {lab.twill.dev/runtime: command}}\nspec:\n  containers: [{name: c, image: myorg/app, command: [no-such-program-in-the-lab]}]\n",
+    );
+    let lab = Lab::up(&[
+        "--nodes",
+        "1",
+        "--no-dns",
+        "--no-client",
+        "--restart-backoff-ms",
+        "300",
+        "--wait",
+        "1",
+        "-f",
+        &pods,
+    ]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let table = loop {
+        let t = text(&lab.run(&["get", "pods"]));
+        let restarts = |pod: &str| -> u32 {
+            column(&t, &format!("{pod} "), 3)
+                .first()
+                .and_then(|r| r.parse().ok())
+                .unwrap_or(0)
+        };
+        let settled = column(&t, "crash ", 2) == ["CrashLoopBackOff"]
+            && restarts("crash") >= 3
+            && column(&t, "missing ", 2) == ["CrashLoopBackOff"]
+            && column(&t, "once ", 2) == ["Error"]
+            && column(&t, "done ", 2) == ["Completed"];
+        if settled || std::time::Instant::now() > deadline {
+            break t;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert_eq!(column(&table, "crash ", 2), ["CrashLoopBackOff"], "{table}");
+    assert_eq!(column(&table, "once ", 2), ["Error"], "{table}");
+    assert_eq!(column(&table, "once ", 3), ["0"], "{table}");
+    assert_eq!(column(&table, "done ", 2), ["Completed"], "{table}");
+    assert_eq!(
+        column(&table, "missing ", 2),
+        ["CrashLoopBackOff"],
+        "{table}"
+    );
+    assert_eq!(column(&table, "crash ", 1), ["0/1"], "{table}");
+    let crash = text(&lab.run(&["describe", "pod", "crash"]));
+    for want in [
+        "Exit Code:  3",
+        "Reason:     Error",
+        "BackOff",
+        "Back-off restarting failed container c",
+    ] {
+        assert!(
+            crash.contains(want),
+            "describe crash lacks {want:?}:\n{crash}"
+        );
+    }
+    let missing = text(&lab.run(&["describe", "pod", "missing"]));
+    assert!(
+        missing
+            .contains("exec: \"no-such-program-in-the-lab\": executable file not found in $PATH"),
+        "{missing}"
+    );
+    assert!(missing.contains("StartError"), "{missing}");
+    // The log keeps every run's output, as `kubectl logs` would show the current one.
+    let logs = text(&lab.run(&["logs", "crash"]));
+    assert!(logs.matches("boom").count() >= 3, "{logs}");
+}

@@ -777,6 +777,16 @@ fn pod_spec_of(spec: &core::PodSpec, path: &str, e: &mut Errors) -> PodSpec {
         }
     }
     let node_selector = labels_of(&spec.node_selector, &format!("{path}.nodeSelector"), e);
+    let restart_policy = match spec.restart_policy.as_deref() {
+        None | Some("") => RestartPolicy::Always,
+        Some(s) => RestartPolicy::parse(s).unwrap_or_else(|| {
+            e.add(
+                format!("{path}.restartPolicy"),
+                format!("unsupported value {s:?}: supported values: \"Always\", \"OnFailure\", \"Never\""),
+            );
+            RestartPolicy::Always
+        }),
+    };
     PodSpec {
         node_name: spec.node_name.clone().filter(|n| !n.is_empty()),
         node_selector,
@@ -788,6 +798,7 @@ fn pod_spec_of(spec: &core::PodSpec, path: &str, e: &mut Errors) -> PodSpec {
         dns_config,
         containers,
         termination_grace_period_seconds: spec.termination_grace_period_seconds,
+        restart_policy,
     }
 }
 

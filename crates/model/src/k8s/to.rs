@@ -187,6 +187,7 @@ fn pod_spec_to_k8s(s: &PodSpec) -> core::PodSpec {
             }),
         }),
         termination_grace_period_seconds: s.termination_grace_period_seconds,
+        restart_policy: Some(s.restart_policy.as_str().into()),
         containers: s
             .containers
             .iter()

@@ -30,6 +30,13 @@ struct LabName {
     name: String,
 }
 
+/// What `lab describe` shows.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum DescribeKind {
+    #[value(alias = "po", alias = "pods")]
+    Pod,
+}
+
 #[derive(clap::Subcommand)]
 enum Command {
     /// Build a lab: underlay switch, nodes, an outside host, agents, then apply manifests.
@@ -59,6 +66,10 @@ enum Command {
         /// Replace a lab of the same name.
         #[arg(long)]
         replace: bool,
+        /// The crash-loop back-off base in milliseconds: a crashed container restarts at
+        /// once, then after this, doubling to 30 times it (kubelet: 10 s to 5 min).
+        #[arg(long, default_value_t = 10_000)]
+        restart_backoff_ms: u64,
         /// How long to wait for pods to become Ready, in seconds.
         #[arg(long, default_value_t = 30)]
         wait: u64,
@@ -121,6 +132,19 @@ enum Command {
         pod: Option<String>,
         #[arg(last = true, required = true)]
         command: Vec<String>,
+    },
+    /// Show one object in detail, as kubectl describe does (pods: each container's
+    /// lab runtime and why, state, last state, restarts, and the events).
+    Describe {
+        #[command(flatten)]
+        lab: LabName,
+        /// The kind: pod (`po`).
+        kind: DescribeKind,
+        /// The object's name.
+        #[arg(value_name = "NAME")]
+        object: String,
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
     },
     /// A pod's output.
     Logs {
@@ -228,6 +252,12 @@ fn load_state(spec: &LabSpec) -> anyhow::Result<ClusterState> {
     Ok(state)
 }
 
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 fn lab_age(spec: &LabSpec) -> String {
     let secs = std::fs::metadata(spec.dir.join("lab.json"))
         .and_then(|m| m.modified())
@@ -249,6 +279,7 @@ pub fn prints_only(a: &Args) -> bool {
         a.command,
         Command::Get { .. }
             | Command::Logs { .. }
+            | Command::Describe { .. }
             | Command::Status { .. }
             | Command::Doctor { .. }
             | Command::Trace { .. }
@@ -269,6 +300,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             no_client,
             no_dns,
             replace,
+            restart_backoff_ms,
             wait,
             files,
         } => {
@@ -282,6 +314,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                 underlay,
                 with_client: !no_client,
                 dns: !no_dns,
+                restart_backoff_ms,
             };
             let r = ops::up(
                 &opts,
@@ -389,9 +422,14 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             }
             let text = match resource.as_str() {
                 "nodes" | "node" | "no" => kubectl::nodes(&state, wide, &age),
-                "pods" | "pod" | "po" => {
-                    kubectl::pods(&state, &status::load(&spec)?.pods, &scope, wide, &age)
-                }
+                "pods" | "pod" | "po" => kubectl::pods(
+                    &state,
+                    &status::load(&spec)?.pods,
+                    &scope,
+                    wide,
+                    &age,
+                    unix_now(),
+                ),
                 "services" | "service" | "svc" => kubectl::services(&state, &scope, wide, &age),
                 "endpointslices" | "endpointslice" => {
                     kubectl::endpoint_slices(&state, &scope, &age)
@@ -423,6 +461,25 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             };
             let code = ops::exec(&spec, &target, &command)?;
             Ok(ExitCode::from(code.clamp(0, 255) as u8))
+        }
+        Command::Describe {
+            lab,
+            kind: DescribeKind::Pod,
+            object: name,
+            namespace,
+        } => {
+            let spec = LabSpec::load(&lab.name)?;
+            let state = load_state(&spec)?;
+            let key = twill_model::ObjectKey::new(namespace.clone(), name.clone());
+            let Some(pod) = state.pods.get(&key) else {
+                anyhow::bail!("pods \"{name}\" not found in namespace {namespace}");
+            };
+            let running = status::load(&spec)?.pods;
+            let r = running
+                .iter()
+                .find(|r| r.namespace == namespace && r.name == name);
+            print!("{}", kubectl::describe_pod(pod, r, unix_now()));
+            Ok(ExitCode::SUCCESS)
         }
         Command::Logs {
             lab,
