@@ -348,6 +348,75 @@ fn unknown_node_and_unmatched_node_selector_are_reported() {
     );
 }
 
+#[test]
+fn host_ports_are_respected_like_the_schedulers_node_ports_filter() {
+    let settings = Settings::default();
+    let pod = |name: &str, port: &str| {
+        format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  containers: [{{name: c, image: i, ports: [{{containerPort: 80, {port}}}]}}]\n"
+        )
+    };
+    // Two nodes, three pods wanting host port 8080/TCP: two fit, the third waits.
+    let yaml = [
+        pod("a", "hostPort: 8080"),
+        pod("b", "hostPort: 8080"),
+        pod("c", "hostPort: 8080"),
+        // Another protocol on the same port does not collide.
+        pod("d", "hostPort: 8080, protocol: UDP"),
+    ]
+    .concat();
+    let out = reconcile(&state(&yaml, 2, &settings), &settings);
+    let node = |n: &str| {
+        out.state
+            .pods
+            .get(&ObjectKey::new("default", n))
+            .and_then(|p| p.spec.node_name.clone())
+    };
+    let (a, b) = (node("a").unwrap(), node("b").unwrap());
+    assert_ne!(
+        a, b,
+        "the second pod with hostPort 8080 goes to the other node"
+    );
+    assert_eq!(node("c"), None, "no node has 8080 free");
+    assert!(node("d").is_some());
+    let msgs: Vec<String> = out.problems.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        msgs,
+        [
+            "Pod default/c: spec.containers[].ports[].hostPort: 0/2 nodes are available: 2 node(s) didn't have free ports for the requested pod ports; the pod stays Pending"
+        ]
+    );
+    // Once placed, a pod keeps its node on the next reconcile, and a finished pod frees
+    // its port.
+    let again = reconcile(&out.state, &settings);
+    assert_eq!(
+        again
+            .state
+            .pods
+            .get(&ObjectKey::new("default", "a"))
+            .unwrap()
+            .spec
+            .node_name,
+        Some(a)
+    );
+    let mut done = out.state.clone();
+    done.pods
+        .get_mut(&ObjectKey::new("default", "b"))
+        .unwrap()
+        .phase = PodPhase::Failed;
+    let freed = reconcile(&done, &settings);
+    assert_eq!(
+        freed
+            .state
+            .pods
+            .get(&ObjectKey::new("default", "c"))
+            .unwrap()
+            .spec
+            .node_name,
+        Some(b)
+    );
+}
+
 fn pod_yaml(
     name: &str,
     ips: &str,

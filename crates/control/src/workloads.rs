@@ -120,13 +120,47 @@ pub(crate) fn reconcile_pods(
     }
 }
 
-/// Place pods that have no node: nodeSelector filters, then the node with the fewest
-/// pods of the same owner, then the fewest pods overall, then name order.
+/// A host port a pod takes on its node: protocol, port, host IP (`None`: every address).
+type HostPort = (twill_model::Protocol, u16, Option<IpAddr>);
+
+/// The host ports a pod needs (kube-scheduler's `NodePorts` filter reads the same): each
+/// container port with a `hostPort`; for a host-network pod, every container port.
+fn host_ports(p: &twill_model::Pod) -> Vec<HostPort> {
+    p.spec
+        .containers
+        .iter()
+        .flat_map(|c| &c.ports)
+        .filter_map(|cp| {
+            let port = if p.spec.host_network {
+                Some(cp.host_port.unwrap_or(cp.container_port))
+            } else {
+                cp.host_port
+            };
+            port.map(|h| (cp.protocol, h, cp.host_ip.filter(|ip| !ip.is_unspecified())))
+        })
+        .collect()
+}
+
+/// Two host ports collide: same protocol and port, and addresses that overlap (either
+/// one unset means every address).
+fn collide(a: &HostPort, b: &HostPort) -> bool {
+    a.0 == b.0 && a.1 == b.1 && (a.2.is_none() || b.2.is_none() || a.2 == b.2)
+}
+
+/// Place pods that have no node: nodeSelector and free host ports filter, then the node
+/// with the fewest pods of the same owner, then the fewest pods overall, then name order.
 fn schedule(state: &mut ClusterState, nodes: &[&twill_model::Node], problems: &mut Vec<Problem>) {
     let mut per_node: BTreeMap<String, usize> = nodes.iter().map(|n| (n.name.clone(), 0)).collect();
     let mut per_owner: BTreeMap<(String, String), usize> = BTreeMap::new();
+    let mut ports_used: BTreeMap<String, Vec<HostPort>> = BTreeMap::new();
     for p in state.pods.values() {
         if let Some(n) = &p.spec.node_name {
+            if p.is_active() {
+                ports_used
+                    .entry(n.clone())
+                    .or_default()
+                    .extend(host_ports(p));
+            }
             *per_node.entry(n.clone()).or_default() += 1;
             if let Some(o) = &p.owner {
                 *per_owner.entry((o.name.clone(), n.clone())).or_default() += 1;
@@ -153,7 +187,8 @@ fn schedule(state: &mut ClusterState, nodes: &[&twill_model::Node], problems: &m
             .as_ref()
             .map(|o| o.name.clone())
             .unwrap_or_default();
-        let best = nodes
+        let wanted = host_ports(pod);
+        let selected: Vec<&&twill_model::Node> = nodes
             .iter()
             .filter(|n| {
                 pod.spec
@@ -161,6 +196,15 @@ fn schedule(state: &mut ClusterState, nodes: &[&twill_model::Node], problems: &m
                     .iter()
                     .all(|(k, v)| n.labels.get(k) == Some(v))
             })
+            .collect();
+        let free = |n: &twill_model::Node| {
+            let used = ports_used.get(&n.name).map_or(&[][..], Vec::as_slice);
+            !wanted.iter().any(|w| used.iter().any(|u| collide(w, u)))
+        };
+        let best = selected
+            .iter()
+            .copied()
+            .filter(|n| free(n))
             .min_by_key(|n| {
                 (
                     per_owner
@@ -176,7 +220,21 @@ fn schedule(state: &mut ClusterState, nodes: &[&twill_model::Node], problems: &m
                 pod.spec.node_name = Some(n.name.clone());
                 *per_node.entry(n.name.clone()).or_default() += 1;
                 *per_owner.entry((owner, n.name.clone())).or_default() += 1;
+                ports_used.entry(n.name.clone()).or_default().extend(wanted);
             }
+            // kube-scheduler's words for the NodePorts filter.
+            None if !selected.is_empty() => problems.push(Problem {
+                object: ObjectRef {
+                    kind: Kind::Pod,
+                    key: pod.key.clone(),
+                },
+                path: "spec.containers[].ports[].hostPort".into(),
+                message: format!(
+                    "0/{} nodes are available: {} node(s) didn't have free ports for the requested pod ports; the pod stays Pending",
+                    nodes.len(),
+                    selected.len()
+                ),
+            }),
             None if !nodes.is_empty() => problems.push(Problem {
                 object: ObjectRef {
                     kind: Kind::Pod,

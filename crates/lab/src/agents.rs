@@ -77,12 +77,25 @@ pub fn stop_all(dir: &Path) {
     }
 }
 
-/// Whether the daemon recorded in `pid_file` still runs.
+/// Whether the daemon recorded in `pid_file` still runs: its pid exists and is not a
+/// zombie (a killed daemon whose parent has not reaped it still has a `/proc` entry).
 pub fn alive(pid_file: &Path) -> bool {
     std::fs::read_to_string(pid_file)
         .ok()
         .and_then(|s| s.trim().parse::<u32>().ok())
-        .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
+        .is_some_and(pid_running)
+}
+
+/// `pid` exists and is neither a zombie nor dead (`/proc/PID/stat` state `Z` or `X`).
+pub fn pid_running(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The state follows the command name, which is in parentheses and may hold spaces.
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
+    !matches!(state, Some("Z" | "X") | None)
 }
 
 /// The node agents this build of twill can run on a lab node.

@@ -346,7 +346,7 @@ fn step_containers(
                     Some((code, None, String::new()))
                 }
                 // Not our child (the controller restarted): only its absence is known.
-                _ if !std::path::Path::new(&format!("/proc/{pid}")).exists() => Some((
+                _ if !crate::agents::pid_running(pid as u32) => Some((
                     137,
                     Some("Error"),
                     "the process ended while no controller watched it".to_string(),

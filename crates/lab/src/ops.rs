@@ -18,6 +18,9 @@ pub struct UpReport {
     pub pods: usize,
     pub ready: usize,
     pub elapsed: Duration,
+    /// The lab was up already: the processes that were found dead and started again
+    /// (`None` for a lab built now).
+    pub restarted: Option<Vec<String>>,
 }
 
 /// Whether anything of lab `name` exists (files or namespaces).
@@ -39,7 +42,7 @@ pub fn up(
     crate::spec::check_name(&opts.name)?;
     if exists(&opts.name) {
         if !replace {
-            return Err(LabError::Exists(opts.name.clone()));
+            return repair(opts, &twill, manifests, agents_available, wait, started);
         }
         down(&opts.name, true)?;
     }
@@ -93,6 +96,103 @@ pub fn up(
         pods,
         ready,
         elapsed: started.elapsed(),
+        restarted: None,
+    })
+}
+
+/// `up` on a lab that exists: if it was built with the same options, start again the
+/// controller and node agents that died (pods keep running and keep their addresses),
+/// then apply `manifests`. Different options, or a lab whose namespaces are gone, need
+/// `--replace`.
+fn repair(
+    opts: &UpOptions,
+    twill: &Path,
+    manifests: &[String],
+    agents_available: &[&str],
+    wait: Duration,
+    started: Instant,
+) -> Result<UpReport, LabError> {
+    let name = &opts.name;
+    let spec = LabSpec::load(name).map_err(|_| LabError::Exists(name.clone()))?;
+    let planned = LabSpec::plan(opts, twill.to_path_buf())?;
+    let differ: Vec<String> = [
+        (
+            "--nodes",
+            spec.nodes.len().to_string(),
+            planned.nodes.len().to_string(),
+        ),
+        (
+            "--backend",
+            spec.backend.as_str().into(),
+            planned.backend.as_str().into(),
+        ),
+        (
+            "--proxy-mode",
+            spec.proxy_mode.clone(),
+            planned.proxy_mode.clone(),
+        ),
+        (
+            "--pod-cidr",
+            spec.pod_cidr.to_string(),
+            planned.pod_cidr.to_string(),
+        ),
+        (
+            "--service-cidr",
+            spec.service_cidr.to_string(),
+            planned.service_cidr.to_string(),
+        ),
+        (
+            "--underlay",
+            spec.underlay.to_string(),
+            planned.underlay.to_string(),
+        ),
+        (
+            "outside host",
+            spec.client.is_some().to_string(),
+            planned.client.is_some().to_string(),
+        ),
+        ("cluster DNS", spec.dns.to_string(), planned.dns.to_string()),
+    ]
+    .into_iter()
+    .filter(|(_, have, want)| have != want)
+    .map(|(what, have, want)| format!("{what} {have}, asked {want}"))
+    .collect();
+    if !differ.is_empty() {
+        return Err(LabError::Invalid(format!(
+            "lab {name:?} exists with other options ({}); `twill lab up --name {name}` with its own options restarts what is missing, --replace rebuilds it",
+            differ.join("; ")
+        )));
+    }
+    let present = netns::list(&spec.prefix());
+    if let Some(n) = spec.nodes.iter().find(|n| !present.contains(&n.netns)) {
+        return Err(LabError::Invalid(format!(
+            "lab {name:?} is damaged: namespace {} is gone; rebuild it with `twill lab up --name {name} --replace`",
+            n.netns
+        )));
+    }
+    let mut restarted = Vec::new();
+    for node in &spec.nodes {
+        let dir = spec.node_dir(&node.name);
+        for d in agents::node_agents(&spec, node, agents_available) {
+            if !agents::alive(&dir.join(format!("{}.pid", d.name))) {
+                agents::start(&dir, Some(&node.netns), &d)?;
+                restarted.push(format!("{}/{}", node.name, d.name));
+            }
+        }
+    }
+    if !agents::alive(&spec.dir.join("controller.pid")) {
+        start_controller(&spec)?;
+        restarted.push("controller".into());
+    }
+    let problems = apply(&spec, manifests)?.problems;
+    let (pods, ready) = wait_ready(&spec, wait);
+    Ok(UpReport {
+        spec,
+        problems,
+        pods,
+        ready,
+        elapsed: started.elapsed(),
+        restarted: Some(restarted),
     })
 }
 

@@ -228,15 +228,27 @@ fn bad_manifests_deploy_the_rest_and_name_the_problem() {
         t.contains("1/1 pods ready"),
         "the valid pod still deploys: {t}"
     );
+    // `up` again with the same options finds nothing to restart; other options are
+    // refused with what differs.
     let again = twill()
         .args(["lab", "up", "--name", &name, "--no-dns"])
         .output()
         .unwrap();
-    assert!(!again.status.success());
+    assert!(again.status.success(), "{}", text(&again));
     assert!(
-        text(&again).contains("already exists; use --replace"),
+        text(&again).contains("was up already; nothing needed restarting"),
         "{}",
         text(&again)
+    );
+    let other = twill()
+        .args(["lab", "up", "--name", &name, "--no-dns", "--nodes", "3"])
+        .output()
+        .unwrap();
+    assert!(!other.status.success());
+    assert!(
+        text(&other).contains("exists with other options (--nodes 2, asked 3)"),
+        "{}",
+        text(&other)
     );
     let apply = twill()
         .args(["lab", "apply", "--name", &name, "-f", &f])
@@ -814,4 +826,79 @@ fn failing_containers_show_as_kubectl_shows_them() {
     // The log keeps every run's output, as `kubectl logs` would show the current one.
     let logs = text(&lab.run(&["logs", "crash"]));
     assert!(logs.matches("boom").count() >= 3, "{logs}");
+}
+
+/// The lab's processes come back: a killed controller shows in `status`, `apply` is
+/// refused while it is down, and `up` on the same name starts it (and a killed node
+/// agent) again; the pods keep running with their addresses.
+#[test]
+fn a_killed_controller_is_reported_and_up_restarts_it_without_losing_pods() {
+    let test = "a_killed_controller_is_reported_and_up_restarts_it_without_losing_pods";
+    if !twill_testkit::require_root(test) {
+        return;
+    }
+    let pods = manifest(
+        "keep.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: keep}\nspec:\n  containers: [{name: c, image: nginx, ports: [{containerPort: 80}]}]\n",
+    );
+    let lab = Lab::up(&["--nodes", "1", "--no-dns", "--no-client", "-f", &pods]);
+    let ip_of = |lab: &Lab| column(&text(&lab.run(&["get", "pods", "-o", "wide"])), "keep ", 5);
+    let before = ip_of(&lab);
+    assert_eq!(before.len(), 1);
+    let dir = format!("{}/{}", lab_root(), lab.name);
+    let pid = |file: &str| -> i32 {
+        std::fs::read_to_string(format!("{dir}/{file}"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    // SAFETY: kill(2) on the lab's own daemons.
+    unsafe {
+        libc::kill(pid("controller.pid"), libc::SIGKILL);
+        libc::kill(pid("nodes/node-1/proxy.pid"), libc::SIGKILL);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let status = loop {
+        let s = text(&lab.run(&["status"]));
+        if s.contains("controller: NOT running") || std::time::Instant::now() > deadline {
+            break s;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(status.contains("controller: NOT running"), "{status}");
+    assert!(status.contains("proxy=DOWN"), "{status}");
+    let refused = lab.run(&["apply", "-f", &pods]);
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused).contains("controller is not running"),
+        "{}",
+        text(&refused)
+    );
+    let up = twill()
+        .args([
+            "lab",
+            "up",
+            "--name",
+            &lab.name,
+            "--nodes",
+            "1",
+            "--no-dns",
+            "--no-client",
+        ])
+        .output()
+        .unwrap();
+    assert!(up.status.success(), "{}", text(&up));
+    assert!(
+        text(&up).contains("restarted: node-1/proxy, controller"),
+        "{}",
+        text(&up)
+    );
+    let status = text(&lab.run(&["status"]));
+    assert!(status.contains("controller: running"), "{status}");
+    assert!(!status.contains("DOWN"), "{status}");
+    assert_eq!(ip_of(&lab), before, "the pod keeps its address");
+    let pods_table = text(&lab.run(&["get", "pods"]));
+    assert_eq!(column(&pods_table, "keep ", 2), ["Running"], "{pods_table}");
+    assert_eq!(column(&pods_table, "keep ", 3), ["0"], "{pods_table}");
 }

@@ -252,6 +252,19 @@ fn load_state(spec: &LabSpec) -> anyhow::Result<ClusterState> {
     Ok(state)
 }
 
+/// Like kubectl against an API server that is down: a change nobody would act on is
+/// refused, not reported as `configured`.
+fn require_controller(spec: &LabSpec) -> anyhow::Result<()> {
+    if twill_lab::agents::alive(&spec.dir.join("controller.pid")) {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "lab {:?}'s controller is not running, so nothing would act on this change; `twill lab up --name {}` starts it again (pods keep running)",
+        spec.name,
+        spec.name
+    )
+}
+
 fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -325,6 +338,20 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                 Duration::from_secs(wait),
             )?;
             print_problems(&r.problems);
+            match &r.restarted {
+                Some(list) if list.is_empty() => {
+                    println!(
+                        "lab {} was up already; nothing needed restarting",
+                        r.spec.name
+                    )
+                }
+                Some(list) => println!(
+                    "lab {} was up already; restarted: {}",
+                    r.spec.name,
+                    list.join(", ")
+                ),
+                None => {}
+            }
             println!(
                 "lab {} is up: {} nodes ({} backend, {} proxy), {}/{} pods ready in {:.2}s",
                 r.spec.name,
@@ -353,6 +380,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         }
         Command::Apply { lab, files } => {
             let spec = LabSpec::load(&lab.name)?;
+            require_controller(&spec)?;
             let r = ops::apply(&spec, &files)?;
             print_problems(&r.problems);
             for l in &r.objects {
@@ -366,6 +394,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         }
         Command::Delete { lab, files } => {
             let spec = LabSpec::load(&lab.name)?;
+            require_controller(&spec)?;
             let (r, removed) = ops::delete(&spec, &files)?;
             print_problems(&r.problems);
             println!("{removed} objects deleted");
@@ -506,9 +535,12 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             println!(
                 "controller: {}",
                 if twill_lab::agents::alive(&spec.dir.join("controller.pid")) {
-                    "running"
+                    "running".to_string()
                 } else {
-                    "NOT running"
+                    format!(
+                        "NOT running (`twill lab up --name {}` starts it again; pods keep running)",
+                        spec.name
+                    )
                 }
             );
             for n in &spec.nodes {
