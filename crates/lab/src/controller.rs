@@ -19,6 +19,7 @@ use twill_model::{ClusterState, Node, Object, ObjectEvent, ObjectKey, PodPhase};
 
 use crate::lifecycle::{self, Backoff, Exit, Runtime, State};
 use crate::pod::{self, RunningPod};
+use crate::prober::Prober;
 use crate::spec::{LabSpec, write_atomic};
 use crate::{LabError, dns, status};
 
@@ -33,6 +34,7 @@ pub struct Controller {
     /// finds earlier ones only as pids in status.json).
     children: BTreeMap<i32, Child>,
     backoff: Backoff,
+    prober: Prober,
     last_written: String,
     /// Underlay service addresses and the node holding each.
     vips: BTreeMap<std::net::Ipv4Addr, String>,
@@ -78,6 +80,7 @@ impl Controller {
                 .collect(),
             children: BTreeMap::new(),
             backoff: Backoff::with_base(Duration::from_millis(spec.restart_backoff_ms)),
+            prober: Prober::default(),
             last_written: String::new(),
             vips: BTreeMap::new(),
             spec,
@@ -159,6 +162,7 @@ impl Controller {
             .cloned()
             .collect();
         for key in gone {
+            self.prober.forget(&key);
             if let Some(r) = self.running.remove(&key)
                 && let Some(node) = self.spec.node(&r.node)
             {
@@ -232,7 +236,27 @@ impl Controller {
                 continue;
             };
             changed |= step_containers(&self.spec, p, r, &mut self.children, &self.backoff, now_ms);
-            let ready = pod::probe_ready(r);
+            let verdicts = self.prober.step(p, r, now_ms);
+            changed |= verdicts.changed;
+            for (i, why) in verdicts.kill {
+                if let Some(pid) = r.containers[i].pid {
+                    // SAFETY: kill(2) on the container's own process group.
+                    unsafe {
+                        libc::kill(-pid, libc::SIGKILL);
+                        libc::kill(pid, libc::SIGKILL);
+                    }
+                }
+                lifecycle::record_event(
+                    &mut r.events,
+                    now_ms / 1000,
+                    "Normal",
+                    "Killing",
+                    "kubelet",
+                    why,
+                );
+            }
+            let prober = &self.prober;
+            let ready = pod::probe_ready(r, p, |i| prober.ready(key, i));
             if ready != r.ready {
                 r.ready = ready;
                 changed = true;

@@ -24,6 +24,7 @@ pub mod lifecycle;
 pub mod netns;
 pub mod ops;
 pub mod pod;
+pub mod prober;
 pub mod responder;
 pub mod spec;
 pub mod status;

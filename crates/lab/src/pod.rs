@@ -408,9 +408,10 @@ fn listening(pid: i32, proto: Protocol) -> Vec<u16> {
     out
 }
 
-/// Ready when every container is running and every declared TCP/UDP port is bound in
-/// the pod (the rule for pods without readiness probes).
-pub fn probe_ready(running: &RunningPod) -> bool {
+/// Ready when every container is running and, per container, its readiness probe
+/// passes (`probe(i)` is `Some`) or, without one, every TCP/UDP port it declares is
+/// bound in the pod (the lab's rule for containers without probes).
+pub fn probe_ready(running: &RunningPod, pod: &Pod, probe: impl Fn(usize) -> Option<bool>) -> bool {
     if running.pids.is_empty() || !running.containers.iter().all(ContainerStatus::running) {
         return false;
     }
@@ -421,14 +422,18 @@ pub fn probe_ready(running: &RunningPod) -> bool {
     {
         return false;
     }
-    running
-        .ports
+    pod.spec
+        .containers
         .iter()
-        .all(|(port, proto)| match Protocol::parse(proto) {
-            Some(p @ (Protocol::Tcp | Protocol::Udp)) => running
-                .pids
-                .iter()
-                .any(|pid| listening(*pid, p).contains(port)),
-            _ => true,
+        .enumerate()
+        .all(|(i, c)| match probe(i) {
+            Some(ready) => ready,
+            None => c.ports.iter().all(|p| match p.protocol {
+                proto @ (Protocol::Tcp | Protocol::Udp) => running
+                    .pids
+                    .iter()
+                    .any(|pid| listening(*pid, proto).contains(&p.container_port)),
+                Protocol::Sctp => true,
+            }),
         })
 }

@@ -255,3 +255,51 @@ spec:
         "{rendered}"
     );
 }
+
+#[test]
+fn restart_policy_and_probes_get_the_api_defaults_and_its_validation() {
+    let r = parse_str(
+        "p.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  restartPolicy: OnFailure\n  containers:\n  - name: c\n    image: i\n    ports: [{name: http, containerPort: 8080}]\n    readinessProbe: {httpGet: {port: http}}\n    livenessProbe: {tcpSocket: {port: 8080}, periodSeconds: 2, failureThreshold: 1}\n    startupProbe: {exec: {command: [cat, /tmp/ok]}, initialDelaySeconds: 5}\n",
+    );
+    assert!(r.problems.is_empty(), "{:?}", messages(&r));
+    let Object::Pod(p) = &r.objects[0].object else {
+        panic!()
+    };
+    assert_eq!(p.spec.restart_policy, twill_model::RestartPolicy::OnFailure);
+    let c = &p.spec.containers[0];
+    let ready = c.readiness_probe.as_ref().unwrap();
+    assert_eq!(
+        ready.action,
+        twill_model::ProbeAction::HttpGet {
+            path: "/".into(),
+            port: TargetPort::Name("http".into()),
+            https: false
+        }
+    );
+    assert_eq!(
+        (
+            ready.period_seconds,
+            ready.timeout_seconds,
+            ready.success_threshold,
+            ready.failure_threshold
+        ),
+        (10, 1, 1, 3)
+    );
+    let live = c.liveness_probe.as_ref().unwrap();
+    assert_eq!((live.period_seconds, live.failure_threshold), (2, 1));
+    assert_eq!(c.startup_probe.as_ref().unwrap().initial_delay_seconds, 5);
+
+    let bad = parse_str(
+        "b.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: b}\nspec:\n  restartPolicy: Sometimes\n  containers:\n  - name: c\n    image: i\n    livenessProbe: {tcpSocket: {port: 1}, successThreshold: 2}\n    readinessProbe: {periodSeconds: 0}\n",
+    );
+    let msgs = messages(&bad).join("\n");
+    for want in [
+        "spec.restartPolicy: unsupported value \"Sometimes\"",
+        "spec.containers[0].livenessProbe.successThreshold: must be 1",
+        "spec.containers[0].readinessProbe: must specify a handler type",
+    ] {
+        assert!(msgs.contains(want), "{want:?} not in:\n{msgs}");
+    }
+}

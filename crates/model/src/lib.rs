@@ -27,7 +27,7 @@ pub use meta::{
 pub use node::Node;
 pub use pod::{
     Container, ContainerPort, DnsPolicy, Namespace, OwnerRef, Pod, PodDnsConfig, PodPhase, PodSpec,
-    PodTemplate, RestartPolicy, Workload, WorkloadKind,
+    PodTemplate, Probe, ProbeAction, RestartPolicy, Workload, WorkloadKind,
 };
 pub use policy::{NetworkPolicy, PolicyPeer, PolicyPort, PolicyRule};
 pub use service::{

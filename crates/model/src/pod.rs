@@ -2,6 +2,7 @@
 
 use std::net::IpAddr;
 
+use crate::TargetPort;
 use crate::meta::{LabelSelector, Labels, ObjectKey, Protocol};
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -27,6 +28,42 @@ pub struct Container {
     pub args: Vec<String>,
     pub ports: Vec<ContainerPort>,
     pub env: Vec<(String, String)>,
+    pub readiness_probe: Option<Probe>,
+    pub liveness_probe: Option<Probe>,
+    pub startup_probe: Option<Probe>,
+}
+
+/// A container probe (`readinessProbe`, `livenessProbe`, `startupProbe`), with the
+/// API's defaults filled in.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Probe {
+    pub action: ProbeAction,
+    pub initial_delay_seconds: u32,
+    /// Default 10.
+    pub period_seconds: u32,
+    /// Default 1.
+    pub timeout_seconds: u32,
+    /// Default 1 (and always 1 for liveness and startup probes).
+    pub success_threshold: u32,
+    /// Default 3.
+    pub failure_threshold: u32,
+}
+
+/// What a probe does; exactly one per probe.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ProbeAction {
+    /// `httpGet`: a GET of `path`; status 200-399 is success.
+    HttpGet {
+        path: String,
+        port: TargetPort,
+        https: bool,
+    },
+    /// `tcpSocket`: a TCP connect.
+    TcpSocket { port: TargetPort },
+    /// `exec`: a command in the container; exit 0 is success.
+    Exec { command: Vec<String> },
+    /// `grpc`: the gRPC health check on `port`.
+    Grpc { port: u16 },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]

@@ -902,3 +902,81 @@ fn a_killed_controller_is_reported_and_up_restarts_it_without_losing_pods() {
     assert_eq!(column(&pods_table, "keep ", 2), ["Running"], "{pods_table}");
     assert_eq!(column(&pods_table, "keep ", 3), ["0"], "{pods_table}");
 }
+
+/// Probes as kubelet runs them: a failing readiness probe takes the pod out of its
+/// Service's EndpointSlice and brings it back when it passes; a failing liveness probe
+/// restarts the container.
+#[test]
+fn readiness_and_liveness_probes_drive_endpoints_and_restarts() {
+    let test = "readiness_and_liveness_probes_drive_endpoints_and_restarts";
+    if !twill_testkit::require_root(test) || !twill_testkit::require_tool(test, "python3") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("twill-e2e-probe-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("ready"), "ok").unwrap();
+    std::fs::write(dir.join("alive"), "ok").unwrap();
+    let d = dir.display();
+    let pods = manifest(
+        "probes.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: web, labels: {{app: web}}}}\nspec:\n  containers:\n  - name: web\n    image: python:3.12\n    command: [python3, -m, http.server, '8080', --directory, '{d}']\n    ports: [{{name: http, containerPort: 8080}}]\n    readinessProbe: {{httpGet: {{path: /ready, port: http}}, periodSeconds: 1, failureThreshold: 1}}\n    livenessProbe: {{exec: {{command: [test, -f, '{d}/alive']}}, periodSeconds: 1, failureThreshold: 2}}\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n  selector: {{app: web}}\n  ports: [{{port: 80, targetPort: http}}]\n"
+        ),
+    );
+    let lab = Lab::up(&[
+        "--nodes",
+        "1",
+        "--no-dns",
+        "--no-client",
+        "--restart-backoff-ms",
+        "300",
+        "-f",
+        &pods,
+    ]);
+    let wait_for = |what: &str, f: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !f() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting: {what}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    };
+    let ready = || column(&text(&lab.run(&["get", "pods"])), "web ", 1) == ["1/1"];
+    let slice_ready = |want: &str| {
+        let y = text(&lab.run(&["get", "endpointslices", "-o", "yaml"]));
+        y.contains(&format!("ready: {want}"))
+    };
+    wait_for("web Ready", &ready);
+    assert!(slice_ready("true"));
+    std::fs::remove_file(dir.join("ready")).unwrap();
+    wait_for("web not Ready", &|| !ready());
+    wait_for("endpoint not ready", &|| slice_ready("false"));
+    let described = text(&lab.run(&["describe", "pod", "web"]));
+    assert!(
+        described.contains("Readiness probe failed: HTTP probe failed with statuscode: 404"),
+        "{described}"
+    );
+    std::fs::write(dir.join("ready"), "ok").unwrap();
+    wait_for("web Ready again", &ready);
+    // Liveness: the container is killed and started again.
+    std::fs::remove_file(dir.join("alive")).unwrap();
+    wait_for("a restart", &|| {
+        column(&text(&lab.run(&["get", "pods"])), "web ", 3)
+            .first()
+            .is_some_and(|r| r != "0")
+    });
+    std::fs::write(dir.join("alive"), "ok").unwrap();
+    let described = text(&lab.run(&["describe", "pod", "web"]));
+    assert!(
+        described.contains("Container web failed liveness probe, will be restarted"),
+        "{described}"
+    );
+    assert!(
+        described.contains("Liveness probe failed: command"),
+        "{described}"
+    );
+    wait_for("web Ready after the restart", &ready);
+    let _ = std::fs::remove_dir_all(&dir);
+}

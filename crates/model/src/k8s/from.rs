@@ -685,6 +685,81 @@ pub fn endpoint_slice_from_k8s(o: &discovery::EndpointSlice) -> Result<EndpointS
     })
 }
 
+/// A probe with the API's defaults and validation (`validateProbe`): exactly one
+/// handler, non-negative numbers, and `successThreshold` 1 for liveness and startup.
+fn probe_of(p: &core::Probe, path: &str, must_succeed_once: bool, e: &mut Errors) -> Option<Probe> {
+    let mut actions = Vec::new();
+    if let Some(h) = &p.http_get {
+        let scheme = h.scheme.as_deref().unwrap_or("HTTP");
+        if scheme != "HTTP" && scheme != "HTTPS" {
+            e.add(
+                format!("{path}.httpGet.scheme"),
+                format!("unsupported value {scheme:?}: supported values: \"HTTP\", \"HTTPS\""),
+            );
+        }
+        actions.push(ProbeAction::HttpGet {
+            path: h
+                .path
+                .clone()
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "/".into()),
+            port: target_port_of(&h.port, &format!("{path}.httpGet.port"), e),
+            https: scheme == "HTTPS",
+        });
+    }
+    if let Some(t) = &p.tcp_socket {
+        actions.push(ProbeAction::TcpSocket {
+            port: target_port_of(&t.port, &format!("{path}.tcpSocket.port"), e),
+        });
+    }
+    if let Some(x) = &p.exec {
+        let command = x.command.clone().unwrap_or_default();
+        if command.is_empty() {
+            e.add(format!("{path}.exec.command"), "required: a command to run");
+        }
+        actions.push(ProbeAction::Exec { command });
+    }
+    if let Some(g) = &p.grpc {
+        actions.push(ProbeAction::Grpc {
+            port: port_of(g.port, &format!("{path}.grpc.port"), e),
+        });
+    }
+    if actions.len() != 1 {
+        e.add(
+            path.to_string(),
+            if actions.is_empty() {
+                "must specify a handler type (httpGet, tcpSocket, exec or grpc)"
+            } else {
+                "may not specify more than 1 handler type"
+            },
+        );
+        return None;
+    }
+    let num = |v: Option<i32>, field: &str, default: u32, min: i32, e: &mut Errors| match v {
+        None => default,
+        Some(n) if n >= min => n as u32,
+        Some(n) => {
+            e.add(
+                format!("{path}.{field}"),
+                format!("{n} must be greater than or equal to {min}"),
+            );
+            default
+        }
+    };
+    let success_threshold = num(p.success_threshold, "successThreshold", 1, 1, e);
+    if must_succeed_once && success_threshold != 1 {
+        e.add(format!("{path}.successThreshold"), "must be 1");
+    }
+    Some(Probe {
+        action: actions.remove(0),
+        initial_delay_seconds: num(p.initial_delay_seconds, "initialDelaySeconds", 0, 0, e),
+        period_seconds: num(p.period_seconds, "periodSeconds", 10, 1, e),
+        timeout_seconds: num(p.timeout_seconds, "timeoutSeconds", 1, 1, e),
+        success_threshold,
+        failure_threshold: num(p.failure_threshold, "failureThreshold", 3, 1, e),
+    })
+}
+
 fn pod_spec_of(spec: &core::PodSpec, path: &str, e: &mut Errors) -> PodSpec {
     let mut containers = Vec::new();
     if spec.containers.is_empty() {
@@ -734,11 +809,21 @@ fn pod_spec_of(spec: &core::PodSpec, path: &str, e: &mut Errors) -> PodSpec {
                     .and_then(|s| ip_of(s, &format!("{pp}.hostIP"), e)),
             });
         }
+        let probe = |p: &Option<core::Probe>, field: &str, e: &mut Errors| {
+            p.as_ref()
+                .and_then(|p| probe_of(p, &format!("{cp}.{field}"), field != "readinessProbe", e))
+        };
+        let readiness_probe = probe(&c.readiness_probe, "readinessProbe", e);
+        let liveness_probe = probe(&c.liveness_probe, "livenessProbe", e);
+        let startup_probe = probe(&c.startup_probe, "startupProbe", e);
         containers.push(Container {
             name: c.name.clone(),
             image: c.image.clone().unwrap_or_default(),
             command: c.command.clone().unwrap_or_default(),
             args: c.args.clone().unwrap_or_default(),
+            readiness_probe,
+            liveness_probe,
+            startup_probe,
             ports,
             env: c
                 .env

@@ -164,6 +164,45 @@ pub fn service_to_k8s(s: &Service) -> core::Service {
     }
 }
 
+fn probe_to_k8s(p: &Probe) -> core::Probe {
+    let mut out = core::Probe {
+        initial_delay_seconds: Some(p.initial_delay_seconds as i32),
+        period_seconds: Some(p.period_seconds as i32),
+        timeout_seconds: Some(p.timeout_seconds as i32),
+        success_threshold: Some(p.success_threshold as i32),
+        failure_threshold: Some(p.failure_threshold as i32),
+        ..Default::default()
+    };
+    match &p.action {
+        ProbeAction::HttpGet { path, port, https } => {
+            out.http_get = Some(core::HTTPGetAction {
+                path: Some(path.clone()),
+                port: int_or_string(port),
+                scheme: Some(if *https { "HTTPS" } else { "HTTP" }.into()),
+                ..Default::default()
+            });
+        }
+        ProbeAction::TcpSocket { port } => {
+            out.tcp_socket = Some(core::TCPSocketAction {
+                port: int_or_string(port),
+                ..Default::default()
+            });
+        }
+        ProbeAction::Exec { command } => {
+            out.exec = Some(core::ExecAction {
+                command: Some(command.clone()),
+            });
+        }
+        ProbeAction::Grpc { port } => {
+            out.grpc = Some(core::GRPCAction {
+                port: i32::from(*port),
+                service: None,
+            });
+        }
+    }
+    out
+}
+
 fn pod_spec_to_k8s(s: &PodSpec) -> core::PodSpec {
     core::PodSpec {
         node_name: s.node_name.clone(),
@@ -196,6 +235,9 @@ fn pod_spec_to_k8s(s: &PodSpec) -> core::PodSpec {
                 image: (!c.image.is_empty()).then(|| c.image.clone()),
                 command: (!c.command.is_empty()).then(|| c.command.clone()),
                 args: (!c.args.is_empty()).then(|| c.args.clone()),
+                readiness_probe: c.readiness_probe.as_ref().map(probe_to_k8s),
+                liveness_probe: c.liveness_probe.as_ref().map(probe_to_k8s),
+                startup_probe: c.startup_probe.as_ref().map(probe_to_k8s),
                 env: (!c.env.is_empty()).then(|| {
                     c.env
                         .iter()
