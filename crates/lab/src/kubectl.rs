@@ -338,6 +338,126 @@ pub fn age(secs: u64) -> String {
     }
 }
 
+/// One requirement of a label selector (`-l`), kubectl's syntax.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Requirement {
+    /// `k=v`, `k==v`
+    Equals(String, String),
+    /// `k!=v` (also true when `k` is absent)
+    NotEquals(String, String),
+    /// `k in (a,b)`
+    In(String, Vec<String>),
+    /// `k notin (a,b)` (also true when `k` is absent)
+    NotIn(String, Vec<String>),
+    /// `k`
+    Exists(String),
+    /// `!k`
+    DoesNotExist(String),
+}
+
+/// Parse `-l app=web,tier!=db,env in (a,b),!legacy`.
+pub fn parse_selector(s: &str) -> Result<Vec<Requirement>, String> {
+    // Split at commas outside parentheses.
+    let mut parts = Vec::new();
+    let (mut depth, mut start) = (0usize, 0usize);
+    for (i, ch) in s.char_indices() {
+        match ch {
+            '(' => depth += 1,
+            ')' => depth = depth.saturating_sub(1),
+            ',' if depth == 0 => {
+                parts.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&s[start..]);
+    let set = |rest: &str| -> Result<Vec<String>, String> {
+        let inner = rest
+            .trim()
+            .strip_prefix('(')
+            .and_then(|r| r.strip_suffix(')'))
+            .ok_or_else(|| format!("{s:?}: expected a (value, ...) list"))?;
+        Ok(inner.split(',').map(|v| v.trim().to_string()).collect())
+    };
+    let mut out = Vec::new();
+    for part in parts.iter().map(|p| p.trim()).filter(|p| !p.is_empty()) {
+        let words: Vec<&str> = part.splitn(2, char::is_whitespace).collect();
+        let req = if let Some((k, v)) = part.split_once("!=") {
+            Requirement::NotEquals(k.trim().into(), v.trim().into())
+        } else if let Some((k, v)) = part.split_once("==").or_else(|| part.split_once('=')) {
+            Requirement::Equals(k.trim().into(), v.trim().into())
+        } else if words.len() == 2 && words[1].trim_start().starts_with("notin") {
+            Requirement::NotIn(words[0].into(), set(&words[1].trim_start()[5..])?)
+        } else if words.len() == 2 && words[1].trim_start().starts_with("in") {
+            Requirement::In(words[0].into(), set(&words[1].trim_start()[2..])?)
+        } else if let Some(k) = part.strip_prefix('!') {
+            Requirement::DoesNotExist(k.trim().into())
+        } else if words.len() == 1 {
+            Requirement::Exists(part.into())
+        } else {
+            return Err(format!(
+                "{s:?}: cannot read {part:?} as a label requirement"
+            ));
+        };
+        out.push(req);
+    }
+    Ok(out)
+}
+
+/// Whether `labels` satisfy every requirement.
+pub fn selects(reqs: &[Requirement], labels: &twill_model::Labels) -> bool {
+    reqs.iter().all(|r| match r {
+        Requirement::Equals(k, v) => labels.get(k) == Some(v),
+        Requirement::NotEquals(k, v) => labels.get(k) != Some(v),
+        Requirement::In(k, vs) => labels.get(k).is_some_and(|l| vs.contains(l)),
+        Requirement::NotIn(k, vs) => labels.get(k).is_none_or(|l| !vs.contains(l)),
+        Requirement::Exists(k) => labels.contains_key(k),
+        Requirement::DoesNotExist(k) => !labels.contains_key(k),
+    })
+}
+
+/// Keep only the objects whose labels `reqs` select.
+pub fn filter_by_labels(state: &mut ClusterState, reqs: &[Requirement]) {
+    state.nodes.retain(|_, n| selects(reqs, &n.labels));
+    state.pods.retain(|_, p| selects(reqs, &p.labels));
+    state.services.retain(|_, s| selects(reqs, &s.labels));
+    state
+        .endpoint_slices
+        .retain(|_, s| selects(reqs, &s.labels));
+    state
+        .network_policies
+        .retain(|_, p| selects(reqs, &p.labels));
+}
+
+/// `get events`: every pod's events, oldest first, kubectl's columns.
+pub fn events(running: &[RunningPod], scope: &Scope<'_>, now: u64) -> String {
+    let mut all: Vec<(&RunningPod, &lifecycle::Event)> = running
+        .iter()
+        .filter(|r| scope.matches(&r.namespace))
+        .flat_map(|r| r.events.iter().map(move |e| (r, e)))
+        .collect();
+    all.sort_by_key(|(r, e)| (e.last, r.namespace.clone(), r.name.clone()));
+    if all.is_empty() {
+        return String::new();
+    }
+    let mut rows = vec![header(
+        scope,
+        &["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
+    )];
+    for (r, e) in all {
+        let row = vec![
+            age(now.saturating_sub(e.last)),
+            e.kind.clone(),
+            e.reason.clone(),
+            format!("pod/{}", r.name),
+            e.message.clone(),
+        ];
+        rows.push(with_ns(scope, &r.namespace, row));
+    }
+    table(&rows)
+}
+
 /// `describe pod`, in kubectl's layout: the pod, each container with the lab's runtime
 /// and why, its state, last state and restarts, the conditions, and the events.
 pub fn describe_pod(pod: &twill_model::Pod, running: Option<&RunningPod>, now: u64) -> String {
@@ -562,5 +682,34 @@ mod tests {
         assert_eq!(age(5), "5s");
         assert_eq!(age(192), "3m12s");
         assert_eq!(age(7500), "2h5m");
+    }
+
+    #[test]
+    fn label_selectors_read_kubectls_syntax() {
+        let reqs = parse_selector("app=web,tier!=db, env in (prod, staging),!legacy,team").unwrap();
+        assert_eq!(
+            reqs,
+            [
+                Requirement::Equals("app".into(), "web".into()),
+                Requirement::NotEquals("tier".into(), "db".into()),
+                Requirement::In("env".into(), vec!["prod".into(), "staging".into()]),
+                Requirement::DoesNotExist("legacy".into()),
+                Requirement::Exists("team".into()),
+            ]
+        );
+        let labels = |kv: &[(&str, &str)]| -> twill_model::Labels {
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let yes = labels(&[("app", "web"), ("env", "prod"), ("team", "a")]);
+        assert!(selects(&reqs, &yes));
+        let no = labels(&[("app", "web"), ("env", "dev"), ("team", "a")]);
+        assert!(!selects(&reqs, &no));
+        let notin = parse_selector("env notin (prod)").unwrap();
+        assert!(selects(&notin, &labels(&[])), "absent satisfies notin");
+        assert!(!selects(&notin, &labels(&[("env", "prod")])));
+        assert!(parse_selector("env in prod").is_err());
+        assert!(parse_selector("a b c").is_err());
     }
 }

@@ -18,7 +18,7 @@ pub mod files;
 mod render;
 mod split;
 
-pub use render::render_yaml;
+pub use render::{render_json, render_yaml};
 pub use split::{DocText, yaml_document_texts};
 use std::fmt;
 

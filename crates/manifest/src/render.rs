@@ -35,3 +35,39 @@ pub fn render_yaml(state: &ClusterState) -> String {
     }
     out
 }
+
+/// The state as one `v1` `List`, as `kubectl get -o json` prints several objects, in
+/// the same order and forms as [`render_yaml`].
+pub fn render_json(state: &ClusterState) -> serde_json::Value {
+    fn item<T: serde::Serialize>(v: &T) -> serde_json::Value {
+        serde_json::to_value(v).expect("k8s objects serialise")
+    }
+    let mut items = Vec::new();
+    items.extend(
+        state
+            .namespaces
+            .values()
+            .map(|n| item(&k8s::namespace_to_k8s(n))),
+    );
+    items.extend(state.nodes.values().map(|n| item(&k8s::node_to_k8s(n))));
+    items.extend(
+        state
+            .services
+            .values()
+            .map(|s| item(&k8s::service_to_k8s(s))),
+    );
+    items.extend(state.pods.values().map(|p| item(&k8s::pod_to_k8s(p))));
+    items.extend(
+        state
+            .endpoint_slices
+            .values()
+            .map(|s| item(&k8s::endpoint_slice_to_k8s(s))),
+    );
+    items.extend(
+        state
+            .network_policies
+            .values()
+            .map(|p| item(&k8s::network_policy_to_k8s(p))),
+    );
+    serde_json::json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": ""}, "items": items})
+}

@@ -741,6 +741,35 @@ fn the_hello_world_walkthrough_serves_through_the_responder_even_where_java_exis
         assert_eq!(seen.len(), 3, "node {ip}:30001 reached {seen:?}");
         assert!(seen.iter().all(|p| p.starts_with("hello-")), "{seen:?}");
     }
+    // -o json parses and names the same objects as -o yaml; -l selects by label.
+    for resource in ["pods", "svc", "endpointslices", "nodes"] {
+        let json = lab.run(&["get", resource, "-o", "json"]);
+        let v: serde_json::Value = serde_json::from_slice(&json.stdout)
+            .unwrap_or_else(|e| panic!("get {resource} -o json: {e}: {}", text(&json)));
+        let yaml = text(&lab.run(&["get", resource, "-o", "yaml"]));
+        let from_yaml: Vec<String> = twill_manifest::parse_str("y", &yaml)
+            .objects
+            .iter()
+            .map(|o| o.object.object_ref().to_string())
+            .collect();
+        let from_json: Vec<String> = twill_manifest::parse_str("j", &v.to_string())
+            .objects
+            .iter()
+            .map(|o| o.object.object_ref().to_string())
+            .collect();
+        assert!(!from_json.is_empty(), "{resource}");
+        assert_eq!(from_json, from_yaml, "{resource}");
+    }
+    let selected = lab.run(&["get", "pods", "-l", "app=hello", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&selected.stdout).unwrap();
+    assert_eq!(v["items"].as_array().map(Vec::len), Some(3), "{v}");
+    let none = text(&lab.run(&["get", "pods", "-l", "app notin (hello)"]));
+    assert!(column(&none, "hello-", 0).is_empty(), "{none}");
+    let events = text(&lab.run(&["get", "events"]));
+    assert!(
+        events.contains("Scheduled") && events.contains("pod/hello-"),
+        "{events}"
+    );
     let described = text(&lab.run(&["describe", "pod", &column(&pods, "hello-", 0)[0]]));
     assert!(
         described
@@ -826,6 +855,8 @@ fn failing_containers_show_as_kubectl_shows_them() {
     // The log keeps every run's output, as `kubectl logs` would show the current one.
     let logs = text(&lab.run(&["logs", "crash"]));
     assert!(logs.matches("boom").count() >= 3, "{logs}");
+    let last = text(&lab.run(&["logs", "crash", "--tail", "1"]));
+    assert_eq!(last, "boom\n");
 }
 
 /// The lab's processes come back: a killed controller shows in `status`, `apply` is

@@ -21,6 +21,7 @@ pub struct Args {
 enum GetOutput {
     Wide,
     Yaml,
+    Json,
 }
 
 #[derive(clap::Args, Clone)]
@@ -112,9 +113,12 @@ enum Command {
         namespace: String,
         #[arg(short = 'A', long)]
         all_namespaces: bool,
-        /// wide or yaml.
+        /// wide, yaml or json.
         #[arg(short = 'o', long, value_enum)]
         output: Option<GetOutput>,
+        /// Label selector, kubectl's syntax (`app=web,tier!=db,env in (a,b),!legacy`).
+        #[arg(short = 'l', long)]
+        selector: Option<String>,
     },
     /// Run a command in a pod's namespaces, on a node, or on the outside host.
     Exec {
@@ -146,13 +150,16 @@ enum Command {
         #[arg(short = 'n', long, default_value = "default")]
         namespace: String,
     },
-    /// A pod's output.
+    /// A pod's output (every run of its containers, oldest first).
     Logs {
         #[command(flatten)]
         lab: LabName,
         #[arg(short = 'n', long, default_value = "default")]
         namespace: String,
         pod: String,
+        /// Only the last N lines.
+        #[arg(long)]
+        tail: Option<usize>,
     },
     /// The lab's topology, agents and problems.
     Status {
@@ -407,9 +414,14 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             namespace,
             all_namespaces,
             output,
+            selector,
         } => {
             let spec = LabSpec::load(&lab.name)?;
             let mut state = load_state(&spec)?;
+            if let Some(sel) = &selector {
+                let reqs = kubectl::parse_selector(sel).map_err(anyhow::Error::msg)?;
+                kubectl::filter_by_labels(&mut state, &reqs);
+            }
             let (resource, name) = match resource.split_once('/') {
                 Some((r, n)) => (r.to_string(), Some(n.to_string())),
                 None => (resource, object),
@@ -428,7 +440,17 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             };
             let wide = output == Some(GetOutput::Wide);
             let age = lab_age(&spec);
-            if output == Some(GetOutput::Yaml) {
+            if resource == "events" || resource == "event" || resource == "ev" {
+                if output.is_some() {
+                    bail!("get events prints kubectl's table only");
+                }
+                print!(
+                    "{}",
+                    kubectl::events(&status::load(&spec)?.pods, &scope, unix_now())
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            if let Some(GetOutput::Yaml | GetOutput::Json) = output {
                 let mut filtered = ClusterState::default();
                 match resource.as_str() {
                     "nodes" | "node" | "no" => filtered.nodes = state.nodes,
@@ -437,7 +459,12 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                     "endpointslices" | "endpointslice" => {
                         filtered.endpoint_slices = state.endpoint_slices
                     }
-                    r => bail!("-o yaml is not supported for {r:?}"),
+                    "networkpolicies" | "networkpolicy" | "netpol" => {
+                        filtered.network_policies = state.network_policies
+                    }
+                    r => bail!(
+                        "unknown resource {r:?} (nodes, pods, svc, endpointslices, networkpolicies, events)"
+                    ),
                 }
                 filtered.pods.retain(|k, _| scope_ok(&scope, &k.namespace));
                 filtered
@@ -446,7 +473,20 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                 filtered
                     .endpoint_slices
                     .retain(|k, _| scope_ok(&scope, &k.namespace));
-                print!("{}", twill_manifest::render_yaml(&filtered));
+                filtered
+                    .network_policies
+                    .retain(|k, _| scope_ok(&scope, &k.namespace));
+                if output == Some(GetOutput::Json) {
+                    let list = twill_manifest::render_json(&filtered);
+                    // One named object prints as itself, as kubectl does.
+                    let v = match list["items"].as_array() {
+                        Some(items) if name.is_some() && items.len() == 1 => items[0].clone(),
+                        _ => list,
+                    };
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                } else {
+                    print!("{}", twill_manifest::render_yaml(&filtered));
+                }
                 return Ok(ExitCode::SUCCESS);
             }
             let text = match resource.as_str() {
@@ -467,7 +507,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                     kubectl::network_policies(&state, &scope, &age)
                 }
                 r => bail!(
-                    "unknown resource {r:?} (nodes, pods, svc, endpointslices, networkpolicies)"
+                    "unknown resource {r:?} (nodes, pods, svc, endpointslices, networkpolicies, events)"
                 ),
             };
             print!("{text}");
@@ -514,12 +554,21 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             lab,
             namespace,
             pod,
+            tail,
         } => {
             let spec = LabSpec::load(&lab.name)?;
             let path = ops::log_path(&spec, &namespace, &pod);
             let text = std::fs::read_to_string(&path)
                 .with_context(|| format!("pod {namespace}/{pod} has no log"))?;
-            print!("{text}");
+            match tail {
+                Some(n) => {
+                    let lines: Vec<&str> = text.lines().collect();
+                    for l in &lines[lines.len().saturating_sub(n)..] {
+                        println!("{l}");
+                    }
+                }
+                None => print!("{text}"),
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { lab } => {
