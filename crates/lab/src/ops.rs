@@ -454,7 +454,8 @@ fn start_controller(spec: &LabSpec) -> Result<(), LabError> {
     agents::start(&spec.dir, None, &d).map(|_| ())
 }
 
-/// Wait until every pod the controller knows is Ready; returns (pods, ready).
+/// Wait until every pod the controller knows is Ready (or Succeeded); returns (pods,
+/// ready), not counting Succeeded pods.
 pub fn wait_ready(spec: &LabSpec, wait: Duration) -> (usize, usize) {
     let deadline = Instant::now() + wait;
     let mut last = (0, 0);
@@ -463,8 +464,12 @@ pub fn wait_ready(spec: &LabSpec, wait: Duration) -> (usize, usize) {
             let state = twill_model::ClusterState::from_objects(
                 twill_manifest::parse_str("cluster.yaml", &cluster).into_objects(),
             );
-            let total = state.pods.len();
-            let ready = state.pods.values().filter(|p| p.ready).count();
+            // A pod that ran to completion has converged without being Ready.
+            let live = state
+                .pods
+                .values()
+                .filter(|p| p.phase != twill_model::PodPhase::Succeeded);
+            let (total, ready) = live.fold((0, 0), |(t, r), p| (t + 1, r + usize::from(p.ready)));
             last = (total, ready);
             if total > 0 && ready == total {
                 return last;

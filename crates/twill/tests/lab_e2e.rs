@@ -792,18 +792,35 @@ fn failing_containers_show_as_kubectl_shows_them() {
         "lifecycle.yaml",
         "apiVersion: v1\nkind: Pod\nmetadata: {name: crash}\nspec:\n  containers: [{name: c, image: busybox, command: [sh, -c, 'echo boom; exit 3']}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: once}\nspec:\n  restartPolicy: Never\n  containers: [{name: c, image: busybox, command: [sh, -c, 'exit 1']}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: done}\nspec:\n  restartPolicy: OnFailure\n  containers: [{name: c, image: alpine, command: ['true']}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: missing, annotations: {lab.twill.dev/runtime: command}}\nspec:\n  containers: [{name: c, image: myorg/app, command: [no-such-program-in-the-lab]}]\n",
     );
-    let lab = Lab::up(&[
-        "--nodes",
-        "1",
-        "--no-dns",
-        "--no-client",
-        "--restart-backoff-ms",
-        "300",
-        "--wait",
-        "1",
-        "-f",
-        &pods,
-    ]);
+    sweep();
+    let name = format!(
+        "e{}x{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    );
+    let lab = Lab { name };
+    let up = twill()
+        .args([
+            "lab",
+            "up",
+            "--name",
+            &lab.name,
+            "--nodes",
+            "1",
+            "--no-dns",
+            "--no-client",
+        ])
+        .args(["--restart-backoff-ms", "300", "--wait", "2", "-f", &pods])
+        .output()
+        .unwrap();
+    // Pods that never become Ready: up says which, and exits non-zero; `done` ran to
+    // completion and is not among them.
+    let said = text(&up);
+    assert!(!up.status.success(), "{said}");
+    assert!(said.contains("not converged after 2s"), "{said}");
+    assert!(said.contains("pod default/crash on node-1: "), "{said}");
+    assert!(said.contains("    | boom"), "{said}");
+    assert!(!said.contains("pod default/done"), "{said}");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let table = loop {
         let t = text(&lab.run(&["get", "pods"]));
@@ -892,7 +909,8 @@ fn a_killed_controller_is_reported_and_up_restarts_it_without_losing_pods() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     let status = loop {
         let s = text(&lab.run(&["status"]));
-        if s.contains("controller: NOT running") || std::time::Instant::now() > deadline {
+        let both = s.contains("controller: NOT running") && s.contains("proxy=DOWN");
+        if both || std::time::Instant::now() > deadline {
             break s;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));

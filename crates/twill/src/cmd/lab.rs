@@ -259,6 +259,43 @@ fn load_state(spec: &LabSpec) -> anyhow::Result<ClusterState> {
     Ok(state)
 }
 
+/// After `up` timed out: each pod that is not Ready (nor Completed), where it is, what
+/// kubectl would show for it, and the last lines of its log.
+fn report_unready(spec: &LabSpec, wait: u64) {
+    let (Ok(state), Ok(st)) = (load_state(spec), status::load(spec)) else {
+        return;
+    };
+    eprintln!("not converged after {wait}s (--wait): these pods are not Ready:");
+    for p in state.pods.values() {
+        if p.ready || p.phase == twill_model::PodPhase::Succeeded {
+            continue;
+        }
+        let r = st
+            .pods
+            .iter()
+            .find(|r| r.namespace == p.key.namespace && r.name == p.key.name);
+        let status = match r {
+            Some(r) => {
+                twill_lab::lifecycle::status_text(p.phase.as_str(), p.terminating, &r.containers)
+            }
+            None if p.spec.node_name.is_none() => "Pending (not scheduled)".into(),
+            None => "ContainerCreating".into(),
+        };
+        let node = p.spec.node_name.as_deref().unwrap_or("<none>");
+        eprintln!("  pod {} on {node}: {status}", p.key);
+        let log = std::fs::read_to_string(ops::log_path(spec, &p.key.namespace, &p.key.name))
+            .unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        for l in &lines[lines.len().saturating_sub(3)..] {
+            eprintln!("    | {l}");
+        }
+    }
+    eprintln!(
+        "(twill lab describe pod NAME --name {} shows why; the lab stays up)",
+        spec.name
+    );
+}
+
 /// Like kubectl against an API server that is down: a change nobody would act on is
 /// refused, not reported as `configured`.
 fn require_controller(spec: &LabSpec) -> anyhow::Result<()> {
@@ -369,10 +406,15 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                 r.pods,
                 r.elapsed.as_secs_f64()
             );
+            let converged = r.ready == r.pods;
+            if !converged {
+                report_unready(&r.spec, wait);
+            }
             Ok(
-                if r.problems
-                    .iter()
-                    .any(|p| p.severity == twill_manifest::Severity::Error)
+                if !converged
+                    || r.problems
+                        .iter()
+                        .any(|p| p.severity == twill_manifest::Severity::Error)
                 {
                     ExitCode::FAILURE
                 } else {
