@@ -4,7 +4,11 @@
 # netns, veth, a vxlan overlay, the reference CNI plugins, one listening process per
 # pod) in the same run.
 #
-#   scripts/bench-lab.sh [ROUNDS]        (root; uses target/release/twill)
+#   scripts/bench-lab.sh [ROUNDS]        (root; uses target/release/twill, or $TWILL)
+#   NODES=20 PODS=200 scripts/bench-lab.sh 1
+#
+# After the last round's `lab up` with DNS it also reports the idle controller's CPU
+# (10 s of utime+stime from /proc, as a share of one core).
 #
 # Every namespace is prefixed `tbl-` (raw) or `tl-tbench-` (twill) and removed at the
 # end, also on failure. Nothing in the root namespace changes.
@@ -16,8 +20,8 @@ CNI=/usr/lib/cni
 [ -x "$TWILL" ] || cargo build --release --quiet -p twill
 export TWILL_LAB_ROOT=${TWILL_LAB_ROOT:-/run/twill-lab-bench}
 WORK=$(mktemp -d)
-PODS=10
-NODES=3
+PODS=${PODS:-10}
+NODES=${NODES:-3}
 
 cleanup() {
   "$TWILL" lab down --name tbench >/dev/null 2>&1 || true
@@ -29,12 +33,12 @@ trap cleanup EXIT
 ms() { date +%s%N; }
 elapsed() { echo $(( ($2 - $1) / 1000000 )); }
 
-cat >"$WORK/bench.yaml" <<'YAML'
+cat >"$WORK/bench.yaml" <<YAML
 apiVersion: apps/v1
 kind: Deployment
 metadata: {name: bench}
 spec:
-  replicas: 10
+  replicas: $PODS
   selector: {matchLabels: {app: bench}}
   template:
     metadata: {labels: {app: bench}}
@@ -97,7 +101,7 @@ raw_down() {
   rm -rf "$WORK"/ipam-*
 }
 
-echo "3 nodes, $PODS pods; $ROUNDS rounds; $(nproc) CPUs; $(uname -r)"
+echo "$NODES nodes, $PODS pods; $ROUNDS rounds; $(nproc) CPUs; $(uname -r)"
 for r in $(seq "$ROUNDS"); do
   t0=$(ms); raw_up; t1=$(ms); raw_down; t2=$(ms)
   raw_upt=$(elapsed $t0 $t1); raw_downt=$(elapsed $t1 $t2)
@@ -113,8 +117,15 @@ for r in $(seq "$ROUNDS"); do
   t0=$(ms)
   "$TWILL" lab up --name tbench --nodes $NODES --replace -f "$WORK/bench.yaml" >"$WORK/up2.txt"
   t1=$(ms)
+  if [ "$r" = "$ROUNDS" ]; then
+    pid=$(cat "$TWILL_LAB_ROOT/tbench/controller.pid")
+    c0=$(awk '{print $14+$15}' /proc/$pid/stat); sleep 10; c1=$(awk '{print $14+$15}' /proc/$pid/stat)
+    idle="idle controller $(awk -v d=$((c1 - c0)) -v hz=$(getconf CLK_TCK) 'BEGIN {printf "%.1f", d / hz / 10 * 100}')% of a core"
+  fi
+  t1b=$(ms)
   "$TWILL" lab down --name tbench >/dev/null
-  t2=$(ms)
+  t2=$(ms); t2=$(( t2 - (t1b - t1) ))
   ready2=$(grep -o '[0-9]*/[0-9]* pods ready' "$WORK/up2.txt" || true)
   echo "round $r: raw up ${raw_upt} ms, down ${raw_downt} ms | twill lab (no DNS) up ${tw_upt} ms ($ready), down ${tw_downt} ms | twill lab with DNS up $(elapsed $t0 $t1) ms ($ready2), down $(elapsed $t1 $t2) ms"
 done
+echo "${idle:-}"

@@ -158,6 +158,11 @@ pub fn node_agents(spec: &LabSpec, node: &NodeSpec, available: &[&str]) -> Vec<D
                 node.name.clone(),
                 "--cluster-cidr".into(),
                 spec.pod_cidr.to_string(),
+                // kube-proxy batches changes for a second by default; in a lab a
+                // change should show at once (and `up` should not wait a batch for
+                // endpoints that turned ready just after the first sync).
+                "--min-sync-period".into(),
+                "100ms".into(),
             ],
         });
     }

@@ -23,6 +23,10 @@ use crate::prober::Prober;
 use crate::spec::{LabSpec, write_atomic};
 use crate::{LabError, dns, status};
 
+/// How often a Ready pod's declared ports are read again (a pod not yet Ready is read
+/// every tick).
+const READY_RECHECK_MS: u64 = 5_000;
+
 pub struct Controller {
     spec: LabSpec,
     settings: Settings,
@@ -35,6 +39,11 @@ pub struct Controller {
     children: BTreeMap<i32, Child>,
     backoff: Backoff,
     prober: Prober,
+    /// When each pod's declared ports were last read (ms).
+    port_checked: BTreeMap<ObjectKey, u64>,
+    /// The last full pass started every placed pod: a tick with no applied change and
+    /// no runtime movement can skip the control loop.
+    settled: bool,
     last_written: String,
     /// Underlay service addresses and the node holding each.
     vips: BTreeMap<std::net::Ipv4Addr, String>,
@@ -81,6 +90,8 @@ impl Controller {
             children: BTreeMap::new(),
             backoff: Backoff::with_base(Duration::from_millis(spec.restart_backoff_ms)),
             prober: Prober::default(),
+            port_checked: BTreeMap::new(),
+            settled: false,
             last_written: String::new(),
             vips: BTreeMap::new(),
             spec,
@@ -94,6 +105,17 @@ impl Controller {
         let (events, problems) = self.watcher.poll();
         if !problems.is_empty() {
             self.problems = problems.iter().map(ToString::to_string).collect();
+        }
+        // Nothing applied and every placed pod started: only the runtime can move. When
+        // it does not, the control loop would compute what it computed last time, so
+        // the tick ends here (an idle lab then costs a few syscalls per pod).
+        if events.is_empty() && self.settled {
+            let state = std::mem::take(&mut self.state);
+            let moved = self.step_runtime(&state, now_ms);
+            self.state = state;
+            if !moved {
+                return Ok(false);
+            }
         }
         let user = self.watcher.state();
         // Start from what the user wants, then carry over earlier decisions.
@@ -163,6 +185,7 @@ impl Controller {
             .collect();
         for key in gone {
             self.prober.forget(&key);
+            self.port_checked.remove(&key);
             if let Some(r) = self.running.remove(&key)
                 && let Some(node) = self.spec.node(&r.node)
             {
@@ -228,40 +251,15 @@ impl Controller {
                 }
             }
         }
+        self.settled = out
+            .state
+            .pods
+            .values()
+            .filter(|p| p.spec.node_name.is_some())
+            .all(|p| self.running.contains_key(&p.key));
         // Containers: notice exits, start what is due (kubelet's restart policy and
         // back-off), then readiness.
-        let now_ms = unix_ms();
-        for (key, r) in self.running.iter_mut() {
-            let Some(p) = out.state.pods.get(key) else {
-                continue;
-            };
-            changed |= step_containers(&self.spec, p, r, &mut self.children, &self.backoff, now_ms);
-            let verdicts = self.prober.step(p, r, now_ms);
-            changed |= verdicts.changed;
-            for (i, why) in verdicts.kill {
-                if let Some(pid) = r.containers[i].pid {
-                    // SAFETY: kill(2) on the container's own process group.
-                    unsafe {
-                        libc::kill(-pid, libc::SIGKILL);
-                        libc::kill(pid, libc::SIGKILL);
-                    }
-                }
-                lifecycle::record_event(
-                    &mut r.events,
-                    now_ms / 1000,
-                    "Normal",
-                    "Killing",
-                    "kubelet",
-                    why,
-                );
-            }
-            let prober = &self.prober;
-            let ready = pod::probe_ready(r, p, |i| prober.ready(key, i));
-            if ready != r.ready {
-                r.ready = ready;
-                changed = true;
-            }
-        }
+        changed |= self.step_runtime(&out.state, unix_ms());
 
         // Publish: status into pods, then the slices that follow from it.
         for (key, r) in &self.running {
@@ -289,6 +287,52 @@ impl Controller {
             )?;
         }
         Ok(changed)
+    }
+
+    /// The kubelet half of a tick for every running pod of `state`: container exits
+    /// and restarts, probes, readiness. Returns whether anything moved. Repeating it
+    /// within one tick is harmless (what was started has a pid, what was recorded is
+    /// not recorded again).
+    fn step_runtime(&mut self, state: &ClusterState, now_ms: u64) -> bool {
+        let mut changed = false;
+        for (key, r) in self.running.iter_mut() {
+            let Some(p) = state.pods.get(key) else {
+                continue;
+            };
+            changed |= step_containers(&self.spec, p, r, &mut self.children, &self.backoff, now_ms);
+            let verdicts = self.prober.step(p, r, now_ms);
+            changed |= verdicts.changed;
+            for (i, why) in verdicts.kill {
+                if let Some(pid) = r.containers[i].pid {
+                    // SAFETY: kill(2) on the container's own process group.
+                    unsafe {
+                        libc::kill(-pid, libc::SIGKILL);
+                        libc::kill(pid, libc::SIGKILL);
+                    }
+                }
+                let now = now_ms / 1000;
+                lifecycle::record_event(&mut r.events, now, "Normal", "Killing", "kubelet", why);
+            }
+            let prober = &self.prober;
+            // Reading a pod's socket tables is the loop's main cost: a Ready pod whose
+            // containers all still run is re-read every READY_RECHECK_MS, a pod on its
+            // way up every tick.
+            let last = self.port_checked.get(key).copied().unwrap_or(0);
+            let all_running = r.containers.iter().all(lifecycle::ContainerStatus::running);
+            let probes_ok =
+                (0..p.spec.containers.len()).all(|i| prober.ready(key, i) != Some(false));
+            let ready = if r.ready && all_running && probes_ok && now_ms < last + READY_RECHECK_MS {
+                true
+            } else {
+                self.port_checked.insert(key.clone(), now_ms);
+                pod::probe_ready(r, p, |i| prober.ready(key, i))
+            };
+            if ready != r.ready {
+                r.ready = ready;
+                changed = true;
+            }
+        }
+        changed
     }
 
     /// Run until `stop` returns true.
