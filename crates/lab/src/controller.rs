@@ -176,7 +176,10 @@ impl Controller {
         }
         let mut changed = !events.is_empty();
 
-        // Stop pods that are gone.
+        // Pods that are gone terminate as kubelet does it: SIGTERM to every container,
+        // the pod shown Terminating (its endpoints `terminating`) until its processes
+        // have ended or `terminationGracePeriodSeconds` (30) has passed, then SIGKILL
+        // and the sandbox removed.
         let gone: Vec<ObjectKey> = self
             .running
             .keys()
@@ -184,15 +187,53 @@ impl Controller {
             .cloned()
             .collect();
         for key in gone {
-            self.prober.forget(&key);
-            self.port_checked.remove(&key);
-            if let Some(r) = self.running.remove(&key)
-                && let Some(node) = self.spec.node(&r.node)
-            {
-                if let Err(e) = pod::stop(&self.spec, node, &r) {
-                    tracing::warn!(pod = %key, error = %e, "stopping pod");
+            let Some(prev) = self.state.pods.get(&key).cloned() else {
+                changed |= self.remove_pod(&key);
+                continue;
+            };
+            let grace_ms = prev
+                .spec
+                .termination_grace_period_seconds
+                .unwrap_or(30)
+                .max(0) as u64
+                * 1000;
+            let r = self.running.get_mut(&key).expect("listed above");
+            let since = match r.terminating_since_ms {
+                Some(t) => t,
+                None => {
+                    for c in &r.containers {
+                        if let Some(pid) = c.pid {
+                            // SAFETY: kill(2) on the container's own process group.
+                            unsafe {
+                                libc::kill(-pid, libc::SIGTERM);
+                                libc::kill(pid, libc::SIGTERM);
+                            }
+                            let msg = format!("Stopping container {}", c.name);
+                            lifecycle::record_event(
+                                &mut r.events,
+                                now_ms / 1000,
+                                "Normal",
+                                "Killing",
+                                "kubelet",
+                                msg,
+                            );
+                        }
+                    }
+                    r.terminating_since_ms = Some(now_ms);
+                    changed = true;
+                    now_ms
                 }
-                changed = true;
+            };
+            let ended = r
+                .pids
+                .iter()
+                .all(|p| !crate::agents::pid_running(*p as u32));
+            if ended || now_ms >= since + grace_ms {
+                changed |= self.remove_pod(&key);
+            } else {
+                let mut shown = prev;
+                shown.terminating = true;
+                out.state.pods.insert(key, shown);
             }
         }
         // Start pods that are placed and not running.
@@ -256,7 +297,11 @@ impl Controller {
             .pods
             .values()
             .filter(|p| p.spec.node_name.is_some())
-            .all(|p| self.running.contains_key(&p.key));
+            .all(|p| self.running.contains_key(&p.key))
+            && self
+                .running
+                .values()
+                .all(|r| r.terminating_since_ms.is_none());
         // Containers: notice exits, start what is due (kubelet's restart policy and
         // back-off), then readiness.
         changed |= self.step_runtime(&out.state, unix_ms());
@@ -287,6 +332,24 @@ impl Controller {
             )?;
         }
         Ok(changed)
+    }
+
+    /// Kill what is left of a pod and remove its sandbox (CNI DEL, namespace, files).
+    fn remove_pod(&mut self, key: &ObjectKey) -> bool {
+        self.prober.forget(key);
+        self.port_checked.remove(key);
+        let Some(r) = self.running.remove(key) else {
+            return false;
+        };
+        for pid in &r.pids {
+            self.children.remove(pid);
+        }
+        if let Some(node) = self.spec.node(&r.node)
+            && let Err(e) = pod::stop(&self.spec, node, &r)
+        {
+            tracing::warn!(pod = %key, error = %e, "stopping pod");
+        }
+        true
     }
 
     /// The kubelet half of a tick for every running pod of `state`: container exits
@@ -376,6 +439,9 @@ impl Controller {
 }
 
 fn apply_status(p: &mut twill_model::Pod, r: &RunningPod) {
+    if r.terminating_since_ms.is_some() {
+        p.terminating = true;
+    }
     p.pod_ips = r.ip.into_iter().collect();
     p.phase = lifecycle::finished_phase(&r.containers).unwrap_or(PodPhase::Running);
     p.ready = r.ready && p.phase == PodPhase::Running;
@@ -398,7 +464,13 @@ fn step_containers(
     backoff: &Backoff,
     now_ms: u64,
 ) -> bool {
-    let (policy, now) = (pod.spec.restart_policy, now_ms / 1000);
+    // A terminating pod's containers are not started again, whatever the policy.
+    let policy = if r.terminating_since_ms.is_some() {
+        twill_model::RestartPolicy::Never
+    } else {
+        pod.spec.restart_policy
+    };
+    let now = now_ms / 1000;
     let mut changed = false;
     for i in 0..r.containers.len().min(pod.spec.containers.len()) {
         if let Some(pid) = r.containers[i].pid {
@@ -430,6 +502,9 @@ fn step_containers(
                 exited(r, i, exit, policy, backoff, &pod.key, now_ms);
                 changed = true;
             }
+        }
+        if r.terminating_since_ms.is_some() {
+            continue;
         }
         let c = &r.containers[i];
         let first_start = c.pid.is_none()

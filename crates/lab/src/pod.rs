@@ -43,6 +43,10 @@ pub struct RunningPod {
     /// What happened to the pod (`kubectl describe`'s Events).
     #[serde(default)]
     pub events: Vec<Event>,
+    /// When the pod began terminating (ms): SIGTERM was sent, SIGKILL follows after
+    /// the grace period.
+    #[serde(default)]
+    pub terminating_since_ms: Option<u64>,
 }
 
 impl RunningPod {
@@ -271,6 +275,7 @@ pub fn start(
             .map(|c| ContainerStatus::new(&c.name, runtime_for(pod, c)))
             .collect(),
         events: Vec::new(),
+        terminating_since_ms: None,
     };
     running.responder = running
         .containers

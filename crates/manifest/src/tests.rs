@@ -303,3 +303,22 @@ fn restart_policy_and_probes_get_the_api_defaults_and_its_validation() {
         assert!(msgs.contains(want), "{want:?} not in:\n{msgs}");
     }
 }
+
+#[test]
+fn a_terminating_pod_stays_terminating_through_render_and_parse() {
+    let r = parse_str(
+        "p.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: p, deletionTimestamp: '2026-12-07T10:00:00Z'}\nspec:\n  containers: [{name: c, image: i}]\n",
+    );
+    let state = twill_model::ClusterState::from_objects(r.into_objects());
+    assert!(state.pods.values().all(|p| p.terminating));
+    let again = twill_model::ClusterState::from_objects(
+        parse_str("again.yaml", &render_yaml(&state)).into_objects(),
+    );
+    assert_eq!(again.pods.len(), 1);
+    assert!(
+        again.pods.values().all(|p| p.terminating),
+        "{}",
+        render_yaml(&state)
+    );
+}

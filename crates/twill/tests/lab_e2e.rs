@@ -71,19 +71,28 @@ struct Lab {
 }
 
 impl Lab {
-    fn up(extra: &[&str]) -> Lab {
+    /// A fresh lab name owned by this test (labs of dead test processes are swept
+    /// first); nothing is built yet, but the guard tears down whatever gets built.
+    fn named() -> Lab {
         sweep();
         let name = format!(
             "e{}x{}",
             std::process::id(),
             N.fetch_add(1, Ordering::SeqCst)
         );
-        let lab = Lab { name };
-        let out = twill()
-            .args(["lab", "up", "--name", &lab.name])
-            .args(extra)
-            .output()
-            .unwrap();
+        Lab { name }
+    }
+
+    /// `twill lab up --name NAME`, for the caller to add options to.
+    fn up_command(&self) -> Command {
+        let mut c = twill();
+        c.args(["lab", "up", "--name", &self.name]);
+        c
+    }
+
+    fn up(extra: &[&str]) -> Lab {
+        let lab = Lab::named();
+        let out = lab.up_command().args(extra).output().unwrap();
         assert!(out.status.success(), "lab up failed: {}", text(&out));
         lab
     }
@@ -699,20 +708,15 @@ fn the_hello_world_walkthrough_serves_through_the_responder_even_where_java_exis
         std::env::var("PATH").unwrap_or_default()
     );
     // The lab's processes inherit this PATH from `lab up`.
-    sweep();
-    let name = format!(
-        "e{}x{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    );
-    let lab = Lab { name };
+    let lab = Lab::named();
     let hello = manifest(
         "hello.yaml",
         "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: hello}\nspec:\n  replicas: 3\n  selector: {matchLabels: {app: hello}}\n  template:\n    metadata: {labels: {app: hello}}\n    spec:\n      containers:\n      - name: hello\n        image: myorg/spring-hello:1.0\n        command: [java, -jar, lib/spring-boot-1.0-SNAPSHOT.jar]\n        ports: [{containerPort: 8080}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: hello}\nspec:\n  type: NodePort\n  selector: {app: hello}\n  ports: [{port: 8080, nodePort: 30001}]\n",
     );
-    let out = twill()
+    let out = lab
+        .up_command()
         .env("PATH", &path)
-        .args(["lab", "up", "--name", &lab.name, "--no-dns", "-f", &hello])
+        .args(["--no-dns", "-f", &hello])
         .output()
         .unwrap();
     assert!(out.status.success(), "lab up: {}", text(&out));
@@ -792,25 +796,18 @@ fn failing_containers_show_as_kubectl_shows_them() {
         "lifecycle.yaml",
         "apiVersion: v1\nkind: Pod\nmetadata: {name: crash}\nspec:\n  containers: [{name: c, image: busybox, command: [sh, -c, 'echo boom; exit 3']}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: once}\nspec:\n  restartPolicy: Never\n  containers: [{name: c, image: busybox, command: [sh, -c, 'exit 1']}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: done}\nspec:\n  restartPolicy: OnFailure\n  containers: [{name: c, image: alpine, command: ['true']}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: missing, annotations: {lab.twill.dev/runtime: command}}\nspec:\n  containers: [{name: c, image: myorg/app, command: [no-such-program-in-the-lab]}]\n",
     );
-    sweep();
-    let name = format!(
-        "e{}x{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    );
-    let lab = Lab { name };
-    let up = twill()
+    let lab = Lab::named();
+    let up = lab
+        .up_command()
         .args([
-            "lab",
-            "up",
-            "--name",
-            &lab.name,
             "--nodes",
             "1",
             "--no-dns",
             "--no-client",
+            "--restart-backoff-ms",
+            "300",
         ])
-        .args(["--restart-backoff-ms", "300", "--wait", "2", "-f", &pods])
+        .args(["--wait", "2", "-f", &pods])
         .output()
         .unwrap();
     // Pods that never become Ready: up says which, and exits non-zero; `done` ran to
@@ -924,17 +921,9 @@ fn a_killed_controller_is_reported_and_up_restarts_it_without_losing_pods() {
         "{}",
         text(&refused)
     );
-    let up = twill()
-        .args([
-            "lab",
-            "up",
-            "--name",
-            &lab.name,
-            "--nodes",
-            "1",
-            "--no-dns",
-            "--no-client",
-        ])
+    let up = lab
+        .up_command()
+        .args(["--nodes", "1", "--no-dns", "--no-client"])
         .output()
         .unwrap();
     assert!(up.status.success(), "{}", text(&up));
@@ -1028,4 +1017,81 @@ fn readiness_and_liveness_probes_drive_endpoints_and_restarts() {
     );
     wait_for("web Ready after the restart", &ready);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Deleting a pod terminates it as kubelet does: SIGTERM, the pod shown Terminating and
+/// its endpoint `terminating` while it winds down, SIGKILL after
+/// `terminationGracePeriodSeconds` for a process that ignores SIGTERM.
+#[test]
+fn deleted_pods_get_sigterm_then_sigkill_after_the_grace_period() {
+    let test = "deleted_pods_get_sigterm_then_sigkill_after_the_grace_period";
+    if !twill_testkit::require_root(test) {
+        return;
+    }
+    let polite = manifest(
+        "polite.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: polite, labels: {app: g}}\nspec:\n  terminationGracePeriodSeconds: 20\n  containers:\n  - name: c\n    image: busybox\n    command: [sh, -c, \"trap 'sleep 1; echo bye; exit 0' TERM; while true; do sleep 0.1; done\"]\n",
+    );
+    let stubborn = manifest(
+        "stubborn.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: stubborn, labels: {app: g}}\nspec:\n  terminationGracePeriodSeconds: 2\n  containers:\n  - name: c\n    image: busybox\n    command: [sh, -c, \"trap '' TERM; while true; do sleep 0.1; done\"]\n",
+    );
+    let service = manifest(
+        "g.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: g}\nspec:\n  selector: {app: g}\n  clusterIP: None\n  ports: [{port: 80}]\n",
+    );
+    let lab = Lab::up(&[
+        "--nodes",
+        "1",
+        "--no-dns",
+        "--no-client",
+        "-f",
+        &polite,
+        "-f",
+        &stubborn,
+        "-f",
+        &service,
+    ]);
+    let status_of = |pod: &str| column(&text(&lab.run(&["get", "pods"])), &format!("{pod} "), 2);
+    // The polite one ends about a second after SIGTERM (its trap sleeps 1 s), well
+    // before its 20 s grace period, and shows Terminating meanwhile.
+    let out = lab.run(&["delete", "-f", &polite]);
+    assert!(out.status.success(), "{}", text(&out));
+    let t0 = std::time::Instant::now();
+    let mut saw_terminating = false;
+    while !status_of("polite").is_empty() {
+        saw_terminating |= status_of("polite") == ["Terminating"];
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(15),
+            "polite never went"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(saw_terminating, "polite was never shown Terminating");
+    let took = t0.elapsed();
+    assert!(
+        took >= std::time::Duration::from_millis(800) && took < std::time::Duration::from_secs(10),
+        "SIGTERM, then its own exit: {took:?}"
+    );
+    // The stubborn one ignores SIGTERM: it stays Terminating, its endpoint marked
+    // terminating, until the 2 s grace period ends.
+    let out = lab.run(&["delete", "-f", &stubborn]);
+    assert!(out.status.success(), "{}", text(&out));
+    let t0 = std::time::Instant::now();
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    assert_eq!(status_of("stubborn"), ["Terminating"]);
+    let slices = text(&lab.run(&["get", "endpointslices", "-o", "yaml"]));
+    assert!(slices.contains("terminating: true"), "{slices}");
+    while !status_of("stubborn").is_empty() {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(10),
+            "stubborn never went"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        t0.elapsed() >= std::time::Duration::from_millis(1800),
+        "killed before its grace period: {:?}",
+        t0.elapsed()
+    );
 }

@@ -269,6 +269,11 @@ fn pod_spec_to_k8s(s: &PodSpec) -> core::PodSpec {
 
 pub fn pod_to_k8s(p: &Pod) -> core::Pod {
     let mut m = metadata(&p.key, &p.labels, &p.annotations);
+    // The model keeps only whether a deletion is under way, not when it began: the
+    // epoch stands for "set", which is all readers of the field look at.
+    if p.terminating {
+        m.deletion_timestamp = Some(meta::Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
+    }
     m.owner_references = p.owner.as_ref().map(|o| {
         vec![meta::OwnerReference {
             api_version: "apps/v1".into(),
