@@ -8,11 +8,13 @@
 //!   cluster DNS, a closed set, each syncing from the one state and reporting its health;
 //! - [`status`] and [`http`]: health, readiness and metrics (one registry), served
 //!   concurrently by one hyper server, with the proxy's health-check node ports;
+//! - [`cleanup`]: `--cleanup`, everything Twill or kube-proxy wrote taken out again;
 //! - [`runtime`]: the loop that ties them, and [`signals`]: SIGTERM leaves the data plane
 //!   as it is.
 //!
 //! `twill agent`, `twill proxy -f`, `twill netpol` and `twill dns` are front-ends over it.
 
+pub mod cleanup;
 pub mod http;
 pub mod parts;
 pub mod runtime;

@@ -370,3 +370,124 @@ fn a_followed_folder_applies_a_new_file_and_keeps_the_rules_when_a_file_turns_in
     assert!(nat_rules(&ns).contains("--to-destination 10.244.1.5:8080"));
     drop(daemon);
 }
+
+/// `twill proxy --cleanup` takes out of the namespace everything Twill or kube-proxy
+/// wrote, in both iptables backends, the nftables mode's table and the ipsets, and
+/// leaves other chains alone; a second run finds nothing.
+#[test]
+fn cleanup_removes_every_chain_table_and_set_of_twill_and_kube_proxy_and_nothing_else() {
+    let test = "cleanup_removes_every_chain_table_and_set_of_twill_and_kube_proxy";
+    if !twill_testkit::require_root(test)
+        || !twill_testkit::require_tool(test, "iptables-legacy-save")
+        || !twill_testkit::require_tool(test, "iptables-nft-save")
+        || !twill_testkit::require_tool(test, "ipset")
+        || !twill_testkit::require_tool(test, "nft")
+    {
+        return;
+    }
+    let ns = twill_testkit::netns::Netns::new("clean");
+    let dir = scratch("cleanup");
+    let file = dir.join("state.yaml");
+    std::fs::write(
+        &file,
+        [service("web", "10.96.0.10", 80), slice("web", "10.244.1.5")].concat(),
+    )
+    .unwrap();
+    let policy = dir.join("policy.yaml");
+    std::fs::write(
+        &policy,
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: shop, labels: {app: web}}\nspec:\n  nodeName: n0\n  containers: [{name: c, image: i}]\nstatus: {podIP: 10.244.1.5}\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: shop}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  policyTypes: [Ingress]\n",
+    )
+    .unwrap();
+    let twill = |args: &[&str]| {
+        let out = ns
+            .command(env!("CARGO_BIN_EXE_twill"))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let f = file.display().to_string();
+    for mode in ["iptables", "nftables"] {
+        let (ok, said) = twill(&[
+            "proxy",
+            "--mode",
+            mode,
+            "--once",
+            "-f",
+            &f,
+            "--hostname-override",
+            "n0",
+            "--cluster-cidr",
+            "10.244.0.0/16",
+        ]);
+        assert!(ok, "proxy --mode {mode} --once: {said}");
+    }
+    let p = policy.display().to_string();
+    let (ok, said) = twill(&["netpol", "--node", "n0", "-f", &p, "--once"]);
+    assert!(ok, "netpol --once: {said}");
+    // Other writers: the legacy backend, an ipvs-mode set, flannel's chain, and a chain
+    // of somebody else's that must survive.
+    let sh = |script: &str| {
+        let out = ns.exec("sh", &["-c", script]);
+        assert!(
+            out.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    sh(
+        "iptables-legacy -t nat -N KUBE-LEGACY && iptables-legacy -t nat -A PREROUTING -j KUBE-LEGACY",
+    );
+    sh("iptables -t nat -N FLANNEL-POSTRTG && iptables -t nat -A POSTROUTING -j FLANNEL-POSTRTG");
+    sh(
+        "iptables -t filter -N MINE && iptables -t filter -A INPUT -j MINE && iptables -A MINE -j ACCEPT",
+    );
+    sh("ipset create KUBE-CLUSTER-IP hash:ip,port");
+    let everything = || {
+        let dump = |c: &str| String::from_utf8_lossy(&ns.exec(c, &[]).stdout).into_owned();
+        format!(
+            "{}{}{}{}",
+            dump("iptables-legacy-save"),
+            dump("iptables-nft-save"),
+            String::from_utf8_lossy(&ns.exec("nft", &["list", "ruleset"]).stdout),
+            String::from_utf8_lossy(&ns.exec("ipset", &["list", "-n"]).stdout)
+        )
+    };
+    let before = everything();
+    for want in [
+        "KUBE-SERVICES",
+        "KUBE-LEGACY",
+        "TWILL-",
+        "FLANNEL-POSTRTG",
+        "table ip kube-proxy",
+        "KUBE-CLUSTER-IP",
+    ] {
+        assert!(before.contains(want), "{want} not set up:\n{before}");
+    }
+    let (ok, said) = twill(&["proxy", "--cleanup"]);
+    assert!(ok, "cleanup: {said}");
+    assert!(said.contains("removed"), "{said}");
+    let after = everything();
+    for gone in ["KUBE-", "TWILL-", "FLANNEL-", "kube-proxy"] {
+        assert!(!after.contains(gone), "{gone} left after cleanup:\n{after}");
+    }
+    assert!(
+        after.contains(":MINE") && after.contains("-A INPUT -j MINE"),
+        "{after}"
+    );
+    let (ok, said) = twill(&["proxy", "--cleanup"]);
+    assert!(ok, "second cleanup: {said}");
+    assert!(
+        said.contains("nothing of Twill's or kube-proxy's to remove"),
+        "{said}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -29,6 +29,11 @@ use twill_netpol::{DenyAction, RenderOptions};
 
 #[derive(clap::Args)]
 pub struct Args {
+    /// Remove everything Twill or kube-proxy wrote into this network namespace (chains in
+    /// every table and backend, the `kube-proxy` nft tables, ipsets, policy and overlay
+    /// rules) and exit, as `kube-proxy --cleanup` does.
+    #[arg(long)]
+    pub cleanup: bool,
     /// kubeconfig to use; without it: `KUBECONFIG`, `~/.kube/config`, then the pod's
     /// service account (in-cluster).
     #[arg(long, value_name = "PATH")]
@@ -152,6 +157,11 @@ fn node_name(a: &Args) -> anyhow::Result<String> {
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    if a.cleanup {
+        return Ok(crate::cmd::print_cleanup(
+            twill_agent::cleanup::remove_everything(),
+        ));
+    }
     let node = node_name(&a)?;
     let parts_on = a.proxy_mode != ProxyMode::None || a.network_policy || a.pod_network;
     if !parts_on && !a.dump_events && !a.exit_after_sync {

@@ -36,3 +36,23 @@ impl Output {
         }
     }
 }
+
+/// Print what `--cleanup` removed and what it could not; non-zero when something was
+/// left.
+#[cfg(feature = "proxy")]
+pub fn print_cleanup(r: twill_agent::cleanup::Report) -> std::process::ExitCode {
+    if r.removed.is_empty() && r.problems.is_empty() {
+        println!("nothing of Twill's or kube-proxy's to remove");
+    }
+    for line in &r.removed {
+        println!("removed {line}");
+    }
+    for p in &r.problems {
+        eprintln!("error: {p}");
+    }
+    if r.problems.is_empty() {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    }
+}

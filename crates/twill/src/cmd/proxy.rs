@@ -29,6 +29,11 @@ pub struct Args {
 /// Daemon-only settings.
 #[derive(clap::Args, Clone, Debug)]
 pub struct DaemonArgs {
+    /// Remove everything Twill or kube-proxy wrote into this network namespace (chains in
+    /// every table and backend, the `kube-proxy` nft tables, ipsets, policy and overlay
+    /// rules) and exit, as `kube-proxy --cleanup` does.
+    #[arg(long)]
+    pub cleanup: bool,
     /// Manifests to take cluster state from (standalone mode); re-read when they change.
     #[arg(short = 'f', long = "filename")]
     pub files: Vec<String>,
@@ -239,6 +244,11 @@ pub(crate) fn listen_agent(
 
 /// The daemon: the agent runtime with the manifest source and the proxy part.
 fn run_daemon(mut s: Settings, mut d: DaemonArgs) -> anyhow::Result<ExitCode> {
+    if d.cleanup {
+        return Ok(crate::cmd::print_cleanup(
+            twill_agent::cleanup::remove_everything(),
+        ));
+    }
     if let Some(path) = d.config.clone() {
         apply_config_file(&path, &mut s, &mut d)?;
     }
@@ -648,6 +658,7 @@ mod tests {
             ip_family: "IPv4".into(),
         };
         let mut d = DaemonArgs {
+            cleanup: false,
             files: vec![],
             config: None,
             sync_period: None,
