@@ -81,7 +81,18 @@ impl ProxySettings {
                 Ok(()) => "--mode ipvs: this kernel has IPVS, but Twill's ipvs applier is not built yet (`twill proxy rules --mode ipvs` shows the plan)".into(),
             }));
         }
-        self.renderer_config(&self.node_ips).map(|_| ())
+        // The node's addresses may come from its Node object at the first sync; until
+        // then an unspecified address stands in (so `primary` is checked for form only).
+        let stand_in = [match self.family {
+            IpFamily::V4 => IpAddr::from([0, 0, 0, 0]),
+            IpFamily::V6 => IpAddr::from([0u16; 8]),
+        }];
+        let ips: &[IpAddr] = if self.node_ips.is_empty() {
+            &stand_in
+        } else {
+            &self.node_ips
+        };
+        self.renderer_config(ips).map(|_| ())
     }
 
     /// The iptables renderer's settings (the other modes derive theirs from it): the
@@ -101,9 +112,21 @@ impl ProxySettings {
             .copied()
             .filter(|ip| IpFamily::of(ip) == self.family)
             .collect();
-        let mut cfg = Config::new(self.family, node_ips, detector);
+        let mut cfg = Config::new(self.family, node_ips.clone(), detector);
         cfg.masquerade_all = self.masquerade_all;
         for n in &self.nodeport_addresses {
+            // kube-proxy's keyword: the node's primary addresses (its Node object's, or
+            // --node-ip), each as a single-address CIDR.
+            if n == "primary" {
+                if node_ips.is_empty() {
+                    return Err(PartError::fatal(
+                        "--nodeport-addresses primary: this node has no primary address of this family (give --node-ip)",
+                    ));
+                }
+                cfg.node_port_addresses
+                    .extend(node_ips.iter().map(|ip| ipnet::IpNet::from(*ip)));
+                continue;
+            }
             cfg.node_port_addresses.push(
                 twill_model::parse_net_lenient(n)
                     .ok_or_else(|| {
@@ -361,5 +384,52 @@ fn publish_service_health(model: Option<&ProxyModel>, status: &Status) {
             });
             e.local_endpoints = e.local_endpoints.max(local);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(nodeport_addresses: &[&str]) -> ProxySettings {
+        ProxySettings {
+            mode: Mode::Iptables,
+            family: IpFamily::V4,
+            node: "n1".into(),
+            cluster_cidr: Some("10.244.0.0/16".into()),
+            node_ips: vec![],
+            masquerade_all: false,
+            nodeport_addresses: nodeport_addresses.iter().map(|s| s.to_string()).collect(),
+            iptables_backend: Backend::System,
+            sync_period: Duration::from_secs(30),
+        }
+    }
+
+    #[test]
+    fn nodeport_addresses_primary_means_the_nodes_own_addresses() {
+        let s = settings(&["primary", "127.0.0.0/8"]);
+        assert!(
+            s.check_runnable().is_ok(),
+            "primary is valid before the Node is known"
+        );
+        let ips: Vec<IpAddr> = vec!["192.168.1.10".parse().unwrap(), "fd00::10".parse().unwrap()];
+        let cfg = s.renderer_config(&ips).unwrap();
+        let got: Vec<String> = cfg
+            .node_port_addresses
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            got,
+            ["192.168.1.10/32", "127.0.0.0/8"],
+            "the IPv6 address is another family's"
+        );
+        let err = s.renderer_config(&[]).unwrap_err().to_string();
+        assert!(err.contains("primary"), "{err}");
+        let err = settings(&["nonsense"])
+            .check_runnable()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"nonsense\" is not a CIDR"), "{err}");
     }
 }

@@ -85,7 +85,8 @@ pub struct Settings {
     /// Masquerade all ClusterIP traffic.
     #[arg(long, global = true)]
     pub masquerade_all: bool,
-    /// CIDRs whose local addresses accept NodePorts (comma separated); default all.
+    /// CIDRs whose local addresses accept NodePorts (comma separated), or `primary` (the
+    /// node's primary addresses, as kube-proxy); default all.
     #[arg(long, value_delimiter = ',', global = true)]
     pub nodeport_addresses: Vec<String>,
     /// IP family this proxier handles.
