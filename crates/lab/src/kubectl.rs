@@ -144,17 +144,16 @@ pub fn pods(
             .iter()
             .find(|r| r.namespace == p.key.namespace && r.name == p.key.name);
         let containers = p.spec.containers.len().max(1);
-        let (status, restarts, pod_age, ready) = match r {
+        let (restarts, pod_age) = match r {
             Some(r) => (
-                lifecycle::status_text(p.phase.as_str(), p.terminating, &r.containers),
                 lifecycle::restarts_text(&r.containers, now),
                 crate::kubectl::age(now.saturating_sub(r.created_at)),
-                // Readiness is per pod here (declared ports bound), so all or none.
-                if p.ready { containers } else { 0 },
             ),
-            None if p.spec.node_name.is_none() => ("Pending".into(), "0".into(), age.into(), 0),
-            None => ("ContainerCreating".into(), "0".into(), age.into(), 0),
+            None => ("0".into(), age.into()),
         };
+        // Readiness is per pod here (declared ports bound, or probes), so all or none.
+        let ready = if p.ready { containers } else { 0 };
+        let status = pod_status(p, r);
         let mut row = vec![
             p.key.name.clone(),
             format!("{ready}/{containers}"),
@@ -338,6 +337,16 @@ pub fn age(secs: u64) -> String {
     }
 }
 
+/// A pod's STATUS column: from its containers once the runtime has it, else
+/// `Pending` (not scheduled) or `ContainerCreating`.
+pub fn pod_status(p: &twill_model::Pod, r: Option<&RunningPod>) -> String {
+    match r {
+        Some(r) => lifecycle::status_text(p.phase.as_str(), p.terminating, &r.containers),
+        None if p.spec.node_name.is_none() => "Pending".into(),
+        None => "ContainerCreating".into(),
+    }
+}
+
 /// One requirement of a label selector (`-l`), kubectl's syntax.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Requirement {
@@ -504,8 +513,8 @@ pub fn describe_pod(pod: &twill_model::Pod, running: Option<&RunningPod>, now: u
         }
     }
     let status = match running {
-        Some(r) => lifecycle::status_text(pod.phase.as_str(), pod.terminating, &r.containers),
-        None if pod.spec.node_name.is_none() => "Pending".into(),
+        Some(_) => pod_status(pod, running),
+        // describe says Pending where get says ContainerCreating, as kubectl does.
         None => "Pending".into(),
     };
     field(&mut o, 0, "Status", &status);

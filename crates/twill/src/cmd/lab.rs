@@ -275,11 +275,8 @@ fn report_unready(spec: &LabSpec, wait: u64) {
             .iter()
             .find(|r| r.namespace == p.key.namespace && r.name == p.key.name);
         let status = match r {
-            Some(r) => {
-                twill_lab::lifecycle::status_text(p.phase.as_str(), p.terminating, &r.containers)
-            }
             None if p.spec.node_name.is_none() => "Pending (not scheduled)".into(),
-            None => "ContainerCreating".into(),
+            _ => kubectl::pod_status(p, r),
         };
         let node = p.spec.node_name.as_deref().unwrap_or("<none>");
         eprintln!("  pod {} on {node}: {status}", p.key);
