@@ -144,6 +144,12 @@ pub fn start_container(
         .hostname
         .clone()
         .unwrap_or_else(|| pod.key.name.clone());
+    // A restart begins a new log, as a container runtime's does; the last run's stays
+    // as `log.previous` (`logs --previous`). The log is the pod's, shared by its
+    // containers.
+    if running.containers[i].restart_at_ms.is_some() {
+        let _ = std::fs::rename(dir.join("log"), dir.join("log.previous"));
+    }
     spawn(&running.netns, &hostname, &dir, &argv, &c.env).map_err(|e| match e {
         LabError::Io(_, io) if io.kind() == std::io::ErrorKind::NotFound => {
             format!("exec: {:?}: executable file not found in $PATH", argv[0])

@@ -866,11 +866,23 @@ fn failing_containers_show_as_kubectl_shows_them() {
         "{missing}"
     );
     assert!(missing.contains("StartError"), "{missing}");
-    // The log keeps every run's output, as `kubectl logs` would show the current one.
+    // `logs` is the current run, `--previous` the run before the last restart.
     let logs = text(&lab.run(&["logs", "crash"]));
-    assert!(logs.matches("boom").count() >= 3, "{logs}");
-    let last = text(&lab.run(&["logs", "crash", "--tail", "1"]));
+    assert!(
+        logs.matches("boom").count() <= 1,
+        "only the current run: {logs}"
+    );
+    let previous = text(&lab.run(&["logs", "crash", "--previous"]));
+    assert_eq!(previous, "boom\n");
+    let last = text(&lab.run(&["logs", "crash", "-p", "--tail", "1"]));
     assert_eq!(last, "boom\n");
+    let none = lab.run(&["logs", "once", "--previous"]);
+    assert!(!none.status.success());
+    assert!(
+        text(&none).contains("previous terminated container"),
+        "{}",
+        text(&none)
+    );
 }
 
 /// The lab's processes come back: a killed controller shows in `status`, `apply` is

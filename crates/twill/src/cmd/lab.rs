@@ -160,6 +160,12 @@ enum Command {
         /// Only the last N lines.
         #[arg(long)]
         tail: Option<usize>,
+        /// The output of the run before the last restart.
+        #[arg(short = 'p', long)]
+        previous: bool,
+        /// Keep printing what is written, across restarts (until interrupted).
+        #[arg(short = 'f', long)]
+        follow: bool,
     },
     /// The lab's topology, agents and problems.
     Status {
@@ -257,6 +263,42 @@ fn load_state(spec: &LabSpec) -> anyhow::Result<ClusterState> {
         }
     }
     Ok(state)
+}
+
+/// `logs -f`: print what is appended to `path` from `offset` on; a restart starts a new
+/// file (the old one becomes `log.previous`), which is followed from its start. Ends
+/// when the pod is gone or on interrupt.
+fn follow_log(path: &std::path::Path, mut offset: u64) -> anyhow::Result<()> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let inode = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .ok()
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+    };
+    let mut ino = inode(path);
+    let mut out = std::io::stdout().lock();
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = inode(path);
+        if now.is_none() && !path.parent().is_some_and(std::path::Path::exists) {
+            return Ok(());
+        }
+        if now != ino {
+            ino = now;
+            offset = 0;
+        }
+        let Ok(mut f) = std::fs::File::open(path) else {
+            continue;
+        };
+        f.seek(SeekFrom::Start(offset))?;
+        let mut buf = Vec::new();
+        f.read_to_end(&mut buf)?;
+        if !buf.is_empty() {
+            offset += buf.len() as u64;
+            out.write_all(&buf)?;
+            out.flush()?;
+        }
+    }
 }
 
 /// After `up` timed out: each pod that is not Ready (nor Completed), where it is, what
@@ -594,11 +636,21 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             namespace,
             pod,
             tail,
+            previous,
+            follow,
         } => {
             let spec = LabSpec::load(&lab.name)?;
-            let path = ops::log_path(&spec, &namespace, &pod);
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("pod {namespace}/{pod} has no log"))?;
+            let mut path = ops::log_path(&spec, &namespace, &pod);
+            if previous {
+                path.set_file_name("log.previous");
+            }
+            let text = std::fs::read_to_string(&path).with_context(|| {
+                if previous {
+                    format!("previous terminated container in pod {namespace}/{pod} not found")
+                } else {
+                    format!("pod {namespace}/{pod} has no log")
+                }
+            })?;
             match tail {
                 Some(n) => {
                     let lines: Vec<&str> = text.lines().collect();
@@ -607,6 +659,9 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                     }
                 }
                 None => print!("{text}"),
+            }
+            if follow && !previous {
+                follow_log(&path, text.len() as u64)?;
             }
             Ok(ExitCode::SUCCESS)
         }
