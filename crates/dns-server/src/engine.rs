@@ -14,7 +14,7 @@ use hickory_proto::rr::{DNSClass, Name, Record, RecordType};
 use twill_dns::{Reply, Resolution, Snapshot, resolve};
 
 use crate::cache::{Cache, Entry};
-use crate::forward::Forwarder;
+use crate::forward::{ForwardError, Forwarder};
 use crate::metrics::{Metrics, Source, rcode_index, type_index};
 
 /// The largest UDP response we offer to send (the DNS flag day 2020 value).
@@ -90,12 +90,38 @@ fn encode(msg: &Message, limit: usize) -> Option<Vec<u8>> {
     if bytes.len() <= limit {
         return Some(bytes);
     }
-    // Too big for the transport: question (and OPT) only, TC set, so the client retries
-    // over TCP (RFC 1035 4.2.1, RFC 6891 7).
-    let mut t = msg.truncate();
-    t.metadata = msg.metadata;
-    t.metadata.truncation = true;
-    t.to_vec().ok()
+    // Too big for the transport: as many whole records as fit, in section order (answer,
+    // authority, additional; the OPT record always stays), with TC set so the client may
+    // retry over TCP for the rest (RFC 1035 4.2.1, RFC 6891 7). CoreDNS sends the same
+    // (miekg/dns `Msg.Truncate`), so a resolver that never retries still gets addresses.
+    let total = msg.answers.len() + msg.authorities.len() + msg.additionals.len();
+    let first = |k: usize| {
+        let mut t = msg.truncate();
+        t.metadata = msg.metadata;
+        t.metadata.truncation = true;
+        let mut left = k;
+        for (from, to) in [
+            (&msg.answers, &mut t.answers),
+            (&msg.authorities, &mut t.authorities),
+            (&msg.additionals, &mut t.additionals),
+        ] {
+            let n = left.min(from.len());
+            to.extend_from_slice(&from[..n]);
+            left -= n;
+        }
+        t.to_vec().ok()
+    };
+    // The longest prefix that fits: its length grows with k, so bisect (a few encodes
+    // instead of one per record).
+    let (mut fits, mut too_big) = (0, total);
+    while too_big - fits > 1 {
+        let mid = (fits + too_big) / 2;
+        match first(mid) {
+            Some(b) if b.len() <= limit => fits = mid,
+            _ => too_big = mid,
+        }
+    }
+    first(fits)
 }
 
 impl Engine {
@@ -285,21 +311,28 @@ impl Engine {
         }))
     }
 
-    /// Second half: ask the upstream (blocking) and encode.
-    pub fn complete(&self, p: Box<Pending>) -> Option<Vec<u8>> {
+    /// Second half: ask the upstream (or the cache) and encode.
+    pub async fn complete(&self, p: Box<Pending>) -> Option<Vec<u8>> {
+        let answer = match &p.kind {
+            PendingKind::Chase { target, qtype, .. } => self.upstream(target, *qtype).await,
+            PendingKind::Forward => {
+                let q = &p.request.queries[0];
+                self.upstream(q.name(), q.query_type()).await
+            }
+        };
+        self.finish(p, answer)
+    }
+
+    fn finish(&self, p: Box<Pending>, answer: Result<Entry, ForwardError>) -> Option<Vec<u8>> {
         let q = &p.request.queries[0];
         let tidx = type_index(q.query_type());
         let (m, source) = match p.kind {
-            PendingKind::Chase {
-                mut reply,
-                target,
-                qtype,
-            } => {
-                match self.upstream(&target, qtype) {
-                    Some(e) => reply.answers.extend(e.answers),
+            PendingKind::Chase { mut reply, .. } => {
+                match answer {
+                    Ok(e) => reply.answers.extend(e.answers),
                     // CoreDNS drops the unfinished chain: NODATA. Its SOA comes from the
                     // same name's NODATA classification (any type the name lacks).
-                    None => {
+                    Err(_) => {
                         reply.answers.clear();
                         if let Resolution::Reply(r) =
                             resolve(&self.snapshot.load(), q.name(), RecordType::NULL)
@@ -312,14 +345,18 @@ impl Engine {
             }
             PendingKind::Forward => {
                 let mut m = self.response_to(&p.request);
-                match self.upstream(q.name(), q.query_type()) {
-                    Some(e) => {
+                match answer {
+                    Ok(e) => {
                         m.metadata.response_code = e.rcode;
                         m.answers = e.answers;
                         m.authorities = e.authority;
                         m.additionals = e.additional;
                     }
-                    None => m.metadata.response_code = ResponseCode::ServFail,
+                    // CoreDNS's forward refuses what is over max_concurrent, at once.
+                    Err(ForwardError::Overloaded { .. }) => {
+                        m.metadata.response_code = ResponseCode::Refused
+                    }
+                    Err(_) => m.metadata.response_code = ResponseCode::ServFail,
                 }
                 (m, Source::Forward)
             }
@@ -336,31 +373,32 @@ impl Engine {
         encode(&m, p.limit)
     }
 
-    /// Both halves, for callers that may block (TCP connections, tests).
+    /// Both halves, for callers that may block and have no runtime of their own (tests,
+    /// fuzzing): an upstream query runs on a runtime made for it.
     pub fn handle(&self, bytes: &[u8], transport: Transport, v6: bool) -> Option<Vec<u8>> {
         match self.step(bytes, transport, v6) {
             Step::Reply { bytes, .. } => Some(bytes),
-            Step::Upstream(p) => self.complete(p),
+            Step::Upstream(p) => tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?
+                .block_on(self.complete(p)),
             Step::Drop => None,
         }
     }
 
-    /// Cached or fresh upstream answer; `None` when no upstream answered.
-    fn upstream(&self, qname: &Name, qtype: RecordType) -> Option<Entry> {
+    /// Cached or fresh upstream answer.
+    async fn upstream(&self, qname: &Name, qtype: RecordType) -> Result<Entry, ForwardError> {
         let key = qname.to_ascii();
         if let Some(cache) = &self.cache
             && let Some(e) = cache.get(&key, qtype, Instant::now(), &self.metrics)
         {
-            return Some(e);
+            return Ok(e);
         }
-        let fwd = self.forwarder.as_ref()?;
-        let m = match fwd.exchange(qname, qtype) {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::debug!(name = %qname, error = %e, "forward failed");
-                return None;
-            }
-        };
+        let fwd = self.forwarder.as_ref().ok_or(ForwardError::NoUpstream)?;
+        let m = fwd.exchange(qname, qtype).await.inspect_err(|e| {
+            tracing::debug!(name = %qname, error = %e, "forward failed");
+        })?;
         let entry = Entry {
             rcode: m.metadata.response_code,
             answers: m.answers,
@@ -374,7 +412,7 @@ impl Engine {
         if let Some(cache) = &self.cache {
             cache.put(&key, qtype, entry.clone(), Instant::now(), &self.metrics);
         }
-        Some(entry)
+        Ok(entry)
     }
 
     /// An empty response echoing the question, RD and EDNS presence.

@@ -2,14 +2,20 @@
 //! order, unhealthy upstreams are skipped until a health check passes, a truncated UDP
 //! answer is retried over TCP, and `max_concurrent` bounds the queries in flight.
 //!
-//! Exchanges are blocking: they run on the forwarding threads (UDP) or the connection's
-//! thread (TCP), never on a UDP worker.
+//! Exchanges are asynchronous (tokio sockets and timers on the server's forwarding
+//! runtime), so an upstream that never answers holds one in-flight slot per query, not a
+//! thread. As in CoreDNS, each attempt waits at most `timeout` (its read timeout, 2 s)
+//! and a query gives up after `deadline` (its `defaultTimeout`, 5 s) over all attempts;
+//! a query beyond `max_concurrent` is refused at once and counted.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::time::{Instant, timeout};
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{Name, RecordType};
@@ -46,6 +52,8 @@ pub enum ForwardError {
     NoUpstream,
     #[error("max_concurrent {max} queries already in flight")]
     Overloaded { max: usize },
+    #[error("no upstream answered within {0:?}")]
+    Deadline(Duration),
     #[error("every upstream failed; last: {addr}: {source}")]
     AllFailed {
         addr: SocketAddr,
@@ -61,6 +69,8 @@ pub struct ForwardConfig {
     pub max_concurrent: usize,
     /// Per-attempt timeout.
     pub timeout: Duration,
+    /// Longest a query may take over all its attempts.
+    pub deadline: Duration,
     /// Failures after which an upstream counts as down until a health check passes.
     pub max_fails: u32,
     pub health_check: Duration,
@@ -73,6 +83,7 @@ impl ForwardConfig {
             policy: Policy::Random,
             max_concurrent: 1000,
             timeout: Duration::from_secs(2),
+            deadline: Duration::from_secs(5),
             max_fails: 2,
             health_check: Duration::from_millis(500),
         }
@@ -134,20 +145,23 @@ fn check_reply(req: &Message, bytes: &[u8]) -> std::io::Result<Option<Message>> 
     Ok(Some(m))
 }
 
-fn exchange_udp(addr: SocketAddr, req: &Message, timeout: Duration) -> std::io::Result<Message> {
+fn timed_out() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in time")
+}
+
+async fn exchange_udp(addr: SocketAddr, req: &Message) -> std::io::Result<Message> {
+    // A fresh socket (and so a random source port) per query, as CoreDNS dials them.
     let bind: SocketAddr = if addr.is_ipv4() {
-        "0.0.0.0:0".parse()
+        ([0, 0, 0, 0], 0).into()
     } else {
-        "[::]:0".parse()
-    }
-    .map_err(invalid)?;
-    let sock = UdpSocket::bind(bind)?;
-    sock.set_read_timeout(Some(timeout))?;
-    sock.connect(addr)?;
-    sock.send(&req.to_vec().map_err(invalid)?)?;
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let sock = UdpSocket::bind(bind).await?;
+    sock.connect(addr).await?;
+    sock.send(&req.to_vec().map_err(invalid)?).await?;
     let mut buf = vec![0u8; 65535];
     loop {
-        let n = sock.recv(&mut buf)?;
+        let n = sock.recv(&mut buf).await?;
         // A reply with the wrong id or question is someone else's (or spoofed): keep waiting.
         if let Some(m) = check_reply(req, &buf[..n])? {
             return Ok(m);
@@ -155,23 +169,32 @@ fn exchange_udp(addr: SocketAddr, req: &Message, timeout: Duration) -> std::io::
     }
 }
 
-pub fn exchange_tcp(
-    addr: SocketAddr,
-    req: &Message,
-    timeout: Duration,
-) -> std::io::Result<Message> {
-    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
-    s.set_read_timeout(Some(timeout))?;
-    s.set_write_timeout(Some(timeout))?;
+async fn exchange_tcp(addr: SocketAddr, req: &Message) -> std::io::Result<Message> {
+    let mut s = TcpStream::connect(addr).await?;
     let body = req.to_vec().map_err(invalid)?;
     let mut framed = (body.len() as u16).to_be_bytes().to_vec();
     framed.extend_from_slice(&body);
-    s.write_all(&framed)?;
+    s.write_all(&framed).await?;
     let mut len = [0u8; 2];
-    s.read_exact(&mut len)?;
+    s.read_exact(&mut len).await?;
     let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
-    s.read_exact(&mut buf)?;
+    s.read_exact(&mut buf).await?;
     check_reply(req, &buf)?.ok_or_else(|| invalid("reply does not match the query"))
+}
+
+/// One attempt at one upstream: UDP, then TCP when the UDP answer is truncated.
+async fn attempt(addr: SocketAddr, req: &Message, limit: Duration) -> std::io::Result<Message> {
+    let ask = async {
+        let m = exchange_udp(addr, req).await?;
+        if m.metadata.truncation {
+            exchange_tcp(addr, req).await
+        } else {
+            Ok(m)
+        }
+    };
+    timeout(limit, ask)
+        .await
+        .unwrap_or_else(|_| Err(timed_out()))
 }
 
 impl Forwarder {
@@ -223,31 +246,41 @@ impl Forwarder {
         up
     }
 
-    /// Ask the upstreams for (`qname`, `qtype`).
-    pub fn exchange(&self, qname: &Name, qtype: RecordType) -> Result<Message, ForwardError> {
-        if self.upstreams.is_empty() {
-            return Err(ForwardError::NoUpstream);
-        }
+    /// Take an in-flight slot, or refuse the query (counted) when `max_concurrent` are
+    /// already out.
+    fn admit(&self) -> Result<InFlight<'_>, ForwardError> {
         let max = self.config.max_concurrent;
         if self.in_flight.fetch_add(1, Ordering::AcqRel) >= max {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
             self.metrics.forward_max_concurrent_rejects.inc();
             return Err(ForwardError::Overloaded { max });
         }
-        let _guard = InFlight(&self.in_flight);
+        Ok(InFlight(&self.in_flight))
+    }
+
+    /// Queries waiting on an upstream now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Ask the upstreams for (`qname`, `qtype`): each in the policy's order until one
+    /// answers, each attempt within `timeout`, all of them within `deadline`.
+    pub async fn exchange(&self, qname: &Name, qtype: RecordType) -> Result<Message, ForwardError> {
+        if self.upstreams.is_empty() {
+            return Err(ForwardError::NoUpstream);
+        }
+        let _slot = self.admit()?;
         let req = query_message(qname, qtype);
+        let deadline = Instant::now() + self.config.deadline;
         let mut last = None;
         for i in self.order() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ForwardError::Deadline(self.config.deadline));
+            }
             let u = &self.upstreams[i];
             self.metrics.forward_request(&u.label);
-            let result = exchange_udp(u.addr, &req, self.config.timeout).and_then(|m| {
-                if m.metadata.truncation {
-                    exchange_tcp(u.addr, &req, self.config.timeout)
-                } else {
-                    Ok(m)
-                }
-            });
-            match result {
+            match attempt(u.addr, &req, self.config.timeout.min(left)).await {
                 Ok(m) => {
                     u.fails.store(0, Ordering::Relaxed);
                     self.metrics
@@ -267,17 +300,20 @@ impl Forwarder {
 
     /// One round of health checks: every upstream marked down is asked `. IN NS`; an
     /// answer (any rcode) marks it up again.
-    pub fn health_check(&self) {
-        for u in &self.upstreams {
-            if u.fails.load(Ordering::Relaxed) < self.config.max_fails {
-                continue;
-            }
-            let req = query_message(&Name::root(), RecordType::NS);
-            match exchange_udp(u.addr, &req, self.config.timeout) {
-                Ok(_) => u.fails.store(0, Ordering::Relaxed),
-                Err(_) => self.metrics.healthcheck_failure(&u.label),
-            }
-        }
+    pub async fn health_check(&self) {
+        let checks = self
+            .upstreams
+            .iter()
+            .filter(|u| u.fails.load(Ordering::Relaxed) >= self.config.max_fails)
+            .map(|u| async move {
+                let req = query_message(&Name::root(), RecordType::NS);
+                let asked = timeout(self.config.timeout, exchange_udp(u.addr, &req)).await;
+                match asked {
+                    Ok(Ok(_)) => u.fails.store(0, Ordering::Relaxed),
+                    _ => self.metrics.healthcheck_failure(&u.label),
+                }
+            });
+        futures::future::join_all(checks).await;
     }
 
     pub fn healthy(&self) -> usize {
@@ -332,9 +368,18 @@ mod tests {
     fn max_concurrent_zero_rejects_without_sending() {
         let mut c = ForwardConfig::new(vec![SocketAddr::from(([127, 0, 0, 1], 9))]);
         c.max_concurrent = 0;
-        let f = Forwarder::new(c, Arc::new(Metrics::new("t")));
-        let err = f.exchange(&Name::root(), RecordType::NS).unwrap_err();
+        let metrics = Arc::new(Metrics::new("t"));
+        let f = Forwarder::new(c, metrics.clone());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let err = rt
+            .block_on(f.exchange(&Name::root(), RecordType::NS))
+            .unwrap_err();
         assert!(matches!(err, ForwardError::Overloaded { max: 0 }), "{err}");
+        assert_eq!(metrics.forward_max_concurrent_rejects.get(), 1);
+        assert_eq!(f.in_flight(), 0);
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //!   change swaps the whole snapshot ([`Engine::swap`]).
 //! - TCP on the same addresses ([`tcp`]), for truncated retries.
 //! - Names outside the cluster zones, and CNAME chains that leave it, go to the upstreams
-//!   ([`forward`]) through a response cache ([`cache`]) on separate forwarding threads.
+//!   ([`forward`]) through a response cache ([`cache`]) as tasks on one forwarding
+//!   thread (a tokio runtime), bounded by `max_concurrent`, never on a UDP worker.
 //! - Metrics under CoreDNS's names ([`metrics`]); `/health`, `/ready` and `/metrics` are
 //!   served by the node agent runtime's HTTP server (`twill_agent::http`).
 //! - Loop detection as CoreDNS's `loop` plugin does it: a random probe name is sent to
@@ -20,11 +21,9 @@ mod tcp;
 pub mod udp;
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::sync_channel;
-use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 pub use cache::{Cache, CacheConfig};
 pub use engine::{Engine, Transport};
@@ -43,6 +42,8 @@ pub enum ServerError {
     },
     #[error("starting a server thread: {0}")]
     Spawn(#[source] std::io::Error),
+    #[error("starting the forwarding runtime: {0}")]
+    Runtime(#[source] std::io::Error),
 }
 
 #[derive(Debug, Clone)]
@@ -51,8 +52,6 @@ pub struct ServerConfig {
     pub listen: Vec<SocketAddr>,
     /// UDP worker threads (sockets) per listen address.
     pub workers: usize,
-    /// Threads that wait on upstream answers.
-    pub forward_threads: usize,
     pub tcp: bool,
     /// Send the loop-detection probe to ourselves after binding.
     pub loop_probe: Option<hickory_proto::rr::Name>,
@@ -68,7 +67,6 @@ impl ServerConfig {
         ServerConfig {
             listen,
             workers: cores,
-            forward_threads: 4,
             tcp: true,
             loop_probe: None,
             answer_cache_entries: 8192,
@@ -82,6 +80,7 @@ pub struct Running {
     pub tcp: Vec<SocketAddr>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
+    forwarding: tokio::runtime::Runtime,
 }
 
 impl Running {
@@ -91,6 +90,7 @@ impl Running {
         for t in self.threads {
             let _ = t.join();
         }
+        self.forwarding.shutdown_background();
     }
 
     /// Block until the process is killed.
@@ -112,8 +112,13 @@ fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<(
 pub fn start(config: &ServerConfig, engine: Arc<Engine>) -> Result<Running, ServerError> {
     let stop = Arc::new(AtomicBool::new(false));
     let mut threads = Vec::new();
-    let (tx, rx) = sync_channel(4096);
-    let rx = Arc::new(Mutex::new(rx));
+    // One thread is plenty: forwarded queries spend their time waiting, not computing.
+    let forwarding = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("dns-forward")
+        .enable_all()
+        .build()
+        .map_err(ServerError::Runtime)?;
     let mut udp_addrs = Vec::new();
     let mut tcp_addrs = Vec::new();
     for want in &config.listen {
@@ -139,10 +144,11 @@ pub fn start(config: &ServerConfig, engine: Arc<Engine>) -> Result<Running, Serv
             );
         }
         for (i, s) in sockets.into_iter().enumerate() {
-            let (engine, tx, stop) = (engine.clone(), tx.clone(), stop.clone());
+            let (engine, stop) = (engine.clone(), stop.clone());
+            let handle = forwarding.handle().clone();
             let cache = config.answer_cache_entries;
             threads.push(spawn(format!("dns-udp-{i}"), move || {
-                udp::run_worker(Arc::new(s), engine, tx, stop, cache)
+                udp::run_worker(Arc::new(s), engine, handle, stop, cache)
             })?);
         }
         if config.tcp {
@@ -153,37 +159,23 @@ pub fn start(config: &ServerConfig, engine: Arc<Engine>) -> Result<Running, Serv
             })?;
             tcp_addrs.push(addr);
             let (engine, stop) = (engine.clone(), stop.clone());
+            let handle = forwarding.handle().clone();
             threads.push(spawn("dns-tcp".into(), move || {
-                tcp::run_listener(l, engine, stop)
+                tcp::run_listener(l, engine, handle, stop)
             })?);
         }
     }
-    for i in 0..config.forward_threads.max(1) {
-        let (engine, rx, stop) = (engine.clone(), rx.clone(), stop.clone());
-        threads.push(spawn(format!("dns-forward-{i}"), move || {
-            udp::run_forwarder(engine, rx, stop)
-        })?);
-    }
-    if engine.forwarder().is_some() {
+    if let Some(f) = engine.forwarder() {
+        let every = f.config().health_check;
         let (engine, stop) = (engine.clone(), stop.clone());
-        threads.push(spawn("dns-healthcheck".into(), move || {
-            let every = engine
-                .forwarder()
-                .map(|f| f.config().health_check)
-                .unwrap_or(Duration::from_secs(1));
-            let tick = Duration::from_millis(50);
-            let mut waited = Duration::ZERO;
+        forwarding.spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(tick);
-                waited += tick;
-                if waited >= every {
-                    waited = Duration::ZERO;
-                    if let Some(f) = engine.forwarder() {
-                        f.health_check();
-                    }
+                tokio::time::sleep(every).await;
+                if let Some(f) = engine.forwarder() {
+                    f.health_check().await;
                 }
             }
-        })?);
+        });
     }
     if let (Some(probe), Some(addr)) = (&config.loop_probe, udp_addrs.first()) {
         send_probe(probe, *addr);
@@ -193,6 +185,7 @@ pub fn start(config: &ServerConfig, engine: Arc<Engine>) -> Result<Running, Serv
         tcp: tcp_addrs,
         stop,
         threads,
+        forwarding,
     })
 }
 

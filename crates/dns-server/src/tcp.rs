@@ -8,13 +8,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crate::engine::{Engine, Transport};
+use crate::engine::{Engine, Step, Transport};
 
 /// Connections beyond this are closed at once.
 const MAX_CONNECTIONS: usize = 512;
 const IDLE: Duration = Duration::from_secs(10);
 
-pub fn run_listener(listener: TcpListener, engine: Arc<Engine>, stop: Arc<AtomicBool>) {
+pub fn run_listener(
+    listener: TcpListener,
+    engine: Arc<Engine>,
+    forwarding: tokio::runtime::Handle,
+    stop: Arc<AtomicBool>,
+) {
     let live = Arc::new(AtomicUsize::new(0));
     // Non-blocking accept with a short sleep lets the loop notice `stop`.
     let _ = listener.set_nonblocking(true);
@@ -27,8 +32,9 @@ pub fn run_listener(listener: TcpListener, engine: Arc<Engine>, stop: Arc<Atomic
                 let _ = stream.set_nonblocking(false);
                 live.fetch_add(1, Ordering::Relaxed);
                 let (engine, live, stop) = (engine.clone(), live.clone(), stop.clone());
+                let forwarding = forwarding.clone();
                 std::thread::spawn(move || {
-                    serve(stream, &engine, &stop);
+                    serve(stream, &engine, &forwarding, &stop);
                     live.fetch_sub(1, Ordering::Relaxed);
                 });
             }
@@ -43,7 +49,12 @@ pub fn run_listener(listener: TcpListener, engine: Arc<Engine>, stop: Arc<Atomic
     }
 }
 
-fn serve(mut s: TcpStream, engine: &Engine, stop: &AtomicBool) {
+fn serve(
+    mut s: TcpStream,
+    engine: &Engine,
+    forwarding: &tokio::runtime::Handle,
+    stop: &AtomicBool,
+) {
     let _ = s.set_read_timeout(Some(IDLE));
     let _ = s.set_write_timeout(Some(IDLE));
     let _ = s.set_nodelay(true);
@@ -58,7 +69,12 @@ fn serve(mut s: TcpStream, engine: &Engine, stop: &AtomicBool) {
             return;
         }
         let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            engine.handle(&buf, Transport::Tcp, v6)
+            match engine.step(&buf, Transport::Tcp, v6) {
+                Step::Reply { bytes, .. } => Some(bytes),
+                // The connection's own thread waits; the exchange runs on the runtime.
+                Step::Upstream(p) => forwarding.block_on(engine.complete(p)),
+                Step::Drop => None,
+            }
         }));
         let reply = match handled {
             Ok(Some(reply)) => reply,

@@ -5,7 +5,8 @@
 //!
 //! Each worker keeps a wire cache: request bytes (id aside) → response bytes, valid for
 //! one snapshot generation. Cluster answers are deterministic for a snapshot, so a hit
-//! only patches the id. Queries that need the upstream go to the forwarding threads.
+//! only patches the id. Queries that need the upstream become tasks on the forwarding
+//! runtime, which sends their answers from there.
 //! Metrics for hits are summed per batch and flushed once, so the per-query path touches
 //! no shared cache line.
 
@@ -14,13 +15,12 @@ use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::SyncSender;
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::ResponseCode;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-use crate::engine::{Engine, Pending, Step, Transport};
+use crate::engine::{Engine, Step, Transport};
 use crate::metrics::{RCODES, Source, TYPES, rcode_index};
 
 const BATCH: usize = 32;
@@ -44,13 +44,6 @@ pub fn bind_reuseport(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     Ok(s.into())
 }
 
-/// A forwarded query waiting for the upstream, and where its answer goes.
-pub struct Job {
-    pub pending: Box<Pending>,
-    pub socket: Arc<UdpSocket>,
-    pub peer: SocketAddr,
-}
-
 struct WireEntry {
     bytes: Vec<u8>,
     qtype: usize,
@@ -67,7 +60,7 @@ fn zeroed<T>() -> T {
 pub fn run_worker(
     socket: Arc<UdpSocket>,
     engine: Arc<Engine>,
-    jobs: SyncSender<Job>,
+    forwarding: tokio::runtime::Handle,
     stop: Arc<AtomicBool>,
     cache_entries: usize,
 ) {
@@ -172,14 +165,12 @@ pub fn run_worker(
                         Step::Drop => None,
                         Step::Upstream(pending) => {
                             if let Some(peer) = to_socket_addr(&addrs[i]) {
-                                let job = Job {
-                                    pending,
-                                    socket: socket.clone(),
-                                    peer,
-                                };
-                                if jobs.try_send(job).is_err() {
-                                    tracing::debug!("forwarding queue full; query dropped");
-                                }
+                                let (engine, socket) = (engine.clone(), socket.clone());
+                                forwarding.spawn(async move {
+                                    if let Some(bytes) = engine.complete(pending).await {
+                                        let _ = socket.send_to(&bytes, peer);
+                                    }
+                                });
                             }
                             None
                         }
@@ -259,23 +250,5 @@ fn to_socket_addr(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
             )))
         }
         _ => None,
-    }
-}
-
-/// Forwarding thread: finish queued upstream queries and send the answers.
-pub fn run_forwarder(
-    engine: Arc<Engine>,
-    jobs: Arc<std::sync::Mutex<std::sync::mpsc::Receiver<Job>>>,
-    stop: Arc<AtomicBool>,
-) {
-    while !stop.load(Ordering::Relaxed) {
-        let job = {
-            let rx = jobs.lock().unwrap_or_else(|e| e.into_inner());
-            rx.recv_timeout(Duration::from_millis(200))
-        };
-        let Ok(job) = job else { continue };
-        if let Some(bytes) = engine.complete(job.pending) {
-            let _ = job.socket.send_to(&bytes, job.peer);
-        }
     }
 }

@@ -7,7 +7,7 @@ use std::net::UdpSocket;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use hickory_proto::op::ResponseCode;
+use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::RecordType;
 use support::*;
 
@@ -108,10 +108,21 @@ fn a_large_answer_is_truncated_over_udp_and_complete_over_tcp() {
         udp.metadata.truncation,
         "120 A records do not fit 512 bytes"
     );
-    assert!(udp.answers.is_empty());
+    // As many records as fit, as CoreDNS sends: 12 header bytes, 34 of question, then
+    // 16 per A record with a compressed name: (512 - 46) / 16 = 29.
+    assert_eq!(udp.answers.len(), 29);
     let tcp = s.ask_tcp("big.testns.svc.cluster.local.", RecordType::A);
     assert!(!tcp.metadata.truncation);
     assert_eq!(tcp.answers.len(), 120);
+    assert_eq!(
+        udp.answers[..],
+        tcp.answers[..29],
+        "the first records, in order"
+    );
+    // With EDNS0 the limit is our 1232 bytes, less the 11-byte OPT record: 73 records.
+    let edns = s.ask("big.testns.svc.cluster.local.", RecordType::A, true);
+    assert!(edns.metadata.truncation);
+    assert_eq!(edns.answers.len(), 73);
 }
 
 #[test]
@@ -210,6 +221,57 @@ fn an_unreachable_upstream_gives_servfail_quickly() {
     let s = TestServer::corpus("clusterip-a-aaaa.json", Some(addr));
     let m = s.ask("www.example.org.", RecordType::A, true);
     assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+}
+
+/// An upstream that never answers holds only `max_concurrent` queries: the rest are
+/// refused at once and counted (CoreDNS's `forward`), every query gets an answer, and
+/// cluster names keep answering meanwhile.
+#[test]
+fn a_silent_upstream_costs_max_concurrent_queries_and_the_rest_are_refused_at_once() {
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut f = twill_dns_server::ForwardConfig::new(vec![silent.local_addr().unwrap()]);
+    f.max_concurrent = 20;
+    f.timeout = Duration::from_secs(2);
+    let s = TestServer::forwarding("clusterip-a-aaaa.json", f);
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let total = 200;
+    for i in 0..total {
+        let q = support::query(&format!("n{i}.example.org."), RecordType::A, true);
+        client.send_to(&q.to_vec().unwrap(), s.addr).unwrap();
+    }
+    // Refusals come before any upstream attempt has timed out.
+    let mut refused = 0;
+    let mut servfail = 0;
+    let mut buf = vec![0u8; 4096];
+    while refused + servfail < total {
+        let n = client
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("{refused} refused, {servfail} SERVFAIL, then {e}"));
+        match Message::from_vec(&buf[..n]).unwrap().metadata.response_code {
+            ResponseCode::Refused => {
+                assert_eq!(servfail, 0, "a refusal waited for a timeout");
+                refused += 1
+            }
+            ResponseCode::ServFail => servfail += 1,
+            other => panic!("unexpected {other}"),
+        }
+        if refused == total - 20 {
+            // All 180 refusals are out while 20 queries wait on the upstream: the
+            // cluster's own names still answer.
+            let m = s.ask("svc1.testns.svc.cluster.local.", RecordType::A, false);
+            assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+        }
+    }
+    assert_eq!((refused, servfail), (total - 20, 20));
+    let body = s.engine.metrics().encode();
+    assert!(
+        body.contains("coredns_forward_max_concurrent_rejects_total 180"),
+        "{body}"
+    );
+    assert_eq!(s.engine.forwarder().unwrap().in_flight(), 0);
 }
 
 #[test]

@@ -120,6 +120,18 @@ impl TestServer {
         )
     }
 
+    /// A corpus server forwarding with these settings.
+    pub fn forwarding(file: &str, forward: ForwardConfig) -> Self {
+        let (objects, config) = corpus_fixture(file);
+        Self::start_with(
+            &ClusterState::from_objects(objects),
+            &config,
+            Some(forward),
+            "127.0.0.1:0".parse().unwrap(),
+            None,
+        )
+    }
+
     fn start(
         state: &ClusterState,
         config: &Config,
@@ -127,12 +139,23 @@ impl TestServer {
         listen: SocketAddr,
         probe: Option<Name>,
     ) -> Self {
-        let metrics = Arc::new(Metrics::new("test"));
-        let forwarder = upstream.map(|u| {
+        let forward = upstream.map(|u| {
             let mut f = ForwardConfig::new(vec![u]);
             f.timeout = Duration::from_millis(300);
-            Forwarder::new(f, metrics.clone())
+            f
         });
+        Self::start_with(state, config, forward, listen, probe)
+    }
+
+    fn start_with(
+        state: &ClusterState,
+        config: &Config,
+        forward: Option<ForwardConfig>,
+        listen: SocketAddr,
+        probe: Option<Name>,
+    ) -> Self {
+        let metrics = Arc::new(Metrics::new("test"));
+        let forwarder = forward.map(|f| Forwarder::new(f, metrics.clone()));
         let cache = Some(Cache::new(CacheConfig::default()));
         let mut engine = Engine::new(Snapshot::build(state, config, 1), forwarder, cache, metrics);
         if let Some(p) = &probe {
@@ -141,7 +164,6 @@ impl TestServer {
         let engine = Arc::new(engine);
         let mut sc = ServerConfig::new(vec![listen]);
         sc.workers = 2;
-        sc.forward_threads = 2;
         sc.loop_probe = probe;
         let running = twill_dns_server::start(&sc, engine.clone()).expect("server starts");
         TestServer {

@@ -95,7 +95,8 @@ pub struct ServeArgs {
     /// Upstream choice (CoreDNS's `forward` policy).
     #[arg(long, value_enum, default_value = "random")]
     pub policy: PolicyArg,
-    /// Forwarded queries in flight before new ones get SERVFAIL.
+    /// Forwarded queries in flight before new ones are refused at once (REFUSED, as
+    /// CoreDNS's `forward` does; counted in coredns_forward_max_concurrent_rejects_total).
     #[arg(long, default_value_t = 1000)]
     pub max_concurrent: usize,
     /// Cache capacity for positive upstream answers (0 disables).
@@ -571,7 +572,6 @@ fn run_query_file(
     ));
     let mut sc = ServerConfig::new(vec!["127.0.0.1:0".parse()?]);
     sc.workers = 1;
-    sc.forward_threads = 2;
     let running = twill_dns_server::start(&sc, engine)?;
     let server = running.udp[0];
     for case in &file.queries {
