@@ -77,27 +77,6 @@ pub struct ManifestSource {
     stdin_read: bool,
 }
 
-fn is_manifest(p: &Path) -> bool {
-    p.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
-}
-
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return;
-    };
-    let mut entries: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    entries.sort();
-    for p in entries {
-        if p.is_dir() {
-            walk(&p, out);
-        } else if is_manifest(&p) {
-            out.push(p);
-        }
-    }
-}
-
 fn stamp(p: &Path) -> Option<(Option<SystemTime>, u64)> {
     let m = std::fs::metadata(p).ok()?;
     Some((m.modified().ok(), m.len()))
@@ -169,8 +148,12 @@ impl ManifestSource {
                 continue;
             }
             if p.is_dir() {
-                let mut found = Vec::new();
-                walk(p, &mut found);
+                // A folder's problems (a symlink loop, an unreadable subfolder) are
+                // logged; its readable files still load.
+                let (found, problems) = twill_manifest::files::manifest_files(p);
+                for problem in problems {
+                    tracing::warn!("{problem}");
+                }
                 for f in found {
                     now.entry(f).or_insert(false);
                 }
@@ -211,13 +194,11 @@ impl ManifestSource {
                 written = Some(written.map_or(mtime, |w: SystemTime| w.min(mtime)));
             }
             let name = path.display().to_string();
-            let text = match std::fs::read(path) {
-                Ok(bytes) => match String::from_utf8(bytes) {
-                    Ok(t) => Ok(t),
-                    Err(_) => Err(format!("{name}: not UTF-8 text")),
-                },
-                Err(e) => Err(format!("{name}: {e}")),
-            };
+            let text = std::fs::File::open(path)
+                .map_err(|e| format!("{name}: {e}"))
+                .and_then(|f| {
+                    twill_manifest::files::read_capped(&name, f).map_err(|p| p.to_string())
+                });
             let text = match text {
                 Ok(t) => t,
                 Err(problem) => {

@@ -178,21 +178,42 @@ fn problem(key: &ObjectKey, path: impl Into<String>, message: impl Into<String>)
 }
 
 /// Give nodes without a pod CIDR the next free subnet, in name order.
-pub(crate) fn assign_node_subnets(state: &mut ClusterState, settings: &Settings) {
+/// A node left without one is a problem: its pods could get no address.
+pub(crate) fn assign_node_subnets(
+    state: &mut ClusterState,
+    settings: &Settings,
+    problems: &mut Vec<Problem>,
+) {
     let taken: BTreeSet<IpNet> = state
         .nodes
         .values()
         .flat_map(|n| n.pod_cidrs.iter().copied())
         .collect();
-    let Ok(subnets) = settings.pod_cidr.subnets(settings.node_subnet_len) else {
-        return;
-    };
-    let mut free = subnets.filter(|s| !taken.iter().any(|t| t.contains(s) || s.contains(t)));
+    let mut free = settings
+        .pod_cidr
+        .subnets(settings.node_subnet_len)
+        .into_iter()
+        .flatten()
+        .filter(|s| !taken.iter().any(|t| t.contains(s) || s.contains(t)));
     for node in state.nodes.values_mut() {
-        if node.pod_cidrs.is_empty()
-            && let Some(s) = free.next()
-        {
-            node.pod_cidrs.push(s);
+        if !node.pod_cidrs.is_empty() {
+            continue;
+        }
+        match free.next() {
+            Some(s) => node.pod_cidrs.push(s),
+            None => problems.push(Problem {
+                object: ObjectRef {
+                    kind: Kind::Node,
+                    key: ObjectKey::cluster(node.name.clone()),
+                },
+                path: "spec.podCIDR".into(),
+                message: format!(
+                    "no pod subnet left: {} holds {} subnets of /{}, all taken",
+                    settings.pod_cidr,
+                    settings.node_capacity(),
+                    settings.node_subnet_len
+                ),
+            }),
         }
     }
 }

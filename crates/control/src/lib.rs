@@ -69,6 +69,71 @@ impl Default for Settings {
     }
 }
 
+impl Settings {
+    /// How many nodes the pod CIDR can give a subnet to.
+    pub fn node_capacity(&self) -> u128 {
+        let bits = u32::from(
+            self.node_subnet_len
+                .saturating_sub(self.pod_cidr.prefix_len()),
+        );
+        if self.node_subnet_len < self.pod_cidr.prefix_len() {
+            0
+        } else {
+            1u128.checked_shl(bits).unwrap_or(u128::MAX)
+        }
+    }
+
+    /// Settings that cannot work, one sentence each naming the flag, the way the API
+    /// server (`--service-cluster-ip-range`) and flannel (`SubnetLen`) refuse them at start.
+    /// `nodes`: how many nodes must get a pod subnet.
+    pub fn check(&self, nodes: usize) -> Vec<String> {
+        let mut out = Vec::new();
+        let pod = self.pod_cidr;
+        // flannel: a node's subnet must fit in the network and leave room for the
+        // bridge's address and at least one pod (SubnetLen below /31, /127 for IPv6).
+        let max = if pod.addr().is_ipv4() { 30 } else { 126 };
+        if self.node_subnet_len < pod.prefix_len() {
+            out.push(format!(
+                "--node-subnet-len {}: a node's subnet must fit inside the pod CIDR {pod} (at least /{})",
+                self.node_subnet_len,
+                pod.prefix_len()
+            ));
+        } else if self.node_subnet_len > max {
+            out.push(format!(
+                "--node-subnet-len {}: at most {max} for {} (a node needs its bridge address and room for pods)",
+                self.node_subnet_len,
+                if max == 30 { "IPv4" } else { "IPv6" }
+            ));
+        } else if (nodes as u128) > self.node_capacity() {
+            out.push(format!(
+                "the pod CIDR {pod} has room for {} nodes with /{} each; {nodes} need one (use a wider --pod-cidr or a longer --node-subnet-len)",
+                self.node_capacity(),
+                self.node_subnet_len
+            ));
+        }
+        match self.service_cidrs.as_slice() {
+            [] => out.push("--service-cidr: at least one is needed".into()),
+            [a, b] if a.addr().is_ipv4() == b.addr().is_ipv4() => out.push(format!(
+                "--service-cidr {a} and {b} are both {}: give at most one per family (dual-stack is one IPv4 and one IPv6)",
+                if a.addr().is_ipv4() { "IPv4" } else { "IPv6" }
+            )),
+            [_, _, ..] if self.service_cidrs.len() > 2 => out.push(format!(
+                "--service-cidr given {} times: at most two (one per family)",
+                self.service_cidrs.len()
+            )),
+            _ => {}
+        }
+        for s in &self.service_cidrs {
+            if s.contains(&pod.network()) || pod.contains(&s.network()) {
+                out.push(format!(
+                    "the pod CIDR {pod} overlaps the service CIDR {s}: pod and service addresses must not collide"
+                ));
+            }
+        }
+        out
+    }
+}
+
 /// A problem the control plane found with one object (the object is left out of the
 /// output, or the part that failed is).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,7 +191,7 @@ pub fn node_subnet(settings: &Settings, index: usize) -> Option<IpNet> {
 pub fn reconcile(input: &ClusterState, settings: &Settings) -> Output {
     let mut state = input.clone();
     let mut problems = Vec::new();
-    alloc::assign_node_subnets(&mut state, settings);
+    alloc::assign_node_subnets(&mut state, settings, &mut problems);
     alloc::allocate_services(&mut state, settings, &mut problems);
     workloads::reconcile_pods(&mut state, settings, &mut problems);
     slices::reconcile_slices(&mut state, settings);

@@ -690,3 +690,47 @@ proptest! {
         prop_assert_eq!(ports.len(), n);
     }
 }
+
+#[test]
+fn nodes_past_the_pod_cidrs_room_are_problems_and_settings_checks_name_the_flag() {
+    let settings = Settings {
+        pod_cidr: "10.244.0.0/22".parse().unwrap(),
+        ..Settings::default()
+    };
+    assert_eq!(settings.node_capacity(), 4);
+    assert!(settings.check(4).is_empty(), "{:?}", settings.check(4));
+    assert_eq!(settings.check(5).len(), 1);
+    let mut input = ClusterState::default();
+    for i in 0..6 {
+        input.apply(ObjectEvent::Applied(Object::Node(twill_model::Node {
+            name: format!("n{i}"),
+            ..Default::default()
+        })));
+    }
+    let out = reconcile(&input, &settings);
+    let without: Vec<String> = out
+        .problems
+        .iter()
+        .filter(|p| p.path == "spec.podCIDR")
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        without,
+        [
+            "Node n4: spec.podCIDR: no pod subnet left: 10.244.0.0/22 holds 4 subnets of /24, all taken",
+            "Node n5: spec.podCIDR: no pod subnet left: 10.244.0.0/22 holds 4 subnets of /24, all taken",
+        ]
+    );
+    let wide = Settings {
+        node_subnet_len: 16,
+        ..Settings::default()
+    };
+    assert_eq!(wide.node_capacity(), 1);
+    let v6 = Settings {
+        pod_cidr: "fd00:10::/56".parse().unwrap(),
+        node_subnet_len: 127,
+        service_cidrs: vec!["fd00:96::/112".parse().unwrap()],
+        ..Settings::default()
+    };
+    assert_eq!(v6.check(1).len(), 1, "{:?}", v6.check(1));
+}

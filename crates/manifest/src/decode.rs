@@ -71,6 +71,19 @@ fn convert<T: DeserializeOwned, M>(
 }
 
 /// Decode one Kubernetes object given as JSON.
+/// The API server's cap on an object's annotations, keys and values together
+/// (apimachinery's `TotalAnnotationSizeLimitB`).
+pub const MAX_ANNOTATIONS_BYTES: usize = 256 << 10;
+
+fn annotations_size(value: &Value) -> Option<usize> {
+    let a = value.get("metadata")?.get("annotations")?.as_object()?;
+    Some(
+        a.iter()
+            .map(|(k, v)| k.len() + v.as_str().map_or(0, str::len))
+            .sum(),
+    )
+}
+
 pub fn decode_value(value: &Value) -> Result<Decoded, DecodeError> {
     let fail = |message: String| DecodeError {
         object: None,
@@ -119,6 +132,21 @@ pub fn decode_value(value: &Value) -> Result<Decoded, DecodeError> {
             errors: vec![FieldError {
                 path: "apiVersion".into(),
                 message: format!("{api_version:?} is not supported for {kind}; use {expected:?}"),
+            }],
+            message: String::new(),
+            unknown_kind: false,
+        });
+    }
+    if let Some(size) = annotations_size(value)
+        && size > MAX_ANNOTATIONS_BYTES
+    {
+        return Err(DecodeError {
+            object,
+            errors: vec![FieldError {
+                path: "metadata.annotations".into(),
+                message: format!(
+                    "{size} bytes of keys and values: the API server's limit is {MAX_ANNOTATIONS_BYTES} (256 KiB) in total"
+                ),
             }],
             message: String::new(),
             unknown_kind: false,

@@ -7,25 +7,96 @@ use std::path::{Path, PathBuf};
 
 use crate::{LoadResult, Problem, Severity};
 
+/// The most one input (a file, or stdin) may hold. Far above any real cluster's
+/// manifests (10,000 Services with their EndpointSlices are about 11 MB), far below what
+/// would exhaust a node's memory; `-f /dev/zero` stops here with a clear message.
+pub const MAX_INPUT_BYTES: u64 = 256 << 20;
+
 fn is_manifest(p: &Path) -> bool {
     p.extension()
         .and_then(|e| e.to_str())
         .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
+/// The manifest files under `dir`, recursively, in name order. A directory reached again
+/// through a symlink (a loop) is not entered twice: that is a warning, not an endless
+/// walk. Unreadable directories are problems; the rest of the walk goes on.
+pub fn manifest_files(dir: &Path) -> (Vec<PathBuf>, Vec<Problem>) {
+    let mut out = (Vec::new(), Vec::new());
+    let mut stack = Vec::new();
+    walk(dir, &mut stack, &mut out);
+    out
+}
+
+fn walk(dir: &Path, stack: &mut Vec<PathBuf>, out: &mut (Vec<PathBuf>, Vec<Problem>)) {
+    let name = dir.display().to_string();
+    let real = match std::fs::canonicalize(dir) {
+        Ok(r) => r,
+        Err(e) => return out.1.push(io_problem(&name, e)),
+    };
+    if let Some(seen) = stack.iter().find(|s| **s == real) {
+        return out.1.push(Problem {
+            severity: Severity::Warning,
+            location: None,
+            object: None,
+            path: String::new(),
+            message: format!(
+                "{name}: a symlink loop back to {}; not followed again",
+                seen.display()
+            ),
+        });
+    }
+    let entries = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) => return out.1.push(io_problem(&name, e)),
+    };
+    let mut entries: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
     entries.sort();
+    stack.push(real);
     for p in entries {
         if p.is_dir() {
-            walk(&p, out)?;
+            walk(&p, stack, out);
         } else if is_manifest(&p) {
-            out.push(p);
+            out.0.push(p);
         }
     }
-    Ok(())
+    stack.pop();
+}
+
+/// Read one input whole, refusing more than [`MAX_INPUT_BYTES`] (without reading past it).
+pub fn read_capped(name: &str, r: impl Read) -> Result<String, Problem> {
+    let mut bytes = Vec::new();
+    r.take(MAX_INPUT_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| io_problem(name, e))?;
+    if bytes.len() as u64 > MAX_INPUT_BYTES {
+        return Err(Problem {
+            severity: Severity::Error,
+            location: None,
+            object: None,
+            path: String::new(),
+            message: format!(
+                "{name}: larger than {} MiB, the most one manifest input may be; not loaded",
+                MAX_INPUT_BYTES >> 20
+            ),
+        });
+    }
+    String::from_utf8(bytes).map_err(|e| Problem {
+        severity: Severity::Error,
+        location: None,
+        object: None,
+        path: String::new(),
+        message: format!(
+            "{name}: not UTF-8 text (byte {} is invalid); not loaded",
+            e.utf8_error().valid_up_to()
+        ),
+    })
+}
+
+fn read_file(path: &Path) -> Result<String, Problem> {
+    let name = path.display().to_string();
+    let f = std::fs::File::open(path).map_err(|e| io_problem(&name, e))?;
+    read_capped(&name, f)
 }
 
 fn io_problem(source: &str, e: std::io::Error) -> Problem {
@@ -53,30 +124,28 @@ fn load<S: AsRef<str>>(paths: &[S], parse: fn(&str, &str) -> LoadResult) -> Load
     for p in paths {
         let p = p.as_ref();
         if p == "-" {
-            let mut text = String::new();
-            match std::io::stdin().read_to_string(&mut text) {
-                Ok(_) => out.extend(parse("<stdin>", &text)),
-                Err(e) => out.problems.push(io_problem("<stdin>", e)),
+            match read_capped("<stdin>", std::io::stdin().lock()) {
+                Ok(text) => out.extend(parse("<stdin>", &text)),
+                Err(problem) => out.problems.push(problem),
             }
             continue;
         }
         let path = Path::new(p);
-        let mut files = Vec::new();
-        if path.is_dir() {
-            if let Err(e) = walk(path, &mut files) {
-                out.problems.push(io_problem(p, e));
-            }
+        let files = if path.is_dir() {
+            let (files, problems) = manifest_files(path);
+            out.problems.extend(problems);
+            files
         } else {
-            files.push(path.to_path_buf());
-        }
+            vec![path.to_path_buf()]
+        };
         for f in files {
-            let name = f.display().to_string();
-            match std::fs::read_to_string(&f) {
-                Ok(text) => out.extend(parse(&name, &text)),
-                Err(e) => out.problems.push(io_problem(&name, e)),
+            match read_file(&f) {
+                Ok(text) => out.extend(parse(&f.display().to_string(), &text)),
+                Err(problem) => out.problems.push(problem),
             }
         }
     }
+    out.problems.extend(crate::checks::duplicates(&out.objects));
     out
 }
 
@@ -106,7 +175,7 @@ impl Watcher {
         for p in &self.paths {
             let path = Path::new(p);
             if path.is_dir() {
-                let _ = walk(path, &mut files);
+                files.extend(manifest_files(path).0);
             } else {
                 files.push(path.to_path_buf());
             }

@@ -13,6 +13,7 @@
 //! [`parse_str`] and [`decode_value`] are pure. [`files`] is the thin shell that reads
 //! paths and stdin.
 
+pub mod checks;
 mod decode;
 pub mod files;
 mod render;

@@ -322,3 +322,105 @@ fn a_terminating_pod_stays_terminating_through_render_and_parse() {
         render_yaml(&state)
     );
 }
+
+const TWO_PORTS_OUT_OF_RANGE: &str = "\
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  ports:
+  - {name: a, port: 65536}
+  - {name: b, port: -1}
+";
+
+#[test]
+fn out_of_range_ports_are_reported_as_such_and_not_as_duplicates_of_port_0() {
+    let r = parse_str("s.yaml", TWO_PORTS_OUT_OF_RANGE);
+    assert_eq!(
+        messages(&r),
+        [
+            "s.yaml doc 1 (line 1): Service shop/web: spec.ports[0].port: 65536 is out of range 1-65535",
+            "s.yaml doc 1 (line 1): Service shop/web: spec.ports[1].port: -1 is out of range 1-65535",
+        ]
+    );
+}
+
+#[test]
+fn annotations_over_the_api_servers_256_kib_are_refused_naming_the_field() {
+    let big = "x".repeat(256 * 1024);
+    let text = format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: shop\n  annotations:\n    a: {big}\nspec:\n  ports: [{{port: 80}}]\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: ok\n  namespace: shop\n  annotations:\n    a: {}\nspec:\n  ports: [{{port: 80}}]\n",
+        &big[..256 * 1024 - 1]
+    );
+    let r = parse_str("a.yaml", &text);
+    assert_eq!(
+        messages(&r),
+        [
+            "a.yaml doc 1 (line 1): Service shop/web: metadata.annotations: 262145 bytes of keys and values: the API server's limit is 262144 (256 KiB) in total"
+        ]
+    );
+    // Exactly at the limit (one-byte key plus the rest) loads.
+    assert_eq!(r.objects.len(), 1);
+}
+
+#[test]
+fn the_same_object_twice_is_a_warning_naming_both_places_and_the_last_wins() {
+    let svc = |port: u16| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: shop}}\nspec:\n  ports: [{{port: {port}}}]\n"
+        )
+    };
+    let mut r = parse_str("a.yaml", &svc(80));
+    r.extend(parse_str("b.yaml", &format!("{}---\n{}", svc(81), svc(82))));
+    let dups = checks::duplicates(&r.objects);
+    let text: Vec<String> = dups.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        text,
+        [
+            "warning: b.yaml doc 1 (line 1): Service shop/web: metadata.name: given again (first at a.yaml doc 1 (line 1)); this later copy replaces it",
+            "warning: b.yaml doc 2 (line 7): Service shop/web: metadata.name: given again (first at a.yaml doc 1 (line 1)); this later copy replaces it",
+        ]
+    );
+    let state = twill_model::ClusterState::from_objects(r.into_objects());
+    let port = state.services.values().next().unwrap().ports[0].port;
+    assert_eq!(port, 82, "the last copy wins");
+}
+
+#[test]
+fn objects_in_an_undeclared_namespace_warn_once_per_namespace() {
+    let text = "\
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: a, namespace: shop}
+spec: {ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: b, namespace: shoop}
+spec: {ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: c, namespace: shoop}
+spec: {ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: d, namespace: default}
+spec: {ports: [{port: 80}]}
+";
+    let r = parse_str("n.yaml", text);
+    let w = checks::missing_namespaces(&r.objects, &checks::SYSTEM_NAMESPACES);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!(w[0].object.as_deref(), Some("Service shoop/b"));
+    assert_eq!(w[0].path, "metadata.namespace");
+    assert!(w[0].message.contains("NXDOMAIN"), "{}", w[0].message);
+    // Without an API server to create `default`, it is missing too.
+    let w = checks::missing_namespaces(&r.objects, &[]);
+    let names: Vec<_> = w.iter().filter_map(|p| p.object.as_deref()).collect();
+    assert_eq!(names, ["Service shoop/b", "Service default/d"]);
+}

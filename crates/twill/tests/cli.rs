@@ -273,3 +273,71 @@ fn enumerated_options_and_the_log_filter_refuse_typos() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a valid filter"));
 }
+
+/// Allocator settings that cannot work are refused before anything is rendered, with or
+/// without `--strict`, each naming the flag.
+#[test]
+fn cluster_settings_that_cannot_work_are_errors() {
+    let example = here().join("tests/bad-input/duplicates-and-namespaces.yaml");
+    let cases: [(&[&str], &str); 6] = [
+        (
+            &["--nodes", "300"],
+            "has room for 256 nodes with /24 each; 300 need one",
+        ),
+        (
+            &["--node-subnet-len", "33"],
+            "--node-subnet-len 33: at most 30 for IPv4",
+        ),
+        (
+            &["--node-subnet-len", "8"],
+            "--node-subnet-len 8: a node's subnet must fit inside the pod CIDR 10.244.0.0/16",
+        ),
+        (
+            &["--pod-cidr", "10.96.0.0/16"],
+            "the pod CIDR 10.96.0.0/16 overlaps the service CIDR 10.96.0.0/12",
+        ),
+        (
+            &[
+                "--service-cidr",
+                "10.96.0.0/12",
+                "--service-cidr",
+                "10.200.0.0/16",
+            ],
+            "--service-cidr 10.96.0.0/12 and 10.200.0.0/16 are both IPv4",
+        ),
+        (
+            &[
+                "--service-cidr",
+                "10.96.0.0/12",
+                "--service-cidr",
+                "fd00:96::/112",
+                "--nodes",
+                "256",
+            ],
+            "",
+        ),
+    ];
+    for (args, want) in cases {
+        for cmd in [
+            &["cluster", "render", "--strict"][..],
+            &["cluster", "render"],
+            &["manifests", "check"],
+        ] {
+            let out = twill()
+                .args(cmd)
+                .arg("-f")
+                .arg(&example)
+                .args(args)
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            if want.is_empty() {
+                assert!(out.status.success(), "{cmd:?} {args:?}: {stderr}");
+            } else {
+                assert_eq!(out.status.code(), Some(2), "{cmd:?} {args:?}: {stderr}");
+                assert!(stderr.contains(want), "{cmd:?} {args:?}: {stderr}");
+                assert!(out.stdout.is_empty(), "nothing rendered");
+            }
+        }
+    }
+}

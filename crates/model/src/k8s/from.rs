@@ -379,7 +379,10 @@ pub fn service_from_k8s(o: &core::Service) -> Result<Service> {
         }
         let protocol = protocol_of(&p.protocol, &format!("{path}.protocol"), &mut e);
         let port = port_of(p.port, &format!("{path}.port"), &mut e);
-        if let Some(j) = seen_ports.insert((port, protocol), i) {
+        // An out-of-range port is already reported; it is no duplicate of another.
+        if port != 0
+            && let Some(j) = seen_ports.insert((port, protocol), i)
+        {
             e.add(
                 format!("{path}.port"),
                 format!(

@@ -89,10 +89,19 @@ pub struct Reconciled {
     pub problems: Vec<Problem>,
 }
 
-/// Load manifests and run the control plane over them.
-pub fn load_and_reconcile(args: &ClusterArgs, simulate_pods: bool) -> Reconciled {
+/// Load manifests and run the control plane over them. Settings that cannot work (see
+/// [`Settings::check`]) are an error, whatever the manifests hold.
+pub fn load_and_reconcile(args: &ClusterArgs, simulate_pods: bool) -> anyhow::Result<Reconciled> {
     let load = twill_manifest::files::load_paths(&args.files);
     let settings = args.settings(simulate_pods);
+    let declares_nodes = load
+        .objects
+        .iter()
+        .any(|l| matches!(l.object, Object::Node(_)));
+    let unfit = settings.check(if declares_nodes { 0 } else { args.nodes });
+    if !unfit.is_empty() {
+        anyhow::bail!("{}", unfit.join("\n"));
+    }
     let locations: BTreeMap<ObjectRef, Location> = load
         .objects
         .iter()
@@ -100,7 +109,11 @@ pub fn load_and_reconcile(args: &ClusterArgs, simulate_pods: bool) -> Reconciled
         .collect();
     let mut state = ClusterState::default();
     let count = load.objects.len();
-    let problems_in = load.problems;
+    let mut problems_in = load.problems;
+    problems_in.extend(twill_manifest::checks::missing_namespaces(
+        &load.objects,
+        &twill_manifest::checks::SYSTEM_NAMESPACES,
+    ));
     for l in load.objects {
         state.apply(ObjectEvent::Applied(l.object));
     }
@@ -124,11 +137,11 @@ pub fn load_and_reconcile(args: &ClusterArgs, simulate_pods: bool) -> Reconciled
         let key = |p: &Problem| p.location.as_ref().map(|l| (l.source.clone(), l.doc));
         key(a).cmp(&key(b))
     });
-    Reconciled {
+    Ok(Reconciled {
         objects: count,
         output,
         problems,
-    }
+    })
 }
 
 pub fn run(c: Command) -> anyhow::Result<ExitCode> {
@@ -138,7 +151,7 @@ pub fn run(c: Command) -> anyhow::Result<ExitCode> {
             simulate_ips,
             strict,
         } => {
-            let r = load_and_reconcile(&cluster, simulate_ips);
+            let r = load_and_reconcile(&cluster, simulate_ips)?;
             for p in &r.problems {
                 eprintln!("{p}");
             }

@@ -185,12 +185,20 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn load_objects(files: &[String]) -> anyhow::Result<Vec<Object>> {
+/// Load manifests; `serving`: they are what DNS answers from, where no API server
+/// creates namespaces, so every namespace in use must be given (CoreDNS answers
+/// NXDOMAIN in one that does not exist).
+fn load_objects(files: &[String], serving: bool) -> anyhow::Result<Vec<Object>> {
     if files.is_empty() {
         return Ok(vec![]);
     }
     let loaded = twill_manifest::files::load_paths(files);
-    for p in &loaded.problems {
+    let unnamed = if serving {
+        twill_manifest::checks::missing_namespaces(&loaded.objects, &[])
+    } else {
+        vec![]
+    };
+    for p in loaded.problems.iter().chain(&unnamed) {
         eprintln!("{p}");
     }
     if loaded.has_errors() {
@@ -200,7 +208,7 @@ fn load_objects(files: &[String]) -> anyhow::Result<Vec<Object>> {
 }
 
 fn resolvconf(a: ResolvconfArgs) -> anyhow::Result<ExitCode> {
-    let pod = load_objects(std::slice::from_ref(&a.file))?
+    let pod = load_objects(std::slice::from_ref(&a.file), false)?
         .into_iter()
         .find_map(|o| {
             if let Object::Pod(p) = o {
@@ -310,7 +318,7 @@ fn serve(mut a: ServeArgs) -> anyhow::Result<ExitCode> {
     let from_files = a.source == Source::Manifests;
     let built = std::thread::spawn(move || -> anyhow::Result<Snapshot> {
         let state = if all_exist && from_files {
-            ClusterState::from_objects(load_objects(&files)?)
+            ClusterState::from_objects(load_objects(&files, true)?)
         } else {
             ClusterState::default()
         };

@@ -19,7 +19,7 @@ pub enum Command {
 pub fn run(c: Command) -> anyhow::Result<ExitCode> {
     match c {
         Command::Check { cluster } => {
-            let r = load_and_reconcile(&cluster, false);
+            let r = load_and_reconcile(&cluster, false)?;
             for p in &r.problems {
                 println!("{p}");
             }
