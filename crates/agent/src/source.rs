@@ -9,9 +9,10 @@
 //!   no longer holds are deleted);
 //! - a file with errors gives its valid objects (one bad object does not stop the
 //!   others) and deletes nothing: an invalid object keeps its last good version, and an
-//!   unreadable, binary or half-written file keeps everything it gave. Its problems (file,
-//!   line, object, field) are reported. One typo or a non-atomic save never takes
-//!   Services off a node;
+//!   unreadable, binary or half-written file keeps everything it gave, and so does one
+//!   that is empty (zero bytes or blanks: a save in progress; an empty cluster is written
+//!   as `---`). Its problems (file, line, object, field) are reported. One typo or a
+//!   non-atomic save never takes Services off a node;
 //! - a file named on the command line that disappears keeps what it gave (editors and
 //!   `mv` replace files); a file removed from a followed folder takes its objects with it,
 //!   as a static pod's file does for kubelet;
@@ -199,6 +200,18 @@ impl ManifestSource {
                 .and_then(|f| {
                     twill_manifest::files::read_capped(&name, f).map_err(|p| p.to_string())
                 });
+            // Zero bytes (or only blanks) is what a non-atomic save or `> file` leaves
+            // for a moment: not an empty cluster. That is written as `---`, a comment or
+            // an empty List, which parses as a valid file with no objects.
+            let text = text.and_then(|t| {
+                if t.trim().is_empty() && !rec.accepted.is_empty() {
+                    Err(format!(
+                        "{name}: the file is empty (a save in progress?); an empty cluster is written as `---`"
+                    ))
+                } else {
+                    Ok(t)
+                }
+            });
             let text = match text {
                 Ok(t) => t,
                 Err(problem) => {

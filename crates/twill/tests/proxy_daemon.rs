@@ -491,3 +491,108 @@ fn cleanup_removes_every_chain_table_and_set_of_twill_and_kube_proxy_and_nothing
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// iptables-save without its dated comments and packet counters: what the rules are.
+fn rules_only(ns: &twill_testkit::netns::Netns) -> String {
+    nat_rules(ns)
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| match l.split_once(" [") {
+            Some((chain, _)) if l.starts_with(':') => chain.to_string(),
+            _ => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The standing fault suite for a manifest source: the file named with `-f` is replaced
+/// by binary bytes, cut off inside a document, emptied (as a non-atomic save leaves it
+/// for a moment), turned into broken YAML and deleted. After each, the problem is logged
+/// with the file and shown in /readyz, and the rules are exactly what they were; only a
+/// valid empty file (`---`) takes the Services away.
+#[test]
+fn source_faults_leave_the_rules_exactly_as_they_were_until_a_valid_empty_file() {
+    let test = "source_faults_leave_the_rules_exactly_as_they_were_until_a_valid_empty_file";
+    if !twill_testkit::require_root(test) || !twill_testkit::require_tool(test, "iptables-restore")
+    {
+        return;
+    }
+    let ns = twill_testkit::netns::Netns::new("pxfault");
+    let dir = scratch("faults");
+    let file = dir.join("cluster.yaml");
+    let good = [
+        service("web", "10.96.0.10", 80),
+        slice("web", "10.244.1.5"),
+        service("api", "10.96.0.11", 8443),
+        slice("api", "10.244.2.7"),
+    ]
+    .concat();
+    write_atomically(&file, &good);
+    let daemon = start_proxy(&ns, dir, &[&file], "1h");
+    let log = || std::fs::read_to_string(daemon.dir.join("proxy.log")).unwrap_or_default();
+    let last = || format!("{}\n{}", nat_rules(&ns), log());
+    wait_for(
+        "both Services",
+        || {
+            let r = nat_rules(&ns);
+            r.contains("10.244.1.5:8080") && r.contains("10.244.2.7:8080")
+        },
+        last,
+    );
+    let before = rules_only(&ns);
+    let cut = good.find("port: 8443").unwrap() + 5;
+    let binary: Vec<u8> = (0..4096u32).map(|i| (i * 37 % 256) as u8).collect();
+    let faults: [(&str, Box<dyn Fn()>); 5] = [
+        (
+            "binary bytes",
+            Box::new(|| {
+                let tmp = file.with_extension("tmp");
+                std::fs::write(&tmp, &binary).unwrap();
+                std::fs::rename(&tmp, &file).unwrap();
+            }),
+        ),
+        (
+            "cut off inside a document",
+            Box::new(|| write_atomically(&file, &good[..cut])),
+        ),
+        ("emptied", Box::new(|| std::fs::write(&file, "").unwrap())),
+        (
+            "broken YAML",
+            Box::new(|| write_atomically(&file, "kind: Service\nmetadata: [oops\n")),
+        ),
+        (
+            "deleted",
+            Box::new(|| std::fs::remove_file(&file).unwrap()),
+        ),
+    ];
+    for (what, fault) in &faults {
+        let mentions = || log().matches("cluster.yaml").count();
+        let seen = mentions();
+        fault();
+        wait_for(
+            &format!("{what}: logged with the file"),
+            || mentions() > seen,
+            last,
+        );
+        // Longer than --min-sync-period: a sync that wanted to run has run.
+        std::thread::sleep(Duration::from_millis(400));
+        assert_eq!(rules_only(&ns), before, "{what}: the rules changed");
+        let readyz = http(&ns, HEALTHZ, "/readyz");
+        assert!(readyz.contains("cluster.yaml"), "{what}: /readyz says {readyz}");
+        // Back to good, for the next fault.
+        write_atomically(&file, &good);
+        wait_for(
+            &format!("{what}: the good file is clean again"),
+            || !http(&ns, HEALTHZ, "/readyz").contains("cluster.yaml"),
+            last,
+        );
+        assert_eq!(rules_only(&ns), before, "{what}: the good file again");
+    }
+    write_atomically(&file, "---\n# no objects: an empty cluster\n");
+    wait_for(
+        "a valid empty file empties the Services",
+        || !nat_rules(&ns).contains("10.244."),
+        last,
+    );
+    drop(daemon);
+}
