@@ -48,7 +48,7 @@ pub const ABORT_AFTER_IPAM_ENV: &str = "TWILL_CNI_ABORT_AFTER_IPAM";
 
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
-struct BridgeConf {
+pub struct BridgeConf {
     name: String,
     #[serde(default)]
     bridge: String,
@@ -74,7 +74,9 @@ struct BridgeConf {
     dns: Option<Value>,
 }
 
-fn parse_conf(a: &CmdArgs) -> Result<BridgeConf, CniError> {
+/// The bridge plugin's network configuration from the parsed stdin, with its defaults
+/// and checks (pure: the fuzz tests call it).
+pub fn parse_conf(a: &CmdArgs) -> Result<BridgeConf, CniError> {
     let mut c: BridgeConf = serde_json::from_value(a.conf.clone()).map_err(|e| {
         CniError::new(
             crate::spec::ErrorCode::Decoding,

@@ -105,9 +105,10 @@ impl Settings {
                 if max == 30 { "IPv4" } else { "IPv6" }
             ));
         } else if (nodes as u128) > self.node_capacity() {
+            let room = self.node_capacity();
             out.push(format!(
-                "the pod CIDR {pod} has room for {} nodes with /{} each; {nodes} need one (use a wider --pod-cidr or a longer --node-subnet-len)",
-                self.node_capacity(),
+                "the pod CIDR {pod} has room for {room} node{} with /{} each; {nodes} need one (use a wider --pod-cidr or a longer --node-subnet-len)",
+                if room == 1 { "" } else { "s" },
                 self.node_subnet_len
             ));
         }

@@ -160,6 +160,16 @@ impl LabSpec {
                 o.underlay
             )));
         }
+        let unfit = twill_control::Settings {
+            service_cidrs: vec![IpNet::V4(o.service_cidr)],
+            pod_cidr: IpNet::V4(o.pod_cidr),
+            node_subnet_len: 24,
+            ..twill_control::Settings::default()
+        }
+        .check(o.nodes);
+        if !unfit.is_empty() {
+            return Err(LabError::Invalid(unfit.join("; ")));
+        }
         let mut subnets = o
             .pod_cidr
             .subnets(24)
@@ -266,4 +276,34 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), LabError> {
     std::fs::write(&tmp, data)
         .and_then(|()| std::fs::rename(&tmp, path))
         .map_err(|e| LabError::Io(path.display().to_string(), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plans_refuse_cidrs_that_cannot_work() {
+        let twill = PathBuf::from("/bin/true");
+        let overlap = UpOptions {
+            pod_cidr: "10.96.0.0/16".parse().unwrap(),
+            ..UpOptions::default()
+        };
+        let e = LabSpec::plan(&overlap, twill.clone())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("overlaps the service CIDR 10.96.0.0/12"), "{e}");
+        let small = UpOptions {
+            pod_cidr: "10.244.0.0/24".parse().unwrap(),
+            ..UpOptions::default()
+        };
+        let e = LabSpec::plan(&small, twill.clone())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("has room for 1 node with /24 each; 2 need one"),
+            "{e}"
+        );
+        assert!(LabSpec::plan(&UpOptions::default(), twill).is_ok());
+    }
 }

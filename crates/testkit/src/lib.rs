@@ -7,6 +7,7 @@
 //! - [`require_root`]: privileged tests skip with a reason when not root, unless
 //!   `TWILL_REQUIRE_ROOT=1` (as in CI), where the skip becomes a failure.
 
+pub mod fuzz;
 pub mod netns;
 pub mod testdata;
 

@@ -542,7 +542,8 @@ fn source_faults_leave_the_rules_exactly_as_they_were_until_a_valid_empty_file()
     let before = rules_only(&ns);
     let cut = good.find("port: 8443").unwrap() + 5;
     let binary: Vec<u8> = (0..4096u32).map(|i| (i * 37 % 256) as u8).collect();
-    let faults: [(&str, Box<dyn Fn()>); 5] = [
+    type Fault<'a> = (&'a str, Box<dyn Fn() + 'a>);
+    let faults: [Fault; 5] = [
         (
             "binary bytes",
             Box::new(|| {
@@ -560,10 +561,7 @@ fn source_faults_leave_the_rules_exactly_as_they_were_until_a_valid_empty_file()
             "broken YAML",
             Box::new(|| write_atomically(&file, "kind: Service\nmetadata: [oops\n")),
         ),
-        (
-            "deleted",
-            Box::new(|| std::fs::remove_file(&file).unwrap()),
-        ),
+        ("deleted", Box::new(|| std::fs::remove_file(&file).unwrap())),
     ];
     for (what, fault) in &faults {
         let mentions = || log().matches("cluster.yaml").count();
@@ -578,7 +576,10 @@ fn source_faults_leave_the_rules_exactly_as_they_were_until_a_valid_empty_file()
         std::thread::sleep(Duration::from_millis(400));
         assert_eq!(rules_only(&ns), before, "{what}: the rules changed");
         let readyz = http(&ns, HEALTHZ, "/readyz");
-        assert!(readyz.contains("cluster.yaml"), "{what}: /readyz says {readyz}");
+        assert!(
+            readyz.contains("cluster.yaml"),
+            "{what}: /readyz says {readyz}"
+        );
         // Back to good, for the next fault.
         write_atomically(&file, &good);
         wait_for(
