@@ -8,7 +8,8 @@
 //! - the real binary against a loopback HTTP server named by a kubeconfig: `twill dns
 //!   --source kube` (SERVFAIL until synced, then the cluster's records) and `twill agent
 //!   --proxy-mode iptables` in a network namespace (it ends up with exactly the iptables
-//!   rules `twill proxy` writes for the manifests).
+//!   rules `twill proxy` writes for the manifests, and keeps them, counting the errors,
+//!   when the API server goes away).
 #![cfg(feature = "kube")]
 
 #[path = "../../kube-source/tests/support/replay.rs"]
@@ -634,9 +635,22 @@ fn agent_programs_what_the_standalone_commands_program(name: &str, mode: &str) {
             // Watches answer as soon as asked: the agent cannot tell the test when it
             // synced. The end state is what is compared.
             replay.release_watches();
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            // The API server on a runtime of its own, so that shutting the runtime down
+            // takes the server and every open watch away at once.
+            let api = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.set_nonblocking(true).unwrap();
             let scratch = Scratch::new(&format!("agent-{mode}"), listener.local_addr().unwrap());
-            serve(listener, replay.clone());
+            {
+                let replay = replay.clone();
+                api.spawn(async move {
+                    serve(tokio::net::TcpListener::from_std(listener).unwrap(), replay)
+                });
+            }
             let log_path = scratch.0.join("agent.log");
             let child = Command::new(twill)
                 .args([
@@ -673,6 +687,31 @@ fn agent_programs_what_the_standalone_commands_program(name: &str, mode: &str) {
             // Converged: the one HTTP server says healthy and serves every part's metrics.
             let healthz = http_get("127.0.0.1:10256", "/healthz");
             let metrics = http_get("127.0.0.1:10249", "/metrics");
+            // The API server goes away (fault suite: source loss). The agent keeps
+            // retrying, counts the errors, and the data plane stays exactly as it was.
+            api.shutdown_background();
+            let lost = Instant::now();
+            let errors = || {
+                http_get("127.0.0.1:10249", "/metrics")
+                    .lines()
+                    .find_map(|l| l.strip_prefix("twill_agent_source_errors_total "))
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+                    .unwrap_or(0.0)
+            };
+            while errors() < 1.0 && lost.elapsed() < Duration::from_secs(20) {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            assert!(errors() >= 1.0, "the lost API server is counted");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            assert!(
+                child.0.try_wait().unwrap().is_none(),
+                "the agent keeps running without its API server"
+            );
+            assert_eq!(
+                saved_rules(),
+                got,
+                "the rules stay as they were with the API server gone"
+            );
             drop(child);
             (
                 got,
