@@ -16,6 +16,7 @@
 
 pub mod cleanup;
 pub mod http;
+pub mod kube_proxy_config;
 pub mod parts;
 pub mod runtime;
 pub mod schedule;

@@ -10,6 +10,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::Duration;
 
 use twill_proxy_core::StaleConntrack;
 
@@ -373,4 +374,96 @@ mod tests {
         ));
         assert_eq!(e.orig_raw.len(), 4 + orig.len());
     }
+}
+
+/// The conntrack sysctls kube-proxy sets at start (`--conntrack-*`); `None` leaves one
+/// as the kernel has it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sysctls {
+    /// `nf_conntrack_max` (kube-proxy: max(maxPerCore × CPUs, min)); the hash table is
+    /// grown to a quarter of it, as kube-proxy does.
+    pub max: Option<u64>,
+    pub tcp_established_timeout: Option<Duration>,
+    pub tcp_close_wait_timeout: Option<Duration>,
+    pub tcp_be_liberal: bool,
+    pub udp_timeout: Option<Duration>,
+    pub udp_stream_timeout: Option<Duration>,
+}
+
+const NETFILTER: &str = "/proc/sys/net/netfilter";
+
+/// Write one value when it differs; a note either way it changed or failed.
+fn set(path: &str, want: u64, notes: &mut Vec<String>) {
+    let now = std::fs::read_to_string(path).ok();
+    if now.as_deref().map(str::trim) == Some(want.to_string().as_str()) {
+        return;
+    }
+    match std::fs::write(path, want.to_string()) {
+        Ok(()) => notes.push(format!("set {path}={want}")),
+        Err(e) => notes.push(format!("could not set {path}={want}: {e}")),
+    }
+}
+
+/// Whether this thread is in the host's network namespace (the one pid 1 is in).
+fn in_initial_netns() -> bool {
+    match (
+        std::fs::read_link("/proc/thread-self/ns/net"),
+        std::fs::read_link("/proc/1/ns/net"),
+    ) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// Apply kube-proxy's conntrack settings in the calling thread's network namespace.
+/// `nf_conntrack_max` and the hash size are host-wide: the kernel takes them only from
+/// the initial namespace, so elsewhere they are left alone (and said so), as kube-proxy
+/// leaves them when it cannot write them.
+pub fn apply_settings(s: &Sysctls) -> Vec<String> {
+    let mut notes = Vec::new();
+    if let Some(max) = s.max {
+        if in_initial_netns() {
+            set(&format!("{NETFILTER}/nf_conntrack_max"), max, &mut notes);
+            let hash = "/sys/module/nf_conntrack/parameters/hashsize";
+            let now: u64 = std::fs::read_to_string(hash)
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+                .unwrap_or(0);
+            if now < max / 4 {
+                set(hash, max / 4, &mut notes);
+            }
+        } else {
+            notes.push(format!(
+                "nf_conntrack_max={max} not set: it is host-wide and this is not the host's network namespace"
+            ));
+        }
+    }
+    for (name, v) in [
+        (
+            "nf_conntrack_tcp_timeout_established",
+            s.tcp_established_timeout,
+        ),
+        (
+            "nf_conntrack_tcp_timeout_close_wait",
+            s.tcp_close_wait_timeout,
+        ),
+        ("nf_conntrack_udp_timeout", s.udp_timeout),
+        ("nf_conntrack_udp_timeout_stream", s.udp_stream_timeout),
+    ] {
+        if let Some(d) = v.filter(|d| !d.is_zero()) {
+            set(
+                &format!("{NETFILTER}/{name}"),
+                d.as_secs().max(1),
+                &mut notes,
+            );
+        }
+    }
+    if s.tcp_be_liberal {
+        set(
+            &format!("{NETFILTER}/nf_conntrack_tcp_be_liberal"),
+            1,
+            &mut notes,
+        );
+    }
+    notes
 }

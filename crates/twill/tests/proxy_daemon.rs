@@ -597,3 +597,107 @@ fn source_faults_leave_the_rules_exactly_as_they_were_until_a_valid_empty_file()
     );
     drop(daemon);
 }
+
+/// `twill proxy --config` reads kube-proxy's KubeProxyConfiguration: the masquerade
+/// bit, the local-traffic detector and the conntrack timeouts it names are what the
+/// namespace gets, a field Twill does not do is named in one warning, flags win over
+/// the file, and an invalid value stops it naming the field.
+#[test]
+fn a_kube_proxy_configuration_file_sets_the_mark_the_detector_and_conntrack() {
+    let test = "a_kube_proxy_configuration_file_sets_the_mark_the_detector_and_conntrack";
+    if !twill_testkit::require_root(test) || !twill_testkit::require_tool(test, "iptables-restore")
+    {
+        return;
+    }
+    let ns = twill_testkit::netns::Netns::new("pxcfg");
+    let dir = scratch("config");
+    let file = dir.join("cluster.yaml");
+    write_atomically(
+        &file,
+        &[service("web", "10.96.0.10", 80), slice("web", "10.244.1.5")].concat(),
+    );
+    let config = dir.join("kube-proxy.yaml");
+    std::fs::write(
+        &config,
+        "apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+mode: iptables
+hostnameOverride: n0
+detectLocalMode: InterfaceNamePrefix
+detectLocal: {interfaceNamePrefix: veth}
+oomScoreAdj: -999
+iptables: {masqueradeBit: 13}
+conntrack:
+  tcpEstablishedTimeout: 2h
+  tcpCloseWaitTimeout: 10m
+  udpStreamTimeout: 150s
+",
+    )
+    .unwrap();
+    let run = |extra: &[&str]| {
+        let out = ns
+            .command(env!("CARGO_BIN_EXE_twill"))
+            .args(["--log", "info", "proxy", "--once", "-f"])
+            .arg(&file)
+            .arg("--config")
+            .arg(&config)
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, log) = run(&[]);
+    assert!(ok, "{log}");
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("KubeProxyConfiguration:"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{log}");
+    assert!(warnings[0].contains("oomScoreAdj"), "{log}");
+    let rules = nat_rules(&ns);
+    assert!(
+        rules.contains("--set-xmark 0x2000/0x2000"),
+        "bit 13:\n{rules}"
+    );
+    assert!(
+        !rules.contains("0x4000"),
+        "not the default bit 14:\n{rules}"
+    );
+    assert!(
+        rules.contains("! -i veth+"),
+        "the interface-prefix detector:\n{rules}"
+    );
+    let sysctl = |name: &str| {
+        ns.run(|| std::fs::read_to_string(format!("/proc/sys/net/netfilter/{name}")))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    assert_eq!(sysctl("nf_conntrack_tcp_timeout_established"), "7200");
+    assert_eq!(sysctl("nf_conntrack_tcp_timeout_close_wait"), "600");
+    assert_eq!(sysctl("nf_conntrack_udp_timeout_stream"), "150");
+    assert!(
+        log.contains("nf_conntrack_max") && log.contains("not the host's network namespace"),
+        "the host-wide limit is left alone here, and said so:\n{log}"
+    );
+    // A flag wins over the file.
+    let (ok, log) = run(&["--iptables-masquerade-bit", "12"]);
+    assert!(ok, "{log}");
+    assert!(nat_rules(&ns).contains("--set-xmark 0x1000/0x1000"));
+    // An invalid value stops it, naming the file and the field.
+    std::fs::write(
+        &config,
+        "kind: KubeProxyConfiguration\nconntrack: {tcpEstablishedTimeout: forever}\n",
+    )
+    .unwrap();
+    let (ok, log) = run(&[]);
+    assert!(!ok);
+    assert!(
+        log.contains("kube-proxy.yaml: conntrack.tcpEstablishedTimeout: duration \"forever\""),
+        "{log}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

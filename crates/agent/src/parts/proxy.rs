@@ -52,6 +52,84 @@ pub enum Backend {
     Nft,
 }
 
+/// kube-proxy's `detectLocalMode`: how a packet is known to come from a pod.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum DetectLocal {
+    /// Sources in `--cluster-cidr` (none given: every source may be a pod).
+    #[default]
+    ClusterCidr,
+    /// Sources in this node's pod CIDR (its Node object's `spec.podCIDRs`).
+    NodeCidr,
+    /// Packets arriving on this bridge.
+    BridgeInterface(String),
+    /// Packets arriving on interfaces whose names start with this prefix.
+    InterfaceNamePrefix(String),
+}
+
+/// kube-proxy's conntrack settings; `None` (or `false`) leaves the kernel's value.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Conntrack {
+    pub max_per_core: Option<u32>,
+    pub min: Option<u32>,
+    pub tcp_established_timeout: Option<Duration>,
+    pub tcp_close_wait_timeout: Option<Duration>,
+    pub tcp_be_liberal: bool,
+    pub udp_timeout: Option<Duration>,
+    pub udp_stream_timeout: Option<Duration>,
+}
+
+impl Conntrack {
+    /// What to write, in the applier's terms.
+    pub fn as_sysctls(&self) -> twill_proxy::conntrack::Sysctls {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+        let max = self
+            .max_per_core
+            .filter(|m| *m > 0)
+            .map(|m| (u64::from(m) * cpus).max(u64::from(self.min.unwrap_or(0))));
+        twill_proxy::conntrack::Sysctls {
+            max,
+            tcp_established_timeout: self.tcp_established_timeout,
+            tcp_close_wait_timeout: self.tcp_close_wait_timeout,
+            tcp_be_liberal: self.tcp_be_liberal,
+            udp_timeout: self.udp_timeout,
+            udp_stream_timeout: self.udp_stream_timeout,
+        }
+    }
+
+    /// kube-proxy's defaults (maxPerCore 32768, min 131072, established 24h, close-wait 1h).
+    pub fn kube_proxy_defaults() -> Self {
+        Conntrack {
+            max_per_core: Some(32768),
+            min: Some(131072),
+            tcp_established_timeout: Some(Duration::from_secs(24 * 3600)),
+            tcp_close_wait_timeout: Some(Duration::from_secs(3600)),
+            ..Conntrack::default()
+        }
+    }
+}
+
+/// Settings past the basics, with kube-proxy's defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tuning {
+    pub detect_local: DetectLocal,
+    /// `--iptables-masquerade-bit` (the `nftables` section's for nftables mode).
+    pub masquerade_bit: u8,
+    /// `--iptables-localhost-nodeports` (iptables mode, IPv4).
+    pub localhost_node_ports: bool,
+    pub conntrack: Conntrack,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            detect_local: DetectLocal::ClusterCidr,
+            masquerade_bit: 14,
+            localhost_node_ports: true,
+            conntrack: Conntrack::default(),
+        }
+    }
+}
+
 /// Everything a proxier is built from (kube-proxy's flags and config file, folded).
 #[derive(Debug, Clone)]
 pub struct ProxySettings {
@@ -67,6 +145,7 @@ pub struct ProxySettings {
     pub nodeport_addresses: Vec<String>,
     pub iptables_backend: Backend,
     pub sync_period: Duration,
+    pub tuning: Tuning,
 }
 
 impl ProxySettings {
@@ -92,20 +171,44 @@ impl ProxySettings {
         } else {
             &self.node_ips
         };
-        self.renderer_config(ips).map(|_| ())
+        self.renderer_config(ips, &[]).map(|_| ())
     }
 
     /// The iptables renderer's settings (the other modes derive theirs from it): the
     /// cluster CIDR drives the local-traffic detector, node IPs of other families are
     /// dropped, and bad values are named in errors.
-    pub fn renderer_config(&self, node_ips: &[IpAddr]) -> Result<Config, PartError> {
-        let detector = match &self.cluster_cidr {
-            Some(c) => LocalDetector::ClusterCidr(
-                twill_model::parse_net_lenient(c)
-                    .ok_or_else(|| PartError::fatal(format!("--cluster-cidr {c:?} is not a CIDR")))?
-                    .trunc(),
-            ),
-            None => LocalDetector::None,
+    pub fn renderer_config(
+        &self,
+        node_ips: &[IpAddr],
+        node_pod_cidrs: &[ipnet::IpNet],
+    ) -> Result<Config, PartError> {
+        let detector = match &self.tuning.detect_local {
+            DetectLocal::ClusterCidr => match &self.cluster_cidr {
+                // A dual-stack pair: this proxier's family.
+                Some(c) => {
+                    let nets = c
+                        .split(',')
+                        .map(|p| {
+                            twill_model::parse_net_lenient(p.trim()).ok_or_else(|| {
+                                PartError::fatal(format!("--cluster-cidr {c:?} is not a CIDR"))
+                            })
+                        })
+                        .collect::<Result<Vec<_>, _>>()?;
+                    nets.into_iter()
+                        .find(|n| IpFamily::of(&n.addr()) == self.family)
+                        .map_or(LocalDetector::None, |n| {
+                            LocalDetector::ClusterCidr(n.trunc())
+                        })
+                }
+                None => LocalDetector::None,
+            },
+            // Until the Node object is known (the first sync), nothing is local.
+            DetectLocal::NodeCidr => node_pod_cidrs
+                .iter()
+                .find(|n| IpFamily::of(&n.addr()) == self.family)
+                .map_or(LocalDetector::None, |n| LocalDetector::NodeCidr(n.trunc())),
+            DetectLocal::BridgeInterface(b) => LocalDetector::BridgeInterface(b.clone()),
+            DetectLocal::InterfaceNamePrefix(p) => LocalDetector::InterfaceNamePrefix(p.clone()),
         };
         let node_ips: Vec<IpAddr> = node_ips
             .iter()
@@ -114,6 +217,10 @@ impl ProxySettings {
             .collect();
         let mut cfg = Config::new(self.family, node_ips.clone(), detector);
         cfg.masquerade_all = self.masquerade_all;
+        cfg.masquerade_bit = self.tuning.masquerade_bit;
+        cfg.localhost_node_ports = self.tuning.localhost_node_ports;
+        // conntrack.tcpBeLiberal: out-of-window packets are not INVALID, so nothing to drop.
+        cfg.drop_invalid = !self.tuning.conntrack.tcp_be_liberal;
         for n in &self.nodeport_addresses {
             // kube-proxy's keyword: the node's primary addresses (its Node object's, or
             // --node-ip), each as a single-address CIDR.
@@ -159,17 +266,22 @@ impl ProxySettings {
     pub fn build(&self, state: &ClusterState) -> Result<ModeProxier, PartError> {
         self.check_runnable()?;
         let mut node_ips = self.node_ips.clone();
+        let node = state.nodes.get(&self.node);
         if node_ips.is_empty()
-            && let Some(n) = state.nodes.get(&self.node)
+            && let Some(n) = node
         {
             node_ips = n.internal_ips.clone();
         }
-        let cfg = self.renderer_config(&node_ips)?;
+        let pod_cidrs = node.map(|n| n.pod_cidrs.clone()).unwrap_or_default();
+        let cfg = self.renderer_config(&node_ips, &pod_cidrs)?;
         let mc = self.model_config(state);
         if self.mode == Mode::Userspace {
             return Ok(ModeProxier::Userspace(UserspaceMode::new(mc, cfg)));
         }
         for note in twill_proxy_iptables::proxier::apply_sysctls(&cfg) {
+            tracing::info!("{note}");
+        }
+        for note in twill_proxy::conntrack::apply_settings(&self.tuning.conntrack.as_sysctls()) {
             tracing::info!("{note}");
         }
         Ok(match self.mode {
@@ -402,6 +514,7 @@ mod tests {
             nodeport_addresses: nodeport_addresses.iter().map(|s| s.to_string()).collect(),
             iptables_backend: Backend::System,
             sync_period: Duration::from_secs(30),
+            tuning: Tuning::default(),
         }
     }
 
@@ -413,7 +526,7 @@ mod tests {
             "primary is valid before the Node is known"
         );
         let ips: Vec<IpAddr> = vec!["192.168.1.10".parse().unwrap(), "fd00::10".parse().unwrap()];
-        let cfg = s.renderer_config(&ips).unwrap();
+        let cfg = s.renderer_config(&ips, &[]).unwrap();
         let got: Vec<String> = cfg
             .node_port_addresses
             .iter()
@@ -424,7 +537,7 @@ mod tests {
             ["192.168.1.10/32", "127.0.0.0/8"],
             "the IPv6 address is another family's"
         );
-        let err = s.renderer_config(&[]).unwrap_err().to_string();
+        let err = s.renderer_config(&[], &[]).unwrap_err().to_string();
         assert!(err.contains("primary"), "{err}");
         let err = settings(&["nonsense"])
             .check_runnable()

@@ -61,8 +61,9 @@ pub struct Args {
     pub exit_after_sync: bool,
 
     /// The service proxy: `iptables`, `nftables`, or `none` (kube-proxy stays in charge).
-    #[arg(long, value_enum, default_value = "none")]
-    pub proxy_mode: ProxyMode,
+    /// Default: none, or the `--config` file's mode (iptables when it names none).
+    #[arg(long, value_enum)]
+    pub proxy_mode: Option<ProxyMode>,
     /// Run the pod network (the overlay: this node's subnet, routes to the others').
     #[arg(long)]
     pub pod_network: bool,
@@ -107,23 +108,25 @@ pub struct Args {
     /// Which iptables binaries to use.
     #[arg(long, value_enum, default_value = "system")]
     pub iptables_backend: twill_agent::parts::proxy::Backend,
-    /// Full resync period (`30s`, `1m`).
-    #[arg(long, default_value = "30s")]
-    pub sync_period: String,
-    /// Minimum time between syncs.
-    #[arg(long, default_value = "1s")]
-    pub min_sync_period: String,
+    /// Full resync period (`30s`, `1m`; default 30s).
+    #[arg(long, alias = "iptables-sync-period")]
+    pub sync_period: Option<String>,
+    /// Minimum time between syncs (default 1s).
+    #[arg(long, alias = "iptables-min-sync-period")]
+    pub min_sync_period: Option<String>,
+    #[command(flatten)]
+    pub tuning: crate::cmd::kube_proxy::TuningFlags,
 
     /// What NetworkPolicy-denied packets get.
     #[arg(long, value_enum, default_value = "reject")]
     pub deny: Deny,
 
-    /// Where /healthz listens (kube-proxy's default).
-    #[arg(long, default_value = "0.0.0.0:10256")]
-    pub healthz_bind_address: SocketAddr,
-    /// Where /metrics listens (kube-proxy's default).
-    #[arg(long, default_value = "127.0.0.1:10249")]
-    pub metrics_bind_address: SocketAddr,
+    /// Where /healthz listens (default kube-proxy's, 0.0.0.0:10256).
+    #[arg(long)]
+    pub healthz_bind_address: Option<SocketAddr>,
+    /// Where /metrics listens (default kube-proxy's, 127.0.0.1:10249).
+    #[arg(long)]
+    pub metrics_bind_address: Option<SocketAddr>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -156,14 +159,70 @@ fn node_name(a: &Args) -> anyhow::Result<String> {
     Ok(host.trim().to_lowercase())
 }
 
-pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+/// Fold a `--config` KubeProxyConfiguration into the flags (flags win); the proxy runs
+/// when the file is given, in its mode (iptables when it names none).
+fn apply_config_file(f: &twill_agent::kube_proxy_config::FromFile, a: &mut Args) {
+    if a.proxy_mode.is_none() {
+        a.proxy_mode = Some(match f.mode {
+            Some(Mode::Nftables) => ProxyMode::Nftables,
+            _ => ProxyMode::Iptables,
+        });
+    }
+    if a.kubeconfig.is_none() {
+        a.kubeconfig = f.kubeconfig.clone();
+    }
+    if a.hostname_override.is_none() {
+        a.hostname_override = f.hostname_override.clone();
+    }
+    if a.cluster_cidr.is_none() {
+        a.cluster_cidr = f.cluster_cidr.clone();
+    }
+    if a.node_ips.is_empty() {
+        a.node_ips.extend(f.node_ip);
+    }
+    a.masquerade_all |= f.masquerade_all;
+    if a.nodeport_addresses.is_empty() {
+        a.nodeport_addresses = f.nodeport_addresses.clone();
+    }
+    let ms = |d: std::time::Duration| format!("{}ms", d.as_millis());
+    if a.sync_period.is_none() {
+        a.sync_period = f.sync_period.map(ms);
+    }
+    if a.min_sync_period.is_none() {
+        a.min_sync_period = f.min_sync_period.map(ms);
+    }
+    if a.healthz_bind_address.is_none() {
+        a.healthz_bind_address = f.healthz_bind_address;
+    }
+    if a.metrics_bind_address.is_none() {
+        a.metrics_bind_address = f.metrics_bind_address;
+    }
+}
+
+pub fn run(mut a: Args) -> anyhow::Result<ExitCode> {
+    let file = a.tuning.load_file()?;
+    if let Some(f) = &file {
+        if f.mode == Some(Mode::Ipvs) || f.mode == Some(Mode::Userspace) {
+            anyhow::bail!(
+                "{}: mode {:?}: twill agent runs iptables or nftables",
+                a.tuning
+                    .config
+                    .as_ref()
+                    .map_or(String::new(), |p| p.display().to_string()),
+                f.mode.map(Mode::as_str).unwrap_or_default()
+            );
+        }
+        apply_config_file(f, &mut a);
+    }
+    let tuning = a.tuning.tuning(file.as_ref())?;
+    let proxy_mode = a.proxy_mode.unwrap_or(ProxyMode::None);
     if a.cleanup {
         return Ok(crate::cmd::print_cleanup(
             twill_agent::cleanup::remove_everything(),
         ));
     }
     let node = node_name(&a)?;
-    let parts_on = a.proxy_mode != ProxyMode::None || a.network_policy || a.pod_network;
+    let parts_on = proxy_mode != ProxyMode::None || a.network_policy || a.pod_network;
     if !parts_on && !a.dump_events && !a.exit_after_sync {
         anyhow::bail!(
             "nothing to run: choose parts (--proxy-mode iptables, --pod-network, \
@@ -181,14 +240,15 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             "--local-pods-only cannot be used with --network-policy: policy peers are pods of every node"
         );
     }
-    let sync_period = crate::cmd::proxy::parse_duration(&a.sync_period)?;
-    let min_sync_period = crate::cmd::proxy::parse_duration(&a.min_sync_period)?;
+    let sync_period = crate::cmd::proxy::parse_duration(a.sync_period.as_deref().unwrap_or("30s"))?;
+    let min_sync_period =
+        crate::cmd::proxy::parse_duration(a.min_sync_period.as_deref().unwrap_or("1s"))?;
 
     let mut config: SourceConfig = a.role.source_config();
     if a.local_pods_only {
         config = config.local_pods_only(node.clone());
     }
-    tracing::info!(node, role = a.role.as_str(), proxy = ?a.proxy_mode, pod_network = a.pod_network, network_policy = a.network_policy, "connecting to the API server");
+    tracing::info!(node, role = a.role.as_str(), proxy = ?proxy_mode, pod_network = a.pod_network, network_policy = a.network_policy, "connecting to the API server");
 
     let mut parts = Vec::new();
     if a.pod_network {
@@ -212,7 +272,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             )?,
         )));
     }
-    if a.proxy_mode != ProxyMode::None {
+    if proxy_mode != ProxyMode::None {
         let cluster_cidr = match &a.cluster_cidr {
             Some(c) => Some(c.clone()),
             None if a.pod_network => std::fs::read_to_string(&a.net_conf)
@@ -222,7 +282,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             None => None,
         };
         let settings = ProxySettings {
-            mode: match a.proxy_mode {
+            mode: match proxy_mode {
                 ProxyMode::Nftables => Mode::Nftables,
                 _ => Mode::Iptables,
             },
@@ -234,6 +294,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             nodeport_addresses: a.nodeport_addresses.clone(),
             iptables_backend: a.iptables_backend,
             sync_period,
+            tuning,
         };
         settings.check_runnable()?;
         parts.push(Part::Proxy(ProxyPart::new(settings)));
@@ -255,7 +316,13 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let status = twill_agent::Status::new(sync_period);
     let http = if parts_on && !a.exit_after_sync {
         let http = twill_agent::http::HttpServer::new(status.clone())?;
-        crate::cmd::proxy::listen_agent(&http, a.healthz_bind_address, a.metrics_bind_address)?;
+        crate::cmd::proxy::listen_agent(
+            &http,
+            a.healthz_bind_address
+                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 10256))),
+            a.metrics_bind_address
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 10249))),
+        )?;
         Some(http)
     } else {
         None
@@ -336,7 +403,7 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{file}: {args:?}: {e}"));
             match cli.command {
                 Deployed::Agent(a) => {
-                    assert_eq!(a.proxy_mode, ProxyMode::Iptables, "{file}");
+                    assert_eq!(a.proxy_mode, Some(ProxyMode::Iptables), "{file}");
                     assert!(a.pod_network && a.network_policy, "{file}");
                     assert_eq!(a.subnet_store, SubnetStore::Kube, "{file}");
                     assert!(!a.local_pods_only, "{file}: policy needs every pod");

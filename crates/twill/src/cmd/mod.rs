@@ -12,13 +12,14 @@ pub mod agent;
 pub mod cni;
 #[cfg(feature = "dns")]
 pub mod dns;
+#[cfg(feature = "proxy")]
+pub mod kube_proxy;
 #[cfg(feature = "lab")]
 pub mod lab;
 #[cfg(feature = "netpol")]
 pub mod netpol;
 #[cfg(feature = "overlay")]
 pub mod overlay;
-#[cfg(feature = "proxy")]
 pub mod proxy;
 
 /// `-o` of the commands that print a report: text for people, `json` for tools.

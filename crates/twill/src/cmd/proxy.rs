@@ -37,14 +37,13 @@ pub struct DaemonArgs {
     /// Manifests to take cluster state from (standalone mode); re-read when they change.
     #[arg(short = 'f', long = "filename")]
     pub files: Vec<String>,
-    /// A KubeProxyConfiguration YAML (flags given on the command line win).
-    #[arg(long)]
-    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub tuning: super::kube_proxy::TuningFlags,
     /// Full resync period (`30s`, `1m`).
-    #[arg(long)]
+    #[arg(long, alias = "iptables-sync-period")]
     pub sync_period: Option<String>,
     /// Minimum time between syncs.
-    #[arg(long)]
+    #[arg(long, alias = "iptables-min-sync-period")]
     pub min_sync_period: Option<String>,
     /// Where /healthz listens.
     #[arg(long)]
@@ -71,7 +70,7 @@ pub enum Command {
 #[derive(clap::Args, Clone, Debug)]
 pub struct Settings {
     /// Proxy mode (default iptables, or the config file's `mode`).
-    #[arg(long, value_enum, global = true)]
+    #[arg(long, alias = "proxy-mode", value_enum, global = true)]
     pub mode: Option<Mode>,
     /// Pod CIDR for the local-traffic detector (off-cluster sources are masqueraded).
     #[arg(long, global = true)]
@@ -123,108 +122,46 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// `30s`, `1m`, `1m30s`, `500ms`, `2h`.
+/// Go's duration forms, as kube-proxy's flags take them (`30s`, `1m30s`, `500ms`, `2h`).
 pub(crate) fn parse_duration(s: &str) -> anyhow::Result<Duration> {
-    let mut total = Duration::ZERO;
-    let mut num = String::new();
-    let mut chars = s.trim().chars().peekable();
-    let mut any = false;
-    while let Some(c) = chars.next() {
-        if c.is_ascii_digit() || c == '.' {
-            num.push(c);
-            continue;
-        }
-        let mut unit = c.to_string();
-        if c == 'm' && chars.peek() == Some(&'s') {
-            unit.push(chars.next().unwrap_or('s'));
-        }
-        let n: f64 = num.parse().with_context(|| format!("duration {s:?}"))?;
-        num.clear();
-        let secs = match unit.as_str() {
-            "h" => n * 3600.0,
-            "m" => n * 60.0,
-            "s" => n,
-            "ms" => n / 1000.0,
-            _ => anyhow::bail!("duration {s:?}: unknown unit {unit:?}"),
-        };
-        total += Duration::from_secs_f64(secs);
-        any = true;
-    }
-    if !num.is_empty() {
-        anyhow::bail!("duration {s:?}: missing unit");
-    }
-    if !any {
-        anyhow::bail!("duration {s:?} is empty");
-    }
-    Ok(total)
+    twill_agent::kube_proxy_config::parse_duration(s).map_err(anyhow::Error::msg)
 }
 
-/// The KubeProxyConfiguration fields Twill supports, folded into the flags (flags win).
-fn apply_config_file(path: &PathBuf, s: &mut Settings, d: &mut DaemonArgs) -> anyhow::Result<()> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let v: serde_json::Value =
-        serde_saphyr::from_str(&text).with_context(|| format!("{}: not YAML", path.display()))?;
-    let kind = v.get("kind").and_then(|k| k.as_str()).unwrap_or("");
-    if kind != "KubeProxyConfiguration" {
-        anyhow::bail!(
-            "{}: kind is {kind:?}, expected KubeProxyConfiguration",
-            path.display()
-        );
+/// A KubeProxyConfiguration's basics, folded into the flags (flags win).
+fn apply_config_file(
+    f: &twill_agent::kube_proxy_config::FromFile,
+    s: &mut Settings,
+    d: &mut DaemonArgs,
+) {
+    if s.mode.is_none() {
+        s.mode = f.mode;
     }
-    let st = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
-    if let Some(m) = st("mode").filter(|m| !m.is_empty()) {
-        let Some(mode) = Mode::parse(&m) else {
-            anyhow::bail!("{}: mode {m:?} is not a kube-proxy mode", path.display());
-        };
-        // A mode given on the command line wins over the file's.
-        if s.mode.is_none() {
-            s.mode = Some(mode);
-        }
-    }
-    // Sync periods and masqueradeAll live in the section of the mode in use.
-    let ipt = match s.mode {
-        Some(Mode::Nftables) => v.get("nftables").or_else(|| v.get("iptables")),
-        _ => v.get("iptables"),
-    };
-    let ist = |k: &str| {
-        ipt.and_then(|i| i.get(k))
-            .and_then(|x| x.as_str())
-            .map(str::to_string)
-    };
     if s.cluster_cidr.is_none() {
-        s.cluster_cidr = st("clusterCIDR").filter(|c| !c.is_empty());
+        s.cluster_cidr = f.cluster_cidr.clone();
     }
     if s.node.is_none() {
-        s.node = st("hostnameOverride").filter(|c| !c.is_empty());
+        s.node = f.hostname_override.clone();
     }
-    if !s.masquerade_all {
-        s.masquerade_all = ipt
-            .and_then(|i| i.get("masqueradeAll"))
-            .and_then(|x| x.as_bool())
-            .unwrap_or(false);
+    if s.node_ips.is_empty() {
+        s.node_ips.extend(f.node_ip);
     }
-    if s.nodeport_addresses.is_empty()
-        && let Some(list) = v.get("nodePortAddresses").and_then(|x| x.as_array())
-    {
-        s.nodeport_addresses = list
-            .iter()
-            .filter_map(|x| x.as_str().map(str::to_string))
-            .collect();
+    s.masquerade_all |= f.masquerade_all;
+    if s.nodeport_addresses.is_empty() {
+        s.nodeport_addresses = f.nodeport_addresses.clone();
     }
+    let secs = |d: std::time::Duration| format!("{}ms", d.as_millis());
     if d.sync_period.is_none() {
-        d.sync_period = ist("syncPeriod");
+        d.sync_period = f.sync_period.map(secs);
     }
     if d.min_sync_period.is_none() {
-        d.min_sync_period = ist("minSyncPeriod");
+        d.min_sync_period = f.min_sync_period.map(secs);
     }
     if d.healthz_bind_address.is_none() {
-        d.healthz_bind_address = st("healthzBindAddress").and_then(|a| a.parse().ok());
+        d.healthz_bind_address = f.healthz_bind_address;
     }
     if d.metrics_bind_address.is_none() {
-        d.metrics_bind_address = st("metricsBindAddress").and_then(|a| a.parse().ok());
+        d.metrics_bind_address = f.metrics_bind_address;
     }
-    Ok(())
 }
 
 /// Serve the agent routes on the health and metrics addresses (one listener when they
@@ -250,21 +187,24 @@ fn run_daemon(mut s: Settings, mut d: DaemonArgs) -> anyhow::Result<ExitCode> {
             twill_agent::cleanup::remove_everything(),
         ));
     }
-    if let Some(path) = d.config.clone() {
-        apply_config_file(&path, &mut s, &mut d)?;
+    let file = d.tuning.load_file()?;
+    if let Some(f) = &file {
+        apply_config_file(f, &mut s, &mut d);
     }
+    let tuning = d.tuning.tuning(file.as_ref())?;
     let family =
         IpFamily::parse(&s.ip_family).with_context(|| format!("--ip-family {:?}", s.ip_family))?;
     let sync_period = parse_duration(d.sync_period.as_deref().unwrap_or("30s"))?;
     let min_sync_period = parse_duration(d.min_sync_period.as_deref().unwrap_or("1s"))?;
     let node = s.node.clone();
-    let settings = proxy_settings(
+    let mut settings = proxy_settings(
         &s,
         family,
         node.clone().unwrap_or_default(),
         d.iptables_backend,
         sync_period,
     );
+    settings.tuning = tuning;
     settings.check_runnable()?;
     if d.files.is_empty() {
         anyhow::bail!(
@@ -312,7 +252,7 @@ fn run_daemon(mut s: Settings, mut d: DaemonArgs) -> anyhow::Result<ExitCode> {
 
 fn renderer_config(s: &Settings, family: IpFamily) -> anyhow::Result<Config> {
     let settings = proxy_settings(s, family, String::new(), Backend::System, Duration::ZERO);
-    Ok(settings.renderer_config(&s.node_ips)?)
+    Ok(settings.renderer_config(&s.node_ips, &[])?)
 }
 
 /// The proxier's settings from kube-proxy's flags.
@@ -333,6 +273,7 @@ fn proxy_settings(
         nodeport_addresses: s.nodeport_addresses.clone(),
         iptables_backend,
         sync_period,
+        tuning: Default::default(),
     }
 }
 
@@ -639,16 +580,7 @@ mod tests {
 
     #[test]
     fn kube_proxy_configuration_fills_unset_flags_and_flags_win() {
-        let dir = std::env::temp_dir().join(format!("twill-proxy-cfg-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("kp.yaml");
-        std::fs::write(
-            &path,
-            "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: iptables\n\
-             clusterCIDR: 10.244.0.0/16\nhostnameOverride: node-a\nnodePortAddresses: [192.168.0.0/24]\n\
-             iptables:\n  masqueradeAll: true\n  syncPeriod: 1m\n  minSyncPeriod: 2s\n",
-        )
-        .unwrap();
+        let file = |text: &str| twill_agent::kube_proxy_config::parse(text).unwrap();
         let mut s = Settings {
             mode: None,
             cluster_cidr: None,
@@ -661,7 +593,7 @@ mod tests {
         let mut d = DaemonArgs {
             cleanup: false,
             files: vec![],
-            config: None,
+            tuning: Default::default(),
             sync_period: None,
             min_sync_period: None,
             healthz_bind_address: None,
@@ -669,37 +601,57 @@ mod tests {
             once: true,
             iptables_backend: super::Backend::System,
         };
-        apply_config_file(&path, &mut s, &mut d).unwrap();
+        apply_config_file(
+            &file(
+                "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: iptables\n\
+                 clusterCIDR: 10.244.0.0/16\nhostnameOverride: node-a\nnodePortAddresses: [192.168.0.0/24]\n\
+                 bindAddress: 192.168.0.7\n\
+                 iptables:\n  masqueradeAll: true\n  syncPeriod: 1m\n  minSyncPeriod: 2s\n",
+            ),
+            &mut s,
+            &mut d,
+        );
         assert_eq!(s.cluster_cidr.as_deref(), Some("10.244.0.0/16"));
         assert_eq!(s.node.as_deref(), Some("from-flag"), "the flag wins");
+        assert_eq!(
+            s.node_ips,
+            ["192.168.0.7".parse::<std::net::IpAddr>().unwrap()]
+        );
         assert!(s.masquerade_all);
         assert_eq!(s.nodeport_addresses, ["192.168.0.0/24"]);
-        assert_eq!(d.sync_period.as_deref(), Some("1m"));
-        assert_eq!(d.min_sync_period.as_deref(), Some("2s"));
+        assert_eq!(
+            parse_duration(d.sync_period.as_deref().unwrap()).unwrap(),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            parse_duration(d.min_sync_period.as_deref().unwrap()).unwrap(),
+            Duration::from_secs(2)
+        );
         assert_eq!(s.mode, Some(Mode::Iptables));
-        std::fs::write(&path, "kind: KubeProxyConfiguration\nmode: nftables\n").unwrap();
-        apply_config_file(&path, &mut s, &mut d).unwrap();
+        apply_config_file(
+            &file("kind: KubeProxyConfiguration\nmode: nftables\n"),
+            &mut s,
+            &mut d,
+        );
         assert_eq!(s.mode, Some(Mode::Iptables), "a mode already chosen wins");
         s.mode = None;
         d.sync_period = None;
-        std::fs::write(
-            &path,
-            "kind: KubeProxyConfiguration\nmode: nftables\nnftables:\n  syncPeriod: 1h\n",
-        )
-        .unwrap();
-        apply_config_file(&path, &mut s, &mut d).unwrap();
+        apply_config_file(
+            &file("kind: KubeProxyConfiguration\nmode: nftables\nnftables:\n  syncPeriod: 1h\n"),
+            &mut s,
+            &mut d,
+        );
         assert_eq!(s.mode, Some(Mode::Nftables), "the file's mode is taken");
         assert_eq!(
-            d.sync_period.as_deref(),
-            Some("1h"),
+            parse_duration(d.sync_period.as_deref().unwrap()).unwrap(),
+            Duration::from_secs(3600),
             "from the nftables section"
         );
-        std::fs::write(&path, "kind: KubeProxyConfiguration\nmode: bogus\n").unwrap();
         assert!(
-            apply_config_file(&path, &mut s, &mut d).is_err(),
+            twill_agent::kube_proxy_config::parse("kind: KubeProxyConfiguration\nmode: bogus\n")
+                .is_err(),
             "an unknown mode is refused"
         );
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
