@@ -60,6 +60,9 @@ pub struct Inner {
     pub node_eligible: bool,
     /// Health-check node port → its service's answer.
     pub service_health: BTreeMap<u16, ServiceHealth>,
+    /// Stopping (CoreDNS's lameduck): still serving, but no longer ready, so load
+    /// balancers and Services take this replica out before it goes.
+    pub stopping: bool,
 }
 
 /// Shared between the runtime (writer) and the HTTP server (reader).
@@ -155,7 +158,8 @@ pub fn healthy(st: &Inner, now: Instant) -> (bool, Option<Instant>) {
 /// Whether the agent is ready: listed, and every part synced at least once with its last
 /// attempt a success.
 pub fn ready(st: &Inner) -> bool {
-    st.source_synced
+    !st.stopping
+        && st.source_synced
         && !st.parts.is_empty()
         && st
             .parts
@@ -235,7 +239,8 @@ pub fn readyz_body(st: &Inner, now: Instant) -> (bool, String) {
     (
         ok,
         format!(
-            "{{\"ready\": {ok}, \"synced\": {}, \"parts\": {{{}}}, \"rejectedInput\": {{{}}}}}",
+            "{{\"ready\": {ok}, \"stopping\": {}, \"synced\": {}, \"parts\": {{{}}}, \"rejectedInput\": {{{}}}}}",
+            st.stopping,
             st.source_synced,
             parts.join(", "),
             rejected.join(", ")

@@ -42,6 +42,7 @@ pub enum Step {
 
 pub struct Pending {
     request: Message,
+    request_len: usize,
     kind: PendingKind,
     limit: usize,
     started: Instant,
@@ -68,6 +69,35 @@ pub struct Engine {
     loop_probe: Option<Name>,
     loop_hits: AtomicU32,
     loop_detected: AtomicBool,
+    /// CoreDNS's `loadbalance`: A, AAAA and MX records of an answer in random order.
+    loadbalance: bool,
+}
+
+/// Shuffle the A, AAAA and MX records among their own places (a CNAME stays ahead of
+/// the addresses it leads to), as CoreDNS's `loadbalance` does. Whether the order may
+/// have changed (two or more such records).
+fn shuffle_addresses(records: &mut [Record]) -> bool {
+    use rand::RngExt;
+    let places: Vec<usize> = records
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| {
+            matches!(
+                r.record_type(),
+                RecordType::A | RecordType::AAAA | RecordType::MX
+            )
+        })
+        .map(|(i, _)| i)
+        .collect();
+    if places.len() < 2 {
+        return false;
+    }
+    let mut rng = rand::rng();
+    for k in (1..places.len()).rev() {
+        let j = rng.random_range(0..=k);
+        records.swap(places[k], places[j]);
+    }
+    true
 }
 
 /// A header-only reply (FORMERR, NOTIMP, ...) built from the raw request bytes, for when
@@ -140,7 +170,15 @@ impl Engine {
             loop_probe: None,
             loop_hits: AtomicU32::new(0),
             loop_detected: AtomicBool::new(false),
+            loadbalance: false,
         }
+    }
+
+    /// Answer A, AAAA and MX records in random order (CoreDNS's `loadbalance`). Such
+    /// answers are no longer served from the per-worker wire cache.
+    pub fn with_loadbalance(mut self) -> Self {
+        self.loadbalance = true;
+        self
     }
 
     /// Set the loop-detection probe name (see [`crate::Server::start`]).
@@ -180,7 +218,8 @@ impl Engine {
     pub fn step(&self, bytes: &[u8], transport: Transport, v6: bool) -> Step {
         let started = Instant::now();
         let tcp = transport == Transport::Tcp;
-        let done = |bytes: Option<Vec<u8>>, rcode: ResponseCode, qtype: usize, source: Source| {
+        let request_len = bytes.len();
+        let done = |out: Option<Vec<u8>>, rcode: ResponseCode, qtype: usize, source: Source| {
             self.metrics.observe(
                 tcp,
                 v6,
@@ -189,7 +228,10 @@ impl Engine {
                 source,
                 started.elapsed().as_secs_f64(),
             );
-            match bytes {
+            if let Some(o) = &out {
+                self.metrics.observe_sizes(tcp, request_len, o.len());
+            }
+            match out {
                 Some(bytes) => Step::Reply {
                     bytes,
                     cacheable: false,
@@ -277,14 +319,15 @@ impl Engine {
         }
         let snap = self.snapshot.load();
         let kind = match resolve(&snap, &qname, qtype) {
-            Resolution::Reply(reply) => {
+            Resolution::Reply(mut reply) => {
                 let rcode = reply.rcode;
+                let shuffled = self.loadbalance && shuffle_addresses(&mut reply.answers);
                 let m = self.reply_message(&request, reply);
                 let out = done(encode(&m, limit), rcode, tidx, Source::Kubernetes);
                 return match out {
                     Step::Reply { bytes, qtype, .. } => Step::Reply {
                         bytes,
-                        cacheable: true,
+                        cacheable: !shuffled,
                         qtype,
                     },
                     other => other,
@@ -303,6 +346,7 @@ impl Engine {
         };
         Step::Upstream(Box::new(Pending {
             request,
+            request_len,
             kind,
             limit,
             started,
@@ -346,7 +390,10 @@ impl Engine {
             PendingKind::Forward => {
                 let mut m = self.response_to(&p.request);
                 match answer {
-                    Ok(e) => {
+                    Ok(mut e) => {
+                        if self.loadbalance {
+                            shuffle_addresses(&mut e.answers);
+                        }
                         m.metadata.response_code = e.rcode;
                         m.answers = e.answers;
                         m.authorities = e.authority;
@@ -370,7 +417,11 @@ impl Engine {
             source,
             p.started.elapsed().as_secs_f64(),
         );
-        encode(&m, p.limit)
+        let out = encode(&m, p.limit);
+        if let Some(o) = &out {
+            self.metrics.observe_sizes(p.tcp, p.request_len, o.len());
+        }
+        out
     }
 
     /// Both halves, for callers that may block and have no runtime of their own (tests,

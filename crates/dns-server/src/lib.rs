@@ -108,6 +108,20 @@ fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<(
         .map_err(ServerError::Spawn)
 }
 
+/// A TCP listener; an IPv6 one is IPv6-only, so `0.0.0.0:53` and `[::]:53` can both be
+/// served (as they are for UDP).
+fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.bind(&SockAddr::from(addr))?;
+    s.listen(1024)?;
+    Ok(s.into())
+}
+
 /// Bind everything and start the threads.
 pub fn start(config: &ServerConfig, engine: Arc<Engine>) -> Result<Running, ServerError> {
     let stop = Arc::new(AtomicBool::new(false));
@@ -152,7 +166,7 @@ pub fn start(config: &ServerConfig, engine: Arc<Engine>) -> Result<Running, Serv
             })?);
         }
         if config.tcp {
-            let l = TcpListener::bind(addr).map_err(|source| ServerError::Bind {
+            let l = bind_tcp(addr).map_err(|source| ServerError::Bind {
                 proto: "tcp",
                 addr,
                 source,

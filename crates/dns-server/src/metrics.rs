@@ -18,38 +18,79 @@ use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 /// Upper bounds of the request-duration buckets: 0.25 ms doubling to about 8 s.
-const BUCKETS: usize = 16;
-fn bucket_bound(i: usize) -> f64 {
-    0.00025 * f64::from(1u32 << i)
-}
+const DURATION_BOUNDS: [f64; 16] = [
+    0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024,
+    2.048, 4.096, 8.192,
+];
+/// CoreDNS's size buckets (`plugin/metrics/vars`), in bytes.
+pub const SIZE_BOUNDS: [f64; 14] = [
+    0.0, 100.0, 200.0, 300.0, 400.0, 511.0, 1023.0, 2047.0, 4095.0, 8291.0, 16e3, 32e3, 48e3, 64e3,
+];
 
 /// A histogram of atomics. prometheus-client's `Histogram` takes a mutex per observation,
 /// which every UDP worker would contend on; this one only does relaxed adds.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct AtomicHistogram {
     inner: Arc<HistogramCells>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct HistogramCells {
+    bounds: &'static [f64],
     /// Per-bucket counts; the last cell is +Inf.
-    counts: [AtomicU64; BUCKETS + 1],
-    sum_nanos: AtomicU64,
+    counts: Box<[AtomicU64]>,
+    /// The sum, in units of 1/`scale`.
+    sum: AtomicU64,
+    scale: f64,
+}
+
+impl Default for AtomicHistogram {
+    /// Request durations in seconds.
+    fn default() -> Self {
+        Self::new(&DURATION_BOUNDS, 1e9)
+    }
 }
 
 impl AtomicHistogram {
-    pub fn observe(&self, seconds: f64) {
-        self.observe_n(seconds, 1);
+    /// Buckets up to `bounds` (then +Inf); the sum kept in units of 1/`scale`.
+    pub fn new(bounds: &'static [f64], scale: f64) -> Self {
+        AtomicHistogram {
+            inner: Arc::new(HistogramCells {
+                bounds,
+                counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+                sum: AtomicU64::new(0),
+                scale,
+            }),
+        }
     }
 
-    pub fn observe_n(&self, seconds: f64, n: u64) {
-        let i = (0..BUCKETS)
-            .find(|i| seconds <= bucket_bound(*i))
-            .unwrap_or(BUCKETS);
-        self.inner.counts[i].fetch_add(n, Ordering::Relaxed);
-        self.inner
-            .sum_nanos
-            .fetch_add((seconds * 1e9) as u64 * n, Ordering::Relaxed);
+    /// Sizes in bytes, in CoreDNS's buckets.
+    pub fn sizes() -> Self {
+        Self::new(&SIZE_BOUNDS, 1.0)
+    }
+
+    /// The bucket `v` falls in.
+    pub fn bucket(&self, v: f64) -> usize {
+        let b = self.inner.bounds;
+        b.iter().position(|bound| v <= *bound).unwrap_or(b.len())
+    }
+
+    pub fn observe(&self, v: f64) {
+        self.observe_n(v, 1);
+    }
+
+    pub fn observe_n(&self, v: f64, n: u64) {
+        self.add_to_bucket(self.bucket(v), n, v * n as f64);
+    }
+
+    /// Add `n` observations summing to `sum` to bucket `i` (for callers that count
+    /// locally and flush once).
+    pub fn add_to_bucket(&self, i: usize, n: u64, sum: f64) {
+        let cells = &self.inner;
+        cells.counts[i.min(cells.bounds.len())].fetch_add(n, Ordering::Relaxed);
+        cells
+            .sum
+            .fetch_add((sum * cells.scale) as u64, Ordering::Relaxed);
     }
 
     pub fn count(&self) -> u64 {
@@ -67,17 +108,14 @@ impl TypedMetric for AtomicHistogram {
 
 impl EncodeMetric for AtomicHistogram {
     fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
-        let buckets: Vec<(f64, u64)> = (0..=BUCKETS)
+        let cells = &self.inner;
+        let buckets: Vec<(f64, u64)> = (0..=cells.bounds.len())
             .map(|i| {
-                let bound = if i == BUCKETS {
-                    f64::INFINITY
-                } else {
-                    bucket_bound(i)
-                };
-                (bound, self.inner.counts[i].load(Ordering::Relaxed))
+                let bound = cells.bounds.get(i).copied().unwrap_or(f64::INFINITY);
+                (bound, cells.counts[i].load(Ordering::Relaxed))
             })
             .collect();
-        let sum = self.inner.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let sum = cells.sum.load(Ordering::Relaxed) as f64 / cells.scale;
         encoder.encode_histogram::<NoLabelSet>(sum, self.count(), &buckets, None)
     }
 
@@ -157,6 +195,21 @@ struct DurationLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SizeLabels {
+    server: String,
+    zone: String,
+    view: String,
+    proto: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: String,
+    revision: String,
+    goversion: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CacheLabels {
     server: String,
     zones: String,
@@ -192,6 +245,9 @@ pub struct Metrics {
     /// `[plugin kubernetes=0 forward=1 other=2][rcode]`.
     responses: Vec<Counter>,
     durations: Vec<AtomicHistogram>,
+    /// `[udp, tcp]`: request and response sizes in bytes.
+    request_sizes: [AtomicHistogram; 2],
+    response_sizes: [AtomicHistogram; 2],
     pub cache_hits_success: Counter,
     pub cache_hits_denial: Counter,
     pub cache_misses: Counter,
@@ -294,6 +350,46 @@ impl Metrics {
             "Histogram of the time (in seconds) each request took per zone.",
             durations_family,
         );
+        let sizes = |name: &str, help: &str, registry: &mut Registry| {
+            let family = Family::<SizeLabels, AtomicHistogram>::new_with_constructor(
+                AtomicHistogram::sizes as fn() -> AtomicHistogram,
+            );
+            let by_proto = ["udp", "tcp"].map(|proto| {
+                family
+                    .get_or_create(&SizeLabels {
+                        server: s(server),
+                        zone: s("."),
+                        view: String::new(),
+                        proto: s(proto),
+                    })
+                    .clone()
+            });
+            registry.register(name, help, family);
+            by_proto
+        };
+        let request_sizes = sizes(
+            "coredns_dns_request_size_bytes",
+            "Size of the request in bytes per zone and protocol.",
+            registry,
+        );
+        let response_sizes = sizes(
+            "coredns_dns_response_size_bytes",
+            "Size of the returned response in bytes.",
+            registry,
+        );
+        let build = Family::<BuildLabels, Gauge>::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: s(env!("CARGO_PKG_VERSION")),
+                revision: String::new(),
+                goversion: s("rust"),
+            })
+            .set(1);
+        registry.register(
+            "coredns_build_info",
+            "A metric with a constant '1' value labeled by version, revision, and goversion from which CoreDNS was built.",
+            build,
+        );
 
         let hits = Family::<CacheLabels, Counter>::default();
         let entries = Family::<CacheLabels, Gauge>::default();
@@ -364,6 +460,8 @@ impl Metrics {
             requests,
             responses,
             durations,
+            request_sizes,
+            response_sizes,
             cache_hits_success,
             cache_hits_denial,
             cache_misses,
@@ -414,6 +512,21 @@ impl Metrics {
         };
         self.responses[plugin * RCODES.len() + rcode.min(RCODES.len() - 1)].inc_by(n);
         self.durations[qtype.min(TYPES.len() - 1)].observe_n(seconds, n);
+    }
+
+    /// One request's and its response's sizes.
+    pub fn observe_sizes(&self, tcp: bool, request: usize, response: usize) {
+        self.request_sizes[usize::from(tcp)].observe(request as f64);
+        self.response_sizes[usize::from(tcp)].observe(response as f64);
+    }
+
+    /// The size histograms of one protocol (`[request, response]`), for callers that
+    /// count buckets locally and flush once.
+    pub fn size_histograms(&self, tcp: bool) -> [&AtomicHistogram; 2] {
+        [
+            &self.request_sizes[usize::from(tcp)],
+            &self.response_sizes[usize::from(tcp)],
+        ]
     }
 
     pub fn forward_request(&self, to: &str) {

@@ -28,6 +28,13 @@ const BUF: usize = 4096;
 
 type HitCounts = [[[u64; RCODES.len()]; TYPES.len()]; 2];
 
+/// A batch's wire-cache hits by size bucket: `[request, response]` × bucket, and sums.
+#[derive(Default)]
+struct HitSizes {
+    buckets: [[u64; crate::metrics::SIZE_BOUNDS.len() + 1]; 2],
+    sums: [u64; 2],
+}
+
 /// Bind one `SO_REUSEPORT` UDP socket.
 pub fn bind_reuseport(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
@@ -91,6 +98,8 @@ pub fn run_worker(
     let mut wire: HashMap<Vec<u8>, WireEntry> = HashMap::new();
     let mut generation = engine.generation();
     let mut hits: HitCounts = [[[0; RCODES.len()]; TYPES.len()]; 2];
+    let mut hit_sizes = HitSizes::default();
+    let [req_hist, resp_hist] = engine.metrics().size_histograms(false);
 
     while !stop.load(Ordering::Relaxed) {
         for m in msgs.iter_mut() {
@@ -132,6 +141,10 @@ pub fn run_worker(
                     b[0] = req[0];
                     b[1] = req[1];
                     hits[usize::from(v6)][hit.qtype][hit.rcode] += 1;
+                    hit_sizes.buckets[0][req_hist.bucket(len as f64)] += 1;
+                    hit_sizes.buckets[1][resp_hist.bucket(b.len() as f64)] += 1;
+                    hit_sizes.sums[0] += len as u64;
+                    hit_sizes.sums[1] += b.len() as u64;
                     Some(b)
                 }
                 None => {
@@ -191,6 +204,7 @@ pub fn run_worker(
             count += 1;
         }
         flush_hits(&engine, &mut hits, batch_start);
+        flush_sizes(&mut hit_sizes, [req_hist, resp_hist]);
         let mut sent = 0;
         while sent < count {
             // SAFETY: out_msgs[sent..count] point at live buffers and addresses above.
@@ -201,6 +215,20 @@ pub fn run_worker(
                 break;
             }
             sent += r as usize;
+        }
+    }
+}
+
+/// Add a batch's hit sizes to the shared histograms, once per bucket that has any.
+fn flush_sizes(sizes: &mut HitSizes, hists: [&crate::metrics::AtomicHistogram; 2]) {
+    for (k, h) in hists.into_iter().enumerate() {
+        let mut sum = std::mem::take(&mut sizes.sums[k]) as f64;
+        for (i, n) in sizes.buckets[k].iter_mut().enumerate() {
+            if *n > 0 {
+                // The whole sum rides on the first bucket written; only the total matters.
+                h.add_to_bucket(i, *n, std::mem::take(&mut sum));
+                *n = 0;
+            }
         }
     }
 }

@@ -416,3 +416,69 @@ fn edns_versions_above_zero_get_badvers() {
     // BADVERS and BADSIG share code 16 (RFC 6891, RFC 8945); the parser names it BADSIG.
     assert_eq!(u16::from(m.metadata.response_code), 16);
 }
+
+/// CoreDNS's size histograms count every answer, wire-cache hits included, and
+/// `coredns_build_info` is there for dashboards that join on it.
+#[test]
+fn request_and_response_sizes_are_counted_for_every_answer() {
+    let s = TestServer::corpus("clusterip-a-aaaa.json", None);
+    for _ in 0..5 {
+        let m = s.ask("svc1.testns.svc.cluster.local.", RecordType::A, false);
+        assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    }
+    let body = s.engine.metrics().encode();
+    let value = |prefix: &str| -> f64 {
+        body.lines()
+            .find(|l| l.starts_with(prefix) && l.contains("proto=\"udp\""))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{prefix} missing:\n{body}"))
+    };
+    assert_eq!(value("coredns_dns_request_size_bytes_count"), 5.0);
+    assert_eq!(value("coredns_dns_response_size_bytes_count"), 5.0);
+    // The same query each time: 5 × its length.
+    let q = support::query("svc1.testns.svc.cluster.local.", RecordType::A, false);
+    let len = q.to_vec().unwrap().len() as f64;
+    assert_eq!(value("coredns_dns_request_size_bytes_sum"), 5.0 * len);
+    assert!(
+        body.contains("coredns_build_info{version=\"") && body.contains("goversion=\"rust\"} 1"),
+        "{body}"
+    );
+}
+
+/// `loadbalance`: the same records, in varying order; without it, one fixed order.
+#[test]
+fn loadbalance_shuffles_address_records_and_keeps_the_set() {
+    use std::collections::BTreeSet;
+    use std::sync::Arc;
+    use twill_dns_server::{Engine, Metrics, Transport};
+    let (state, config) = big_headless(8);
+    let engine = |lb: bool| {
+        let e = Engine::new(
+            twill_dns::Snapshot::build(&state, &config, 1),
+            None,
+            None,
+            Arc::new(Metrics::new("t")),
+        );
+        if lb { e.with_loadbalance() } else { e }
+    };
+    let q = support::query("big.testns.svc.cluster.local.", RecordType::A, true)
+        .to_vec()
+        .unwrap();
+    let orders = |e: &Engine| -> BTreeSet<Vec<String>> {
+        (0..20)
+            .map(|_| {
+                let m = Message::from_vec(&e.handle(&q, Transport::Udp, false).unwrap()).unwrap();
+                m.answers.iter().map(|r| r.data.to_string()).collect()
+            })
+            .collect()
+    };
+    let shuffled = orders(&engine(true));
+    assert!(shuffled.len() > 1, "20 answers, one order: {shuffled:?}");
+    let sets: BTreeSet<BTreeSet<String>> = shuffled
+        .iter()
+        .map(|o| o.iter().cloned().collect())
+        .collect();
+    assert_eq!(sets.len(), 1, "always the same 8 records");
+    assert_eq!(orders(&engine(false)).len(), 1);
+}

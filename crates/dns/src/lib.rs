@@ -18,6 +18,7 @@
 
 mod answer;
 mod config;
+pub mod corefile;
 mod labels;
 pub mod resolvconf;
 mod snapshot;

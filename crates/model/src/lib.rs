@@ -7,6 +7,7 @@
 //!
 //! Conversion from k8s-openapi types lives in [`k8s`] behind the `k8s` feature.
 
+mod duration;
 mod ip;
 mod meta;
 mod node;
@@ -19,6 +20,7 @@ mod state;
 #[cfg(feature = "k8s")]
 pub mod k8s;
 
+pub use duration::parse_go_duration;
 pub use ip::{parse_ip_lenient, parse_net_lenient};
 pub use meta::{
     IpFamily, Kind, LabelSelector, Labels, ObjectKey, ObjectRef, Protocol, SelectorOperator,

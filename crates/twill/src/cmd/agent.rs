@@ -395,6 +395,54 @@ mod tests {
         out
     }
 
+    fn deploy_docs(file: &str) -> Vec<serde_json::Value> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
+        let text = std::fs::read_to_string(dir.join(file)).unwrap();
+        text.split("\n---")
+            .map(|doc| serde_saphyr::from_str(doc).unwrap())
+            .collect()
+    }
+
+    fn deployed_corefile() -> String {
+        deploy_docs("dns.yaml")
+            .iter()
+            .find(|d| d["kind"] == "ConfigMap")
+            .and_then(|d| d["data"]["Corefile"].as_str())
+            .expect("a Corefile in dns.yaml")
+            .to_string()
+    }
+
+    /// Applied over kubeadm's kube-dns Service, dns.yaml keeps its selector, and the DNS
+    /// pods carry the label it selects: CoreDNS's and Twill's pods serve side by side
+    /// until CoreDNS is scaled down, with no moment without endpoints.
+    #[test]
+    fn the_dns_manifest_keeps_kube_dns_selecting_both_coredns_and_twill() {
+        let docs = deploy_docs("dns.yaml");
+        let svc = docs.iter().find(|d| d["kind"] == "Service").unwrap();
+        assert_eq!(svc["metadata"]["name"], "kube-dns");
+        let selector = svc["spec"]["selector"].as_object().unwrap();
+        assert_eq!(
+            selector
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str().unwrap()))
+                .collect::<Vec<_>>(),
+            [("k8s-app", "kube-dns")],
+            "kubeadm's selector"
+        );
+        let ports: Vec<_> = svc["spec"]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p["port"].as_u64().unwrap(), p["protocol"].as_str().unwrap()))
+            .collect();
+        assert_eq!(ports, [(53, "UDP"), (53, "TCP"), (9153, "TCP")]);
+        let dep = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+        let labels = &dep["spec"]["template"]["metadata"]["labels"];
+        for (k, v) in selector {
+            assert_eq!(&labels[k], v, "the pods match the Service's {k}");
+        }
+    }
+
     #[test]
     fn the_deployed_agent_and_dns_arguments_parse_and_run_every_part_from_the_api() {
         let mut seen = Vec::new();
@@ -410,10 +458,27 @@ mod tests {
                     assert_eq!(a.net_conf, PathBuf::from("/etc/twill/net-conf.json"));
                     seen.push("agent");
                 }
-                Deployed::Dns(d) => {
+                Deployed::Dns(mut d) => {
                     assert!(d.command.is_none(), "{file}");
-                    assert!(d.serve.in_cluster, "{file}");
                     assert!(d.serve.files.is_empty(), "{file}");
+                    // The shipped Corefile, folded as the pod will: in-cluster, the
+                    // kubeadm settings.
+                    let dir =
+                        std::env::temp_dir().join(format!("twill-corefile-{}", std::process::id()));
+                    std::fs::create_dir_all(&dir).unwrap();
+                    let path = dir.join("Corefile");
+                    std::fs::write(&path, deployed_corefile()).unwrap();
+                    assert_eq!(
+                        d.serve.corefile.as_deref(),
+                        Some(std::path::Path::new("/etc/twill-dns/Corefile"))
+                    );
+                    crate::cmd::dns::apply_corefile(&path, &mut d.serve).unwrap();
+                    let _ = std::fs::remove_dir_all(&dir);
+                    assert!(d.serve.in_cluster, "{file}");
+                    assert_eq!(d.serve.zone, "cluster.local");
+                    assert_eq!(d.serve.ttl, 30);
+                    assert_eq!(d.serve.lameduck.as_deref(), Some("5000ms"));
+                    assert!(d.serve.loadbalance && !d.serve.no_loop_check);
                     seen.push("dns");
                 }
             }

@@ -130,6 +130,168 @@ pub struct ServeArgs {
     /// Do not send the forwarding-loop probe.
     #[arg(long)]
     pub no_loop_check: bool,
+    /// Answer nothing outside the cluster zones (no upstreams; what a Corefile without
+    /// `forward` asks).
+    #[arg(long)]
+    pub no_forward: bool,
+    /// How often an upstream marked down is checked (`forward`'s `health_check`).
+    #[arg(long, default_value = "500ms")]
+    pub health_check: String,
+    /// Failed exchanges before an upstream counts as down (`forward`'s `max_fails`).
+    #[arg(long, default_value_t = 2)]
+    pub max_fails: u32,
+    /// A, AAAA and MX answers in random order (CoreDNS's `loadbalance`).
+    #[arg(long)]
+    pub loadbalance: bool,
+    /// On SIGTERM, stay up this long answering queries with /ready failing, so the
+    /// Service stops sending here first (`health`'s `lameduck`; `5s`).
+    #[arg(long)]
+    pub lameduck: Option<String>,
+    /// A CoreDNS Corefile to take the settings from (kubeadm's default loads unchanged);
+    /// what it names replaces the flags. Plugins Twill does not implement are errors
+    /// naming the line.
+    #[arg(long, value_name = "PATH")]
+    pub corefile: Option<PathBuf>,
+}
+
+/// `host:port`, `:port` (all interfaces) or empty (`default`), as CoreDNS's plugins
+/// take addresses.
+fn plugin_addr(field: &str, s: &str, default: SocketAddr) -> anyhow::Result<SocketAddr> {
+    if s.is_empty() {
+        return Ok(default);
+    }
+    let s = if s.starts_with(':') {
+        format!("0.0.0.0{s}")
+    } else {
+        s.to_string()
+    };
+    s.parse()
+        .with_context(|| format!("{field} {s:?}: not an address (HOST:PORT or :PORT)"))
+}
+
+/// Fold a Corefile into the flags: what it names replaces them.
+pub(crate) fn apply_corefile(path: &Path, a: &mut ServeArgs) -> anyhow::Result<()> {
+    use twill_dns::corefile;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let s = corefile::parse(&text)
+        .and_then(|b| corefile::interpret(&b))
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    for n in &s.notes {
+        tracing::warn!(file = %path.display(), "{n}");
+    }
+    a.listen = vec![
+        SocketAddr::from(([0, 0, 0, 0], s.port)),
+        SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, s.port)),
+    ];
+    let k = s.kubernetes.with_context(|| {
+        format!(
+            "{}: no `kubernetes` plugin: Twill's DNS serves a cluster zone",
+            path.display()
+        )
+    })?;
+    let (reverse, forward): (Vec<String>, Vec<String>) = k.zones.iter().cloned().partition(|z| {
+        let z = z.trim_end_matches('.');
+        z.ends_with("in-addr.arpa") || z.ends_with("ip6.arpa")
+    });
+    match forward.as_slice() {
+        [zone] => a.zone = zone.clone(),
+        [] => a.zone = "cluster.local".into(),
+        _ => bail!(
+            "{}: kubernetes {}: Twill serves one cluster zone",
+            path.display(),
+            forward.join(" ")
+        ),
+    }
+    a.reverse_zones = reverse;
+    if let Some(p) = k.pods {
+        a.pods = match p {
+            PodMode::Disabled => PodsArg::Disabled,
+            PodMode::Insecure => PodsArg::Insecure,
+            PodMode::Verified => PodsArg::Verified,
+        };
+    }
+    if let Some(t) = k.ttl {
+        a.ttl = t;
+    }
+    a.endpoint_pod_names |= k.endpoint_pod_names;
+    a.namespaces = k.namespaces;
+    a.ignore_empty_service |= k.ignore_empty_service;
+    a.fallthrough = k.fallthrough;
+    // From the API, as CoreDNS's kubernetes plugin: its kubeconfig, else in-cluster;
+    // manifests given with -f stay the source.
+    if a.files.is_empty() {
+        match k.kubeconfig {
+            Some(p) => a.kubeconfig = Some(PathBuf::from(p)),
+            None if a.kubeconfig.is_none() => a.in_cluster = true,
+            None => {}
+        }
+    }
+    match s.forward {
+        None => a.no_forward = true,
+        Some(f) => {
+            a.upstreams.clear();
+            for to in &f.to {
+                if to.starts_with('/') {
+                    a.upstream_resolv_conf = PathBuf::from(to);
+                } else {
+                    a.upstreams
+                        .push(to.trim_start_matches("dns://").to_string());
+                }
+            }
+            if let Some(p) = f.policy.as_deref() {
+                a.policy = match p {
+                    "round_robin" => PolicyArg::RoundRobin,
+                    "sequential" => PolicyArg::Sequential,
+                    _ => PolicyArg::Random,
+                };
+            }
+            if let Some(m) = f.max_concurrent {
+                a.max_concurrent = m;
+            }
+            if let Some(h) = f.health_check {
+                a.health_check = format!("{}ms", h.as_millis());
+            }
+            if let Some(m) = f.max_fails {
+                a.max_fails = m;
+            }
+        }
+    }
+    match s.cache {
+        None => {
+            a.cache_success = 0;
+            a.cache_denial = 0;
+        }
+        Some(c) => {
+            if let Some(t) = c.max_ttl {
+                a.cache_max_ttl = t;
+                a.cache_denial_ttl = t;
+            }
+            if let Some((cap, ttl)) = c.success {
+                a.cache_success = cap;
+                a.cache_max_ttl = ttl.unwrap_or(a.cache_max_ttl);
+            }
+            if let Some((cap, ttl)) = c.denial {
+                a.cache_denial = cap;
+                a.cache_denial_ttl = ttl.unwrap_or(a.cache_denial_ttl);
+            }
+        }
+    }
+    if let Some(h) = &s.health {
+        a.health = plugin_addr("health", h, SocketAddr::from(([0, 0, 0, 0], 8080)))?;
+    }
+    if let Some(r) = &s.ready {
+        a.ready = plugin_addr("ready", r, SocketAddr::from(([0, 0, 0, 0], 8181)))?;
+    }
+    if let Some(p) = &s.prometheus {
+        a.metrics = plugin_addr("prometheus", p, SocketAddr::from(([0, 0, 0, 0], 9153)))?;
+    }
+    if let Some(l) = s.lameduck {
+        a.lameduck = Some(format!("{}ms", l.as_millis()));
+    }
+    a.no_loop_check = !s.loop_check;
+    a.loadbalance |= s.loadbalance;
+    Ok(())
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -257,6 +419,16 @@ fn parse_upstream(s: &str) -> anyhow::Result<SocketAddr> {
 }
 
 fn serve(mut a: ServeArgs) -> anyhow::Result<ExitCode> {
+    if let Some(path) = a.corefile.clone() {
+        apply_corefile(&path, &mut a)?;
+    }
+    let lameduck = a
+        .lameduck
+        .as_deref()
+        .map(twill_model::parse_go_duration)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--lameduck: {e}"))?
+        .unwrap_or_default();
     if a.kubeconfig.is_some() || a.in_cluster {
         a.source = Source::Kube;
     }
@@ -334,7 +506,9 @@ fn serve(mut a: ServeArgs) -> anyhow::Result<ExitCode> {
     drop(built);
     twill_dns_server::release_free_memory();
 
-    let upstreams = if a.upstreams.is_empty() {
+    let upstreams = if a.no_forward {
+        vec![]
+    } else if a.upstreams.is_empty() {
         match std::fs::read_to_string(&a.upstream_resolv_conf) {
             Ok(t) => upstreams_from_resolv_conf(&t),
             Err(e) => {
@@ -379,6 +553,10 @@ fn serve(mut a: ServeArgs) -> anyhow::Result<ExitCode> {
         let mut f = ForwardConfig::new(upstreams.clone());
         f.policy = policy;
         f.max_concurrent = a.max_concurrent;
+        f.max_fails = a.max_fails;
+        if let Ok(h) = twill_model::parse_go_duration(&a.health_check) {
+            f.health_check = h;
+        }
         Forwarder::new(f, metrics.clone())
     });
     let cache = (a.cache_success + a.cache_denial > 0).then(|| {
@@ -391,6 +569,9 @@ fn serve(mut a: ServeArgs) -> anyhow::Result<ExitCode> {
         })
     });
     let mut engine = Engine::new(snapshot, forwarder, cache, metrics);
+    if a.loadbalance {
+        engine = engine.with_loadbalance();
+    }
     if !a.no_loop_check && !upstreams.is_empty() {
         let probe = Name::from_ascii(format!("{}.{}.", rand_label(), rand_label()))?;
         engine = engine.with_loop_probe(probe.clone());
@@ -442,9 +623,11 @@ fn serve(mut a: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     drop(tx_static);
     twill_agent::signals::install();
+    // The HTTP server stays here, not with the runtime: it must outlive the runtime to
+    // answer /ready with 503 through the lameduck.
     let runtime = twill_agent::Runtime::new(
-        status,
-        Some(http),
+        status.clone(),
+        None,
         vec![twill_agent::Part::Dns(part)],
         rx,
         twill_agent::Options {
@@ -454,6 +637,17 @@ fn serve(mut a: ServeArgs) -> anyhow::Result<ExitCode> {
         },
     );
     runtime.run()?;
+    if !lameduck.is_zero() {
+        // CoreDNS's lameduck: not ready at once, still answering, then gone.
+        status.lock().stopping = true;
+        tracing::info!(
+            ?lameduck,
+            "stopping: /ready fails; answering until the lameduck ends"
+        );
+        std::thread::sleep(lameduck);
+    }
+    running.shutdown();
+    drop(http);
     Ok(ExitCode::SUCCESS)
 }
 
