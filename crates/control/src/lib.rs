@@ -188,11 +188,38 @@ pub fn node_subnet(settings: &Settings, index: usize) -> Option<IpNet> {
         .nth(index)
 }
 
+/// The ServiceCIDRs' ranges, `kubernetes` first, at most one per family (the first
+/// found), as the allocator takes them.
+pub fn service_cidrs_of(state: &ClusterState) -> Vec<IpNet> {
+    let mut ordered: Vec<&twill_model::ServiceCidr> = state.service_cidrs.values().collect();
+    ordered.sort_by_key(|c| c.name != "kubernetes");
+    let mut out: Vec<IpNet> = Vec::new();
+    for n in ordered.into_iter().flat_map(|c| c.cidrs.iter()) {
+        if !out.iter().any(|o| o.addr().is_ipv4() == n.addr().is_ipv4()) {
+            out.push(*n);
+        }
+    }
+    out
+}
+
 /// Run every controller once over `input`.
 pub fn reconcile(input: &ClusterState, settings: &Settings) -> Output {
     let mut state = input.clone();
     let mut problems = Vec::new();
     alloc::assign_node_subnets(&mut state, settings, &mut problems);
+    // ServiceCIDR objects, when there are any, are where ClusterIPs come from (the
+    // default one, `kubernetes`, first); the flags stand in when there are none.
+    let from_objects = service_cidrs_of(input);
+    let effective;
+    let settings = if from_objects.is_empty() {
+        settings
+    } else {
+        effective = Settings {
+            service_cidrs: from_objects,
+            ..settings.clone()
+        };
+        &effective
+    };
     alloc::allocate_services(&mut state, settings, &mut problems);
     workloads::reconcile_pods(&mut state, settings, &mut problems);
     slices::reconcile_slices(&mut state, settings);

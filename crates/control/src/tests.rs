@@ -734,3 +734,22 @@ fn nodes_past_the_pod_cidrs_room_are_problems_and_settings_checks_name_the_flag(
     };
     assert_eq!(v6.check(1).len(), 1, "{:?}", v6.check(1));
 }
+
+#[test]
+fn service_cidr_objects_are_where_cluster_ips_come_from() {
+    let settings = Settings::default();
+    let yaml = format!(
+        "apiVersion: networking.k8s.io/v1\nkind: ServiceCIDR\nmetadata: {{name: extra}}\nspec: {{cidrs: [10.200.0.0/24]}}\n---\n\
+         apiVersion: networking.k8s.io/v1\nkind: ServiceCIDR\nmetadata: {{name: kubernetes}}\nspec: {{cidrs: [10.100.0.0/16]}}\n---\n{}",
+        service_yaml("default", "web", "")
+    );
+    let out = reconcile(&state(&yaml, 1, &settings), &settings);
+    assert!(out.problems.is_empty(), "{:?}", out.problems);
+    let ip = svc(&out.state, "default", "web").cluster_ips[0];
+    let kubernetes: ipnet::IpNet = "10.100.0.0/16".parse().unwrap();
+    assert!(kubernetes.contains(&ip), "{ip} is from the `kubernetes` ServiceCIDR, not the flag's 10.96.0.0/12");
+    // Without objects, the settings' CIDR.
+    let out = reconcile(&state(&service_yaml("default", "web", ""), 1, &settings), &settings);
+    let ip = svc(&out.state, "default", "web").cluster_ips[0];
+    assert!(settings.service_cidrs[0].contains(&ip));
+}

@@ -380,6 +380,13 @@ fn write_system(spec: &LabSpec, agents_available: &[&str]) -> Result<(), LabErro
         .iter()
         .map(|n| json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n}}))
         .collect();
+    // The ServiceCIDR an API server makes from --service-cluster-ip-range: nftables
+    // mode drops traffic to addresses in it that no Service holds (cluster-ips-check).
+    items.push(json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR",
+        "metadata": {"name": "kubernetes"},
+        "spec": {"cidrs": [spec.service_cidr.to_string()]},
+    }));
     if spec.dns && agents_available.contains(&"dns") {
         items.push(json!({
             "apiVersion": "v1", "kind": "Service",

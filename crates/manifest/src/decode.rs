@@ -114,7 +114,7 @@ pub fn decode_value(value: &Value) -> Result<Decoded, DecodeError> {
         "Namespace" | "Node" | "Pod" | "Service" | "ConfigMap" => "v1",
         "EndpointSlice" => "discovery.k8s.io/v1",
         "Deployment" | "ReplicaSet" | "DaemonSet" => "apps/v1",
-        "NetworkPolicy" => "networking.k8s.io/v1",
+        "NetworkPolicy" | "ServiceCIDR" => "networking.k8s.io/v1",
         _ => {
             return Err(DecodeError {
                 object: describe(kind, value, true),
@@ -124,7 +124,7 @@ pub fn decode_value(value: &Value) -> Result<Decoded, DecodeError> {
             });
         }
     };
-    let namespaced = !matches!(kind, "Namespace" | "Node");
+    let namespaced = !matches!(kind, "Namespace" | "Node" | "ServiceCIDR");
     let object = describe(kind, value, namespaced).or_else(|| Some(kind.to_string()));
     if api_version != expected {
         return Err(DecodeError {
@@ -182,6 +182,9 @@ pub fn decode_value(value: &Value) -> Result<Decoded, DecodeError> {
             k8s::network_policy_from_k8s,
             Object::NetworkPolicy,
         ),
+        "ServiceCIDR" => {
+            convert::<net::ServiceCIDR, _>(value, k8s::service_cidr_from_k8s, Object::ServiceCidr)
+        }
         _ => unreachable!("kinds matched above"),
     };
     result.map(Decoded::Object).map_err(|errors| DecodeError {

@@ -7,7 +7,7 @@
 //!
 //! Accepted input: multi-document YAML, JSON (one value or several concatenated), and
 //! `kind: List` at any of those. Kinds: Namespace, Node, Pod, Service, EndpointSlice,
-//! Deployment, ReplicaSet, DaemonSet, NetworkPolicy; ConfigMaps are accepted and
+//! Deployment, ReplicaSet, DaemonSet, NetworkPolicy, ServiceCIDR; ConfigMaps are accepted and
 //! ignored; anything else is a warning.
 //!
 //! [`parse_str`] and [`decode_value`] are pure. [`files`] is the thin shell that reads

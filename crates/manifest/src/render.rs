@@ -33,6 +33,9 @@ pub fn render_yaml(state: &ClusterState) -> String {
     for p in state.network_policies.values() {
         doc(&mut out, &k8s::network_policy_to_k8s(p));
     }
+    for c in state.service_cidrs.values() {
+        doc(&mut out, &k8s::service_cidr_to_k8s(c));
+    }
     out
 }
 
@@ -68,6 +71,12 @@ pub fn render_json(state: &ClusterState) -> serde_json::Value {
             .network_policies
             .values()
             .map(|p| item(&k8s::network_policy_to_k8s(p))),
+    );
+    items.extend(
+        state
+            .service_cidrs
+            .values()
+            .map(|c| item(&k8s::service_cidr_to_k8s(c))),
     );
     serde_json::json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": ""}, "items": items})
 }

@@ -33,8 +33,8 @@ pub use pod::{
 };
 pub use policy::{NetworkPolicy, PolicyPeer, PolicyPort, PolicyRule};
 pub use service::{
-    DEFAULT_AFFINITY_TIMEOUT_SECONDS, IpFamilyPolicy, LoadBalancerIngress, Service, ServicePort,
-    ServiceType, SessionAffinity, TrafficPolicy,
+    DEFAULT_AFFINITY_TIMEOUT_SECONDS, IpFamilyPolicy, LoadBalancerIngress, Service, ServiceCidr,
+    ServicePort, ServiceType, SessionAffinity, TrafficPolicy,
 };
 pub use slice::{
     AddressType, Endpoint, EndpointConditions, EndpointPort, EndpointSlice, SERVICE_NAME_LABEL,

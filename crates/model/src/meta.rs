@@ -50,6 +50,7 @@ pub enum Kind {
     ReplicaSet,
     DaemonSet,
     NetworkPolicy,
+    ServiceCidr,
 }
 
 impl Kind {
@@ -64,10 +65,11 @@ impl Kind {
             Kind::ReplicaSet => "ReplicaSet",
             Kind::DaemonSet => "DaemonSet",
             Kind::NetworkPolicy => "NetworkPolicy",
+            Kind::ServiceCidr => "ServiceCIDR",
         }
     }
     pub fn is_namespaced(self) -> bool {
-        !matches!(self, Kind::Namespace | Kind::Node)
+        !matches!(self, Kind::Namespace | Kind::Node | Kind::ServiceCidr)
     }
 }
 

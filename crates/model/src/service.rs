@@ -147,3 +147,12 @@ impl Service {
         self.external_traffic_policy == TrafficPolicy::Local && self.service_type.has_node_ports()
     }
 }
+
+/// A ServiceCIDR (`networking.k8s.io/v1`, GA in 1.33): ranges the API server allocates
+/// ClusterIPs from, one per family at most. The one the API server makes from
+/// `--service-cluster-ip-range` is named `kubernetes`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServiceCidr {
+    pub name: String,
+    pub cidrs: Vec<ipnet::IpNet>,
+}

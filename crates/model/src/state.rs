@@ -11,7 +11,7 @@ use crate::meta::{Kind, ObjectKey, ObjectRef};
 use crate::node::Node;
 use crate::pod::{Namespace, Pod, Workload, WorkloadKind};
 use crate::policy::NetworkPolicy;
-use crate::service::Service;
+use crate::service::{Service, ServiceCidr};
 use crate::slice::EndpointSlice;
 
 // Stores keep the inner types, not `Object`, so the size spread costs nothing at rest.
@@ -25,6 +25,7 @@ pub enum Object {
     EndpointSlice(EndpointSlice),
     Workload(Workload),
     NetworkPolicy(NetworkPolicy),
+    ServiceCidr(ServiceCidr),
 }
 
 impl Object {
@@ -41,6 +42,7 @@ impl Object {
                 WorkloadKind::DaemonSet => Kind::DaemonSet,
             },
             Object::NetworkPolicy(_) => Kind::NetworkPolicy,
+            Object::ServiceCidr(_) => Kind::ServiceCidr,
         }
     }
 
@@ -53,6 +55,7 @@ impl Object {
             Object::EndpointSlice(s) => s.key.clone(),
             Object::Workload(w) => w.key.clone(),
             Object::NetworkPolicy(p) => p.key.clone(),
+            Object::ServiceCidr(c) => ObjectKey::cluster(c.name.clone()),
         }
     }
 
@@ -86,6 +89,9 @@ pub struct ClusterState {
     pub endpoint_slices: BTreeMap<ObjectKey, EndpointSlice>,
     pub workloads: BTreeMap<(WorkloadKind, ObjectKey), Workload>,
     pub network_policies: BTreeMap<ObjectKey, NetworkPolicy>,
+    /// ServiceCIDRs (`networking.k8s.io/v1`) by name; the API server's default is
+    /// `kubernetes`.
+    pub service_cidrs: BTreeMap<String, ServiceCidr>,
     pub synced: bool,
 }
 
@@ -123,6 +129,7 @@ impl ClusterState {
                 Object::EndpointSlice(s) => put(&mut self.endpoint_slices, s.key.clone(), s),
                 Object::Workload(w) => put(&mut self.workloads, (w.kind, w.key.clone()), w),
                 Object::NetworkPolicy(p) => put(&mut self.network_policies, p.key.clone(), p),
+                Object::ServiceCidr(c) => put(&mut self.service_cidrs, c.name.clone(), c),
             },
             ObjectEvent::Deleted(r) => match r.kind {
                 Kind::Namespace => self.namespaces.remove(&r.key.name).is_some(),
@@ -143,6 +150,7 @@ impl ClusterState {
                     .remove(&(WorkloadKind::DaemonSet, r.key))
                     .is_some(),
                 Kind::NetworkPolicy => self.network_policies.remove(&r.key).is_some(),
+                Kind::ServiceCidr => self.service_cidrs.remove(&r.key.name).is_some(),
             },
         }
     }
@@ -184,7 +192,7 @@ impl ClusterState {
     }
 
     /// Every object, in a stable order (namespaces, nodes, workloads, pods, services,
-    /// slices, policies).
+    /// slices, policies, service CIDRs).
     pub fn objects(&self) -> Vec<Object> {
         let mut out = Vec::new();
         out.extend(self.namespaces.values().cloned().map(Object::Namespace));
@@ -204,6 +212,25 @@ impl ClusterState {
                 .cloned()
                 .map(Object::NetworkPolicy),
         );
+        out.extend(
+            self.service_cidrs
+                .values()
+                .cloned()
+                .map(Object::ServiceCidr),
+        );
+        out
+    }
+
+    /// Every CIDR of every ServiceCIDR, in name order, without repeats.
+    pub fn service_cidr_nets(&self) -> Vec<ipnet::IpNet> {
+        let mut out = Vec::new();
+        for c in self.service_cidrs.values() {
+            for n in &c.cidrs {
+                if !out.contains(n) {
+                    out.push(*n);
+                }
+            }
+        }
         out
     }
 }

@@ -701,3 +701,62 @@ conntrack:
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// nftables mode drops traffic to the addresses of the cluster's ServiceCIDRs that no
+/// Service holds (upstream's `cluster-ips-check`): from a ServiceCIDR object in the
+/// manifests, or from `--service-cidr` when the source has none.
+#[test]
+fn nftables_mode_drops_unallocated_cluster_ips_of_the_service_cidrs() {
+    let test = "nftables_mode_drops_unallocated_cluster_ips_of_the_service_cidrs";
+    if !twill_testkit::require_root(test) || !twill_testkit::require_tool(test, "nft") {
+        return;
+    }
+    let ns = twill_testkit::netns::Netns::new("pxcidr");
+    let dir = scratch("cidr");
+    let file = dir.join("cluster.yaml");
+    let svc = [service("web", "10.96.0.10", 80), slice("web", "10.244.1.5")].concat();
+    let cidr_object = "---\napiVersion: networking.k8s.io/v1\nkind: ServiceCIDR\n\
+                       metadata: {name: kubernetes}\nspec: {cidrs: [10.96.0.0/12]}\n";
+    let run = |text: &str, extra: &[&str]| {
+        std::fs::write(&file, text).unwrap();
+        let out = ns
+            .command(env!("CARGO_BIN_EXE_twill"))
+            .args([
+                "proxy",
+                "--once",
+                "--mode",
+                "nftables",
+                "--hostname-override",
+                "n0",
+                "-f",
+            ])
+            .arg(&file)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(
+            &ns.exec(
+                "nft",
+                &["list", "chain", "ip", "kube-proxy", "cluster-ips-check"],
+            )
+            .stdout,
+        )
+        .into_owned()
+    };
+    let drop_rule = "ip daddr 10.96.0.0/12 drop comment \"Drop traffic to unallocated ClusterIPs\"";
+    let from_object = run(&format!("{svc}{cidr_object}"), &[]);
+    assert!(from_object.contains(drop_rule), "{from_object}");
+    let from_flag = run(&svc, &["--service-cidr", "10.96.0.0/12"]);
+    assert!(from_flag.contains(drop_rule), "{from_flag}");
+    let none = run(&svc, &[]);
+    assert!(
+        !none.contains("drop"),
+        "no ServiceCIDR, no flag: no drop rule\n{none}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -117,6 +117,9 @@ pub struct Tuning {
     /// `--iptables-localhost-nodeports` (iptables mode, IPv4).
     pub localhost_node_ports: bool,
     pub conntrack: Conntrack,
+    /// Service CIDRs for sources without ServiceCIDR objects (`--service-cidr`); nftables
+    /// mode drops traffic to their unallocated addresses.
+    pub service_cidrs: Vec<ipnet::IpNet>,
 }
 
 impl Default for Tuning {
@@ -126,6 +129,7 @@ impl Default for Tuning {
             masquerade_bit: 14,
             localhost_node_ports: true,
             conntrack: Conntrack::default(),
+            service_cidrs: Vec::new(),
         }
     }
 }
@@ -273,7 +277,20 @@ impl ProxySettings {
             node_ips = n.internal_ips.clone();
         }
         let pod_cidrs = node.map(|n| n.pod_cidrs.clone()).unwrap_or_default();
-        let cfg = self.renderer_config(&node_ips, &pod_cidrs)?;
+        let mut cfg = self.renderer_config(&node_ips, &pod_cidrs)?;
+        // ServiceCIDR objects when the source has them, else --service-cidr. Read when
+        // the proxier is built (the first sync): a later change needs a restart.
+        let from_state = state.service_cidr_nets();
+        let cidrs = if from_state.is_empty() {
+            &self.tuning.service_cidrs
+        } else {
+            &from_state
+        };
+        cfg.service_cidrs = cidrs
+            .iter()
+            .filter(|n| IpFamily::of(&n.addr()) == self.family)
+            .copied()
+            .collect();
         let mc = self.model_config(state);
         if self.mode == Mode::Userspace {
             return Ok(ModeProxier::Userspace(UserspaceMode::new(mc, cfg)));

@@ -190,6 +190,45 @@ pub fn namespace_from_k8s(o: &core::Namespace) -> Result<Namespace> {
     })
 }
 
+/// A ServiceCIDR as the API server validates it: one or two CIDRs, at most one per
+/// family, each written as its network address.
+pub fn service_cidr_from_k8s(o: &net::ServiceCIDR) -> Result<ServiceCidr> {
+    let mut e = Errors::default();
+    let key = key_of(&o.metadata, false, is_dns1123_subdomain, SUBDOMAIN, &mut e);
+    let raw = o
+        .spec
+        .as_ref()
+        .and_then(|s| s.cidrs.clone())
+        .unwrap_or_default();
+    if raw.is_empty() || raw.len() > 2 {
+        e.add("spec.cidrs", "one or two CIDRs (one per IP family)");
+    }
+    let mut cidrs: Vec<ipnet::IpNet> = Vec::new();
+    for (i, c) in raw.iter().enumerate() {
+        let path = format!("spec.cidrs[{i}]");
+        match parse_net_lenient(c) {
+            None => e.add(path, format!("{c:?} is not a CIDR")),
+            Some(n) if n.trunc() != n => e.add(
+                path,
+                format!("{c:?}: must be the network address ({})", n.trunc()),
+            ),
+            Some(n) => {
+                if cidrs
+                    .iter()
+                    .any(|p| p.addr().is_ipv4() == n.addr().is_ipv4())
+                {
+                    e.add(path, "a second CIDR of the same IP family");
+                }
+                cidrs.push(n);
+            }
+        }
+    }
+    e.finish(ServiceCidr {
+        name: key.name,
+        cidrs,
+    })
+}
+
 pub fn node_from_k8s(o: &core::Node) -> Result<Node> {
     let mut e = Errors::default();
     let key = key_of(&o.metadata, false, is_dns1123_subdomain, SUBDOMAIN, &mut e);

@@ -42,6 +42,20 @@ pub fn namespace_to_k8s(n: &Namespace) -> core::Namespace {
     }
 }
 
+pub fn service_cidr_to_k8s(c: &ServiceCidr) -> k8s_openapi::api::networking::v1::ServiceCIDR {
+    k8s_openapi::api::networking::v1::ServiceCIDR {
+        metadata: metadata(
+            &ObjectKey::cluster(c.name.clone()),
+            &Labels::new(),
+            &Labels::new(),
+        ),
+        spec: Some(k8s_openapi::api::networking::v1::ServiceCIDRSpec {
+            cidrs: Some(c.cidrs.iter().map(ToString::to_string).collect()),
+        }),
+        ..Default::default()
+    }
+}
+
 pub fn node_to_k8s(n: &Node) -> core::Node {
     core::Node {
         metadata: metadata(

@@ -62,6 +62,11 @@ pub struct TuningFlags {
     /// Timeout of assured UDP entries (default: the kernel's).
     #[arg(long)]
     pub conntrack_udp_timeout_stream: Option<String>,
+    /// The cluster's service CIDR (repeatable, one per family), for sources without
+    /// ServiceCIDR objects: nftables mode drops traffic to its addresses that no Service
+    /// holds (upstream's `cluster-ips-check`).
+    #[arg(long = "service-cidr", value_name = "CIDR")]
+    pub service_cidrs: Vec<ipnet::IpNet>,
 }
 
 fn duration(flag: &str, v: &Option<String>) -> anyhow::Result<Option<std::time::Duration>> {
@@ -143,6 +148,7 @@ impl TuningFlags {
                 .or(file.and_then(|f| f.localhost_node_ports))
                 .unwrap_or(d.localhost_node_ports),
             conntrack,
+            service_cidrs: self.service_cidrs.clone(),
         })
     }
 }
