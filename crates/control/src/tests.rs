@@ -747,9 +747,15 @@ fn service_cidr_objects_are_where_cluster_ips_come_from() {
     assert!(out.problems.is_empty(), "{:?}", out.problems);
     let ip = svc(&out.state, "default", "web").cluster_ips[0];
     let kubernetes: ipnet::IpNet = "10.100.0.0/16".parse().unwrap();
-    assert!(kubernetes.contains(&ip), "{ip} is from the `kubernetes` ServiceCIDR, not the flag's 10.96.0.0/12");
+    assert!(
+        kubernetes.contains(&ip),
+        "{ip} is from the `kubernetes` ServiceCIDR, not the flag's 10.96.0.0/12"
+    );
     // Without objects, the settings' CIDR.
-    let out = reconcile(&state(&service_yaml("default", "web", ""), 1, &settings), &settings);
+    let out = reconcile(
+        &state(&service_yaml("default", "web", ""), 1, &settings),
+        &settings,
+    );
     let ip = svc(&out.state, "default", "web").cluster_ips[0];
     assert!(settings.service_cidrs[0].contains(&ip));
 }

@@ -57,6 +57,7 @@ fn only_kind(state: &ClusterState, kind: WatchedKind) -> ClusterState {
         WatchedKind::Service => out.services = state.services.clone(),
         WatchedKind::EndpointSlice => out.endpoint_slices = state.endpoint_slices.clone(),
         WatchedKind::NetworkPolicy => out.network_policies = state.network_policies.clone(),
+        WatchedKind::ServiceCidr => out.service_cidrs = state.service_cidrs.clone(),
     }
     out
 }

@@ -20,6 +20,9 @@ pub enum WatchedKind {
     Service,
     EndpointSlice,
     NetworkPolicy,
+    /// `networking.k8s.io/v1` (1.33+); an API server without the resource answers 404,
+    /// which counts as an empty list.
+    ServiceCidr,
 }
 
 /// Runs `$body` with `$k` bound to the k8s-openapi type of `$kind`.
@@ -48,6 +51,10 @@ macro_rules! for_kind {
             }
             $crate::WatchedKind::NetworkPolicy => {
                 type $k = k8s_openapi::api::networking::v1::NetworkPolicy;
+                $body
+            }
+            $crate::WatchedKind::ServiceCidr => {
+                type $k = k8s_openapi::api::networking::v1::ServiceCIDR;
                 $body
             }
         }
@@ -79,13 +86,14 @@ fn api_call_of<K: k8s_openapi::Resource>() -> ApiCall {
 
 impl WatchedKind {
     /// Every kind, in a stable order.
-    pub const ALL: [WatchedKind; 6] = [
+    pub const ALL: [WatchedKind; 7] = [
         WatchedKind::Namespace,
         WatchedKind::Node,
         WatchedKind::Pod,
         WatchedKind::Service,
         WatchedKind::EndpointSlice,
         WatchedKind::NetworkPolicy,
+        WatchedKind::ServiceCidr,
     ];
 
     /// The kind in the model.
@@ -97,6 +105,7 @@ impl WatchedKind {
             WatchedKind::Service => Kind::Service,
             WatchedKind::EndpointSlice => Kind::EndpointSlice,
             WatchedKind::NetworkPolicy => Kind::NetworkPolicy,
+            WatchedKind::ServiceCidr => Kind::ServiceCidr,
         }
     }
 
@@ -106,7 +115,10 @@ impl WatchedKind {
     }
 
     pub(crate) fn namespaced(self) -> bool {
-        !matches!(self, WatchedKind::Namespace | WatchedKind::Node)
+        !matches!(
+            self,
+            WatchedKind::Namespace | WatchedKind::Node | WatchedKind::ServiceCidr
+        )
     }
 }
 
@@ -189,5 +201,11 @@ impl ToModel for networking::NetworkPolicy {
     const WATCHED: WatchedKind = WatchedKind::NetworkPolicy;
     fn to_model(&self) -> Result<Object, Vec<FieldError>> {
         k8s::network_policy_from_k8s(self).map(Object::NetworkPolicy)
+    }
+}
+impl ToModel for networking::ServiceCIDR {
+    const WATCHED: WatchedKind = WatchedKind::ServiceCidr;
+    fn to_model(&self) -> Result<Object, Vec<FieldError>> {
+        k8s::service_cidr_from_k8s(self).map(Object::ServiceCidr)
     }
 }

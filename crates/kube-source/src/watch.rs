@@ -76,13 +76,14 @@ pub fn watch(
 /// `4 namespaces, 2 nodes, ...`: one count per watched kind, for logs.
 pub fn state_summary(s: &twill_model::ClusterState) -> String {
     format!(
-        "{} namespaces, {} nodes, {} pods, {} services, {} endpointslices, {} networkpolicies",
+        "{} namespaces, {} nodes, {} pods, {} services, {} endpointslices, {} networkpolicies, {} servicecidrs",
         s.namespaces.len(),
         s.nodes.len(),
         s.pods.len(),
         s.services.len(),
         s.endpoint_slices.len(),
-        s.network_policies.len()
+        s.network_policies.len(),
+        s.service_cidrs.len()
     )
 }
 
@@ -117,11 +118,45 @@ where
         wc = wc.fields(&fields);
     }
     let events = watcher::watcher(api, wc).map_ok(to_entries::<K>);
+    // A resource the API server does not have (ServiceCIDR before 1.33) is an empty
+    // list, once, not an error retried forever that would keep the source unsynced.
+    let events: BoxStream<'static, Result<Event<Entry>, watcher::Error>> =
+        if kind == WatchedKind::ServiceCidr {
+            events
+                .scan(false, move |absent, r| {
+                    if *absent {
+                        return futures::future::ready(None);
+                    }
+                    let out = match r {
+                        Err(e) if is_not_found(&e) => {
+                            *absent = true;
+                            tracing::info!(%kind, "the API server has no such resource: none");
+                            vec![Ok(Event::Init), Ok(Event::InitDone)]
+                        }
+                        other => vec![other],
+                    };
+                    futures::future::ready(Some(stream::iter(out)))
+                })
+                .flatten()
+                .chain(stream::pending())
+                .boxed()
+        } else {
+            events.boxed()
+        };
     let paced: BoxStream<'static, Result<Event<Entry>, watcher::Error>> = match config.backoff {
         Some(b) => events.backoff(Doubling::new(b)).boxed(),
         None => events.default_backoff().boxed(),
     };
     paced.map(move |r| (kind, r)).boxed()
+}
+
+fn is_not_found(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s)) => s.code == 404,
+        _ => false,
+    }
 }
 
 /// [`Backoff`] as kube-runtime's backoff trait.

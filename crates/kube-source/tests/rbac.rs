@@ -149,7 +149,10 @@ fn agent_role(container: &Value) -> Option<Role> {
         .filter_map(Value::as_str)
         .collect();
     if args.first() == Some(&"dns") {
+        // A Corefile's `kubernetes` plugin reads the API too, unless manifests are given.
+        let corefile = args.contains(&"--corefile") && !args.iter().any(|a| *a == "-f");
         let from_api = args.windows(2).any(|w| w == ["--source", "kube"])
+            || corefile
             || args
                 .iter()
                 .any(|a| *a == "--in-cluster" || a.starts_with("--kubeconfig"));

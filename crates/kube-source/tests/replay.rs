@@ -341,3 +341,46 @@ async fn the_dns_role_pages_through_every_pod_and_never_asks_for_nodes_or_polici
     assert_eq!(state, expected);
     assert!(run.items.iter().all(Result::is_ok), "{:?}", run.items);
 }
+
+/// An API server before 1.33 has no ServiceCIDR resource: its 404 counts as an empty
+/// list, so the source still syncs (and never asks again).
+#[tokio::test]
+async fn an_api_server_without_servicecidrs_still_syncs_with_none() {
+    let mut recording = load("node-agent.json");
+    let exchanges = recording["exchanges"].as_array_mut().unwrap();
+    for e in exchanges.iter_mut() {
+        if e["request"].as_str().unwrap().contains("/servicecidrs?") {
+            e["status"] = 404.into();
+            e["body"] = serde_json::json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+                "status": "Failure", "message": "the server could not find the requested resource",
+                "reason": "NotFound", "details": {}, "code": 404});
+        }
+    }
+    let replay = Replay::load(&recording);
+    replay.release_watches();
+    let client = kube::Client::new(replay.service(), "default");
+    let config = fast(SourceConfig::node_agent().local_pods_only("node-a"));
+    let mut events = std::pin::pin!(watch(client, &config));
+    let mut state = ClusterState::default();
+    let synced = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(item) = events.next().await {
+            if let Ok(e) = item {
+                let done = e == ObjectEvent::Synced;
+                state.apply(e);
+                if done {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    assert!(synced.is_ok(), "never synced: {:?}", replay.mismatches());
+    assert!(state.service_cidrs.is_empty());
+    assert!(!state.services.is_empty() && !state.nodes.is_empty());
+    let asked = replay
+        .calls()
+        .iter()
+        .filter(|c| c.path.ends_with("/servicecidrs"))
+        .count();
+    assert_eq!(asked, 1, "a missing resource is asked for once");
+}

@@ -111,7 +111,12 @@ ex(P,LISTQ,200,lst("NetworkPolicyList","networking.k8s.io/v1",1000,[]))
 ex(P,watchq(1000),200,watch=[ev("ADDED",{"kind":"NetworkPolicy","apiVersion":"networking.k8s.io/v1","metadata":meta("default-deny",1095,"shop"),
                                          "spec":{"podSelector":{},"policyTypes":["Ingress"]}})])
 
-out={"description":"One node agent's list+watch exchanges on node-a, as an API server sends them: a bookmark, a failed list then recovery, 410 Gone mid-watch then a relist that missed a deletion, a non-410 error event, updates that change nothing modelled.",
+# ServiceCIDRs (1.33+): the API server's default one, from --service-cluster-ip-range.
+P="/apis/networking.k8s.io/v1/servicecidrs"
+ex(P,LISTQ,200,lst("ServiceCIDRList","networking.k8s.io/v1",1000,[{"metadata":meta("kubernetes",20),"spec":{"cidrs":["10.96.0.0/12"]},
+    "status":{"conditions":[{"type":"Ready","status":"True","lastTransitionTime":"2026-11-20T08:00:00Z","reason":"","message":"Kubernetes Service CIDR is ready"}]}}]))
+
+out={"description":"One node agent's list+watch exchanges on node-a, as an API server sends them: a bookmark, a failed list then recovery, 410 Gone mid-watch then a relist that missed a deletion, a non-410 error event, updates that change nothing modelled, the default ServiceCIDR.",
      "node":"node-a","exchanges":X}
 json.dump(out, open(os.path.join(HERE, "node-agent.json"),"w"), indent=1)
 
