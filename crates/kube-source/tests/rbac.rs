@@ -150,7 +150,7 @@ fn agent_role(container: &Value) -> Option<Role> {
         .collect();
     if args.first() == Some(&"dns") {
         // A Corefile's `kubernetes` plugin reads the API too, unless manifests are given.
-        let corefile = args.contains(&"--corefile") && !args.iter().any(|a| *a == "-f");
+        let corefile = args.contains(&"--corefile") && !args.contains(&"-f");
         let from_api = args.windows(2).any(|w| w == ["--source", "kube"])
             || corefile
             || args
