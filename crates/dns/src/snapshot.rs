@@ -69,7 +69,7 @@ pub struct Snapshot {
     /// Keyed by lower-case namespace, then name (lookups need no allocation). Boxed
     /// slices and strings keep a snapshot of 10k services to a few MB.
     pub(crate) services: HashMap<Box<str>, HashMap<Box<str>, Svc>>,
-    /// `(namespace, status.podIP as text)` for `pods verified`.
+    /// `(namespace, status.podIP as text)` of running pods, for `pods verified`.
     pub(crate) pod_ips: HashSet<(String, String)>,
     /// Cluster IP → `name.namespace.svc` of the first service that has it.
     pub(crate) ptr_cluster: HashMap<IpAddr, Box<str>>,
@@ -212,7 +212,13 @@ impl Snapshot {
         }
 
         let mut pod_ips = HashSet::new();
-        for p in state.pods.values() {
+        // As CoreDNS's `pods verified`: a pod being deleted, or one that has finished
+        // (Succeeded or Failed), no longer vouches for its address.
+        for p in state
+            .pods
+            .values()
+            .filter(|p| p.is_active() && !p.terminating)
+        {
             if let Some(ip) = p.pod_ips.first() {
                 pod_ips.insert((p.key.namespace.to_ascii_lowercase(), ip.to_string()));
             }

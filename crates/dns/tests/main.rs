@@ -194,7 +194,21 @@ mod options {
             external_name: Some("db.example.org".into()),
             ..Default::default()
         });
-        ClusterState::from_objects([ns, pod, hdls, slice, ext])
+        // A pod being deleted and one that has completed: `pods verified` no longer
+        // answers for them. A 66-character name is a valid pod name.
+        let gone = Object::Pod(Pod {
+            key: ObjectKey::new("app", "old-0"),
+            pod_ips: vec![ip("10.244.0.7")],
+            terminating: true,
+            ..Default::default()
+        });
+        let done = Object::Pod(Pod {
+            key: ObjectKey::new("app", "a".repeat(66)),
+            pod_ips: vec![ip("10.244.0.8")],
+            phase: twill_model::PodPhase::Succeeded,
+            ..Default::default()
+        });
+        ClusterState::from_objects([ns, pod, gone, done, hdls, slice, ext])
     }
 
     fn answer(config: &Config, q: &str, t: RecordType) -> Resolution {
@@ -228,6 +242,22 @@ mod options {
             RecordType::A,
         ));
         assert_eq!(no.rcode, ResponseCode::NXDomain);
+        for (what, q) in [
+            ("terminating", "10-244-0-7.app.pod.cluster.local."),
+            ("succeeded", "10-244-0-8.app.pod.cluster.local."),
+        ] {
+            let r = reply(answer(&c, q, RecordType::A));
+            assert_eq!(r.rcode, ResponseCode::NXDomain, "{what}");
+            assert!(!r.authority.is_empty(), "{what}: NXDOMAIN with the SOA");
+        }
+        // `pods insecure` does not look at pods at all.
+        c.pods = PodMode::Insecure;
+        let r = reply(answer(
+            &c,
+            "10-244-0-7.app.pod.cluster.local.",
+            RecordType::A,
+        ));
+        assert_eq!(r.answers.len(), 1);
     }
 
     #[test]

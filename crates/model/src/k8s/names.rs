@@ -10,9 +10,19 @@ pub fn is_dns1123_label(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
-/// RFC 1123 subdomain: dot-separated labels, at most 253 characters.
+/// RFC 1123 subdomain, as apimachinery checks it: dot-separated parts of `[a-z0-9-]`,
+/// alphanumeric at both ends, at most 253 characters in all and no limit per part.
 pub fn is_dns1123_subdomain(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns1123_label)
+    // apimachinery's regex has no per-label limit: a 66-character pod name is valid.
+    let label = |l: &str| {
+        let b = l.as_bytes();
+        !b.is_empty()
+            && b.iter()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+            && b[0] != b'-'
+            && b[b.len() - 1] != b'-'
+    };
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(label)
 }
 
 /// RFC 1035 label (Service names): a 1123 label that starts with a letter.
@@ -90,6 +100,12 @@ mod tests {
         assert!(!is_dns1035_label("1web"));
         assert!(is_dns1123_subdomain("a.b-c.d"));
         assert!(!is_dns1123_subdomain("a..b"));
+        assert!(
+            is_dns1123_subdomain(&"a".repeat(66)),
+            "a 66-character pod name"
+        );
+        assert!(!is_dns1123_subdomain(&"a".repeat(254)));
+        assert!(!is_dns1123_subdomain("a-.b"));
     }
 
     #[test]
