@@ -98,6 +98,19 @@ fn endpoint_for(
         (Some(h), Some(sub)) if *sub == svc.key.name => Some(h.clone()),
         _ => None,
     };
+    let zone = node.and_then(|n| n.zone()).map(str::to_string);
+    // trafficDistribution, as the EndpointSlice controller's heuristics hint it: each
+    // endpoint for its own zone (PreferSameZone, and PreferClose, its old name), and
+    // for PreferSameNode also for its own node. An endpoint without a zone (or node)
+    // gets no such hint, so kube-proxy falls back to every endpoint.
+    let (hints_for_zones, hints_for_nodes) = match svc.traffic_distribution.as_deref() {
+        Some("PreferClose" | "PreferSameZone") => (zone.iter().cloned().collect(), vec![]),
+        Some("PreferSameNode") => (
+            zone.iter().cloned().collect(),
+            pod.spec.node_name.iter().cloned().collect(),
+        ),
+        _ => (vec![], vec![]),
+    };
     Some((
         ports,
         Endpoint {
@@ -109,7 +122,9 @@ fn endpoint_for(
             },
             hostname,
             node_name: pod.spec.node_name.clone(),
-            zone: node.and_then(|n| n.zone()).map(str::to_string),
+            zone,
+            hints_for_zones,
+            hints_for_nodes,
             target_ref: Some(ObjectRef {
                 kind: Kind::Pod,
                 key: pod.key.clone(),

@@ -759,3 +759,49 @@ fn service_cidr_objects_are_where_cluster_ips_come_from() {
     let ip = svc(&out.state, "default", "web").cluster_ips[0];
     assert!(settings.service_cidrs[0].contains(&ip));
 }
+
+#[test]
+fn traffic_distribution_hints_each_endpoint_for_its_zone_and_node() {
+    let settings = Settings::default();
+    let mut yaml = String::new();
+    for (i, zone) in ["z1", "z2"].iter().enumerate() {
+        yaml.push_str(&format!(
+            "apiVersion: v1\nkind: Node\nmetadata: {{name: n{i}, labels: {{topology.kubernetes.io/zone: {zone}}}}}\nspec: {{podCIDR: 10.244.{i}.0/24}}\n---\n\
+             apiVersion: v1\nkind: Pod\nmetadata: {{name: p{i}, namespace: default, labels: {{app: web}}}}\n\
+             spec: {{nodeName: n{i}, containers: [{{name: c, image: i}}]}}\n\
+             status: {{phase: Running, podIP: 10.244.{i}.5, conditions: [{{type: Ready, status: 'True'}}]}}\n---\n"
+        ));
+    }
+    let hints = |td: &str| -> Vec<(Vec<String>, Vec<String>)> {
+        let svc = format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: default}}\n\
+             spec: {{selector: {{app: web}}, trafficDistribution: {td}, ports: [{{port: 80}}]}}\n"
+        );
+        let out = reconcile(&state(&format!("{yaml}{svc}"), 0, &settings), &settings);
+        assert!(out.problems.is_empty(), "{:?}", out.problems);
+        let mut eps: Vec<_> = out
+            .state
+            .endpoint_slices
+            .values()
+            .flat_map(|s| s.endpoints.clone())
+            .collect();
+        eps.sort_by_key(|e| e.addresses.clone());
+        eps.into_iter()
+            .map(|e| (e.hints_for_zones, e.hints_for_nodes))
+            .collect()
+    };
+    let v = |xs: &[&str]| xs.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        hints("PreferSameZone"),
+        [(v(&["z1"]), v(&[])), (v(&["z2"]), v(&[]))]
+    );
+    assert_eq!(
+        hints("PreferClose"),
+        hints("PreferSameZone"),
+        "the old name"
+    );
+    assert_eq!(
+        hints("PreferSameNode"),
+        [(v(&["z1"]), v(&["n0"])), (v(&["z2"]), v(&["n1"]))]
+    );
+}

@@ -60,7 +60,13 @@ pub fn node_objects(spec: &LabSpec) -> Vec<Node> {
                 ("kubernetes.io/hostname".to_string(), n.name.clone()),
                 ("kubernetes.io/os".to_string(), "linux".to_string()),
             ]
-            .into(),
+            .into_iter()
+            .chain(
+                n.zone
+                    .clone()
+                    .map(|z| ("topology.kubernetes.io/zone".to_string(), z)),
+            )
+            .collect(),
             internal_ips: vec![IpAddr::V4(n.ip)],
             pod_cidrs: vec![ipnet::IpNet::V4(n.pod_cidr)],
             unschedulable: false,

@@ -56,6 +56,9 @@ pub struct NodeSpec {
     /// The pod network MTU the overlay agent chose (FLANNEL_MTU), once known.
     #[serde(default)]
     pub mtu: Option<u32>,
+    /// `topology.kubernetes.io/zone` of its Node (`lab up --zones`).
+    #[serde(default)]
+    pub zone: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,6 +83,8 @@ pub struct UpOptions {
     pub dns: bool,
     /// The crash-loop back-off base in milliseconds (kubelet: 10 s, doubling to 5 min).
     pub restart_backoff_ms: u64,
+    /// Zones given to the nodes in turn (none: no zone labels).
+    pub zones: Vec<String>,
 }
 
 impl Default for UpOptions {
@@ -95,6 +100,7 @@ impl Default for UpOptions {
             with_client: true,
             dns: true,
             restart_backoff_ms: 10_000,
+            zones: Vec::new(),
         }
     }
 }
@@ -186,6 +192,7 @@ impl LabSpec {
                     pod_cidr,
                     switch_port: format!("n{}", i + 1),
                     mtu: None,
+                    zone: (!o.zones.is_empty()).then(|| o.zones[i % o.zones.len()].clone()),
                 })
             })
             .collect::<Result<Vec<_>, LabError>>()?;

@@ -15,6 +15,8 @@ pub struct EndpointInfo {
     pub terminating: bool,
     /// `hints.forZones[].name`, sorted.
     pub zone_hints: Vec<String>,
+    /// `hints.forNodes`: `None` without node hints, else whether one names this node.
+    pub node_hint: Option<bool>,
 }
 
 impl EndpointInfo {

@@ -55,8 +55,6 @@ pub struct ServicePortInfo {
     pub internal_policy_local: bool,
     /// `Some(timeout)` for ClientIP session affinity.
     pub affinity_timeout: Option<u32>,
-    /// Zone hints requested (`trafficDistribution: PreferClose` or topology-mode Auto).
-    pub topology_requested: bool,
     /// hash16(name + protocol), computed once: all four per-service iptables chain
     /// names share it (16 bytes here instead of four allocated names per service).
     pub chain_hash: [u8; 16],
@@ -177,19 +175,6 @@ fn service_ports(svc: &Service, cfg: &ModelConfig) -> Result<Vec<ServicePortInfo
         SessionAffinity::ClientIp { timeout_seconds } => Some(timeout_seconds),
         SessionAffinity::None => None,
     };
-    let topology_requested = svc.traffic_distribution.as_deref() == Some("PreferClose")
-        || matches!(
-            svc.annotations
-                .get("service.kubernetes.io/topology-mode")
-                .map(String::as_str),
-            Some("Auto" | "auto")
-        )
-        || matches!(
-            svc.annotations
-                .get("service.kubernetes.io/topology-aware-hints")
-                .map(String::as_str),
-            Some("Auto" | "auto")
-        );
     let mut out = Vec::new();
     for p in &svc.ports {
         if p.port == 0 {
@@ -223,7 +208,6 @@ fn service_ports(svc: &Service, cfg: &ModelConfig) -> Result<Vec<ServicePortInfo
             external_policy_local,
             internal_policy_local: svc.internal_traffic_policy == TrafficPolicy::Local,
             affinity_timeout,
-            topology_requested,
         });
     }
     Ok(out)
@@ -294,6 +278,8 @@ pub fn build_model(state: &ClusterState, cfg: &ModelConfig) -> (ProxyModel, Vec<
                     serving: ep.conditions.is_serving(),
                     terminating: ep.conditions.is_terminating(),
                     zone_hints,
+                    node_hint: (!ep.hints_for_nodes.is_empty())
+                        .then(|| ep.hints_for_nodes.contains(&cfg.node_name)),
                 };
                 // Like the slice cache: the first copy wins unless a later one is local.
                 if is_local || !set.contains_key(&(ip, port)) {

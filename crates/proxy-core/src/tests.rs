@@ -287,3 +287,54 @@ fn chain_names_longer_than_iptables_limit_are_refused() {
     let b = chain::ChainName::new("KUBE-SVC-AB").unwrap();
     assert!(b < a, "ordered as strings");
 }
+
+/// kube-proxy's `topologyModeFromHints`: node hints first, then zone hints, each only
+/// when every ready endpoint has them and one is for us; otherwise every endpoint.
+#[test]
+fn hints_choose_same_node_then_same_zone_and_fall_back_to_every_endpoint() {
+    let hinted = |addr: &str, node: &str, zones: &[&str], nodes: &[&str]| {
+        let mut e = ep(addr, node, None, None, None);
+        e.hints_for_zones = zones.iter().map(|z| z.to_string()).collect();
+        e.hints_for_nodes = nodes.iter().map(|n| n.to_string()).collect();
+        e
+    };
+    let cluster = |eps: Vec<Endpoint>, zone: Option<&str>| -> Vec<IpAddr> {
+        let objs = vec![
+            Object::Service(svc("s", "172.30.0.1")),
+            Object::EndpointSlice(slice("s", "s-1", eps, Protocol::Tcp)),
+        ];
+        let mut c = cfg();
+        c.node_zone = zone.map(str::to_string);
+        let (m, _) = build_model(&ClusterState::from_objects(objs), &c);
+        let (name, info) = m.services.iter().next().unwrap();
+        categorize_endpoints(m.endpoints_of(name), info, m.node_zone.as_deref())
+            .cluster
+            .iter()
+            .map(|e| e.ip)
+            .collect()
+    };
+    // PreferSameNode: our node ("me") has an endpoint.
+    let same_node = vec![
+        hinted("10.0.0.1", "me", &["z1"], &["me"]),
+        hinted("10.0.0.2", "other", &["z1"], &["other"]),
+        hinted("10.0.0.3", "far", &["z2"], &["far"]),
+    ];
+    assert_eq!(cluster(same_node.clone(), Some("z1")), [ip("10.0.0.1")]);
+    // No endpoint on this node: the zone hints decide.
+    let not_here: Vec<Endpoint> = same_node[1..].to_vec();
+    assert_eq!(cluster(not_here.clone(), Some("z1")), [ip("10.0.0.2")]);
+    // Nor in this zone: every endpoint.
+    assert_eq!(cluster(not_here, Some("z3")).len(), 2);
+    // One endpoint without hints: hints are not used at all.
+    let partial = vec![
+        hinted("10.0.0.1", "x", &["z1"], &[]),
+        hinted("10.0.0.2", "y", &[], &[]),
+    ];
+    assert_eq!(cluster(partial, Some("z1")).len(), 2);
+    // Hints are the EndpointSlice controller's word: the proxy needs no Service field.
+    let zone_only = vec![
+        hinted("10.0.0.1", "x", &["z1"], &[]),
+        hinted("10.0.0.2", "y", &["z2"], &[]),
+    ];
+    assert_eq!(cluster(zone_only, Some("z2")), [ip("10.0.0.2")]);
+}

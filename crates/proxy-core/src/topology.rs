@@ -6,9 +6,13 @@
 //!   terminating.
 //! - Local traffic (eTP/iTP Local) uses the local ready endpoints, or, when there are
 //!   none, the local serving+terminating ones.
-//! - Zone hints apply when the service asks for them (`trafficDistribution: PreferClose`
-//!   or the `service.kubernetes.io/topology-mode: Auto` annotation), this node has a
-//!   zone, every ready endpoint carries hints, and at least one hint names our zone.
+//! - Hints narrow cluster traffic as kube-proxy's `topologyModeFromHints` does (the
+//!   EndpointSlice controller writes them only for a Service that asks, through
+//!   `trafficDistribution` or the topology annotation, so the proxy reads the hints
+//!   alone): when every ready endpoint has node hints and one names this node, only the
+//!   endpoints hinted for this node (PreferSameNode); otherwise, when every ready endpoint
+//!   has zone hints and one names this node's zone, only those (PreferSameZone);
+//!   otherwise every ready endpoint. So a zone without endpoints falls back to all.
 
 use std::collections::BTreeMap;
 
@@ -28,23 +32,37 @@ pub struct Categorized<'a> {
     pub has_any: bool,
 }
 
-fn can_use_topology(endpoints: &[EndpointInfo], svc: &ServicePortInfo, zone: Option<&str>) -> bool {
-    if !svc.topology_requested {
-        return false;
+/// Which endpoints the hints keep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Topology {
+    None,
+    SameNode,
+    SameZone,
+}
+
+fn topology_mode(endpoints: &[EndpointInfo], zone: Option<&str>) -> Topology {
+    let ready = || endpoints.iter().filter(|e| e.ready);
+    if ready().next().is_none() {
+        return Topology::None;
     }
-    let Some(zone) = zone.filter(|z| !z.is_empty()) else {
-        return false;
-    };
-    let mut has_for_zone = false;
-    for ep in endpoints.iter().filter(|e| e.ready) {
-        if ep.zone_hints.is_empty() {
-            return false;
-        }
-        if ep.zone_hints.iter().any(|z| z == zone) {
-            has_for_zone = true;
-        }
+    if ready().all(|e| e.node_hint.is_some()) && ready().any(|e| e.node_hint == Some(true)) {
+        return Topology::SameNode;
     }
-    has_for_zone
+    if let Some(zone) = zone.filter(|z| !z.is_empty())
+        && ready().all(|e| !e.zone_hints.is_empty())
+        && ready().any(|e| e.zone_hints.iter().any(|z| z == zone))
+    {
+        return Topology::SameZone;
+    }
+    Topology::None
+}
+
+fn available(e: &EndpointInfo, mode: Topology, zone: Option<&str>) -> bool {
+    match mode {
+        Topology::None => true,
+        Topology::SameNode => e.node_hint == Some(true),
+        Topology::SameZone => zone.is_some_and(|z| e.zone_hints.iter().any(|h| h == z)),
+    }
 }
 
 /// Split `endpoints` (sorted) by the service's traffic policies for this node.
@@ -55,11 +73,10 @@ pub fn categorize_endpoints<'a>(
 ) -> Categorized<'a> {
     let mut out = Categorized::default();
     if svc.uses_cluster_endpoints() {
-        let topo = can_use_topology(endpoints, svc, node_zone);
+        let mode = topology_mode(endpoints, node_zone);
         out.cluster = endpoints
             .iter()
-            .filter(|e| e.ready)
-            .filter(|e| !topo || node_zone.is_some_and(|z| e.zone_hints.iter().any(|h| h == z)))
+            .filter(|e| e.ready && available(e, mode, node_zone))
             .collect();
         if out.cluster.is_empty() {
             out.cluster = endpoints

@@ -1107,3 +1107,78 @@ fn deleted_pods_get_sigterm_then_sigkill_after_the_grace_period() {
         t0.elapsed()
     );
 }
+
+const ZONED: &str = "
+apiVersion: v1
+kind: Pod
+metadata: {name: zoned-1, labels: {app: zoned}}
+spec:
+  nodeName: node-1
+  containers: [{name: web, image: serve_hostname, ports: [{containerPort: 9376}]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: zoned-2, labels: {app: zoned}}
+spec:
+  nodeName: node-2
+  containers: [{name: web, image: serve_hostname, ports: [{containerPort: 9376}]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: zoned}
+spec:
+  selector: {app: zoned}
+  trafficDistribution: PreferSameZone
+  ports: [{port: 80, targetPort: 9376}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: in-a}
+spec:
+  nodeName: node-1
+  containers: [{name: c, image: busybox, command: [sleep, infinity]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: in-b}
+spec:
+  nodeName: node-2
+  containers: [{name: c, image: busybox, command: [sleep, infinity]}]
+";
+
+/// `lab up --zones a,b` labels the nodes; a Service with `trafficDistribution:
+/// PreferSameZone` gets hints from the control loop, and each node's proxy keeps its
+/// pods' connections in their zone.
+#[test]
+fn traffic_distribution_keeps_connections_in_the_zone() {
+    if !twill_testkit::require_root("traffic_distribution_keeps_connections_in_the_zone") {
+        return;
+    }
+    let zoned = manifest("zoned.yaml", ZONED);
+    let lab = Lab::up(&[
+        "--nodes",
+        "2",
+        "--zones",
+        "a,b",
+        "--no-client",
+        "-f",
+        &zoned,
+    ]);
+    let nodes = text(&lab.run(&["get", "nodes", "-o", "json"]));
+    assert!(
+        nodes.contains("\"topology.kubernetes.io/zone\": \"a\""),
+        "{nodes}"
+    );
+    for (from, want, other) in [
+        ("in-a", "zoned-1", "zoned-2"),
+        ("in-b", "zoned-2", "zoned-1"),
+    ] {
+        for _ in 0..12 {
+            let body = curl(&lab, &[from], "http://zoned.default.svc.cluster.local/");
+            assert!(
+                body.contains(want) && !body.contains(other),
+                "{from} reached {body:?}, not its zone's {want}"
+            );
+        }
+    }
+}

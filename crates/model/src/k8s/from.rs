@@ -583,6 +583,17 @@ pub fn service_from_k8s(o: &core::Service) -> Result<Service> {
         .filter(|n| *n != 0)
         .map(|n| port_of(n, "spec.healthCheckNodePort", &mut e));
 
+    let traffic_distribution = match spec.traffic_distribution.as_deref() {
+        None => None,
+        Some(v @ ("PreferClose" | "PreferSameZone" | "PreferSameNode")) => Some(v.to_string()),
+        Some(v) => {
+            e.add(
+                "spec.trafficDistribution",
+                format!("unsupported value {v:?}: PreferSameZone, PreferSameNode or PreferClose"),
+            );
+            None
+        }
+    };
     e.finish(Service {
         key,
         labels,
@@ -605,7 +616,7 @@ pub fn service_from_k8s(o: &core::Service) -> Result<Service> {
         session_affinity,
         publish_not_ready_addresses: spec.publish_not_ready_addresses.unwrap_or(false),
         external_name,
-        traffic_distribution: spec.traffic_distribution.clone(),
+        traffic_distribution,
     })
 }
 

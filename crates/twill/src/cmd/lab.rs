@@ -71,6 +71,11 @@ enum Command {
         /// once, then after this, doubling to 30 times it (kubelet: 10 s to 5 min).
         #[arg(long, default_value_t = 10_000)]
         restart_backoff_ms: u64,
+        /// Zones for the nodes, given in turn (`--zones a,b`: node-1 in a, node-2 in b,
+        /// node-3 in a, ...), as `topology.kubernetes.io/zone` labels: Services with
+        /// `trafficDistribution` keep traffic in the zone or on the node.
+        #[arg(long, value_delimiter = ',')]
+        zones: Vec<String>,
         /// How long to wait for pods to become Ready, in seconds.
         #[arg(long, default_value_t = 30)]
         wait: u64,
@@ -397,6 +402,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             no_dns,
             replace,
             restart_backoff_ms,
+            zones,
             wait,
             files,
         } => {
@@ -411,6 +417,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                 with_client: !no_client,
                 dns: !no_dns,
                 restart_backoff_ms,
+                zones,
             };
             let r = ops::up(
                 &opts,
