@@ -177,8 +177,28 @@ pub fn gc(a: &CmdArgs) -> Result<(), CniError> {
         .map_err(internal)
 }
 
+/// STATUS: code 50 (not available to service ADD) when some range set has no free
+/// address left, so a runtime stops sending pods here (CNI 1.1).
 pub fn status(a: &CmdArgs) -> Result<(), CniError> {
-    config(&a.conf).map(|_| ())
+    let c = config(&a.conf)?;
+    let store = open(&c)?;
+    let reserved: BTreeSet<IpAddr> = store
+        .reservations()
+        .map_err(internal)?
+        .iter()
+        .map(|r| r.ip)
+        .collect();
+    for (idx, set) in c.range_sets.iter().enumerate() {
+        let probe = plan_allocation(set, &reserved, &[], "", store.last_reserved(idx), None);
+        if let Err(e @ twill_ipam::IpamError::Exhausted(_)) = probe {
+            return Err(CniError::new(
+                crate::spec::ErrorCode::PluginNotAvailable,
+                "the plugin is not available to service ADD",
+            )
+            .with_details(e.to_string()));
+        }
+    }
+    Ok(())
 }
 
 impl Plugin for HostLocal {

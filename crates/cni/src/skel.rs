@@ -215,13 +215,15 @@ pub fn prepare(
     a.conf = conf;
     if matches!(command, Command::Add | Command::Check | Command::Del) {
         if !valid_name(&a.container_id) {
-            return Err(fail_v(CniError::new(
-                ErrorCode::InvalidEnvironment,
-                format!(
-                    "CNI_CONTAINERID: invalid characters in containerID {:?}",
-                    a.container_id
-                ),
-            )));
+            // The reference skel's words, the ID in `details` (libcni's
+            // ValidateContainerID).
+            return Err(fail_v(
+                CniError::new(
+                    ErrorCode::InvalidEnvironment,
+                    "invalid characters in containerID",
+                )
+                .with_details(a.container_id.clone()),
+            ));
         }
         validate_ifname(&a.ifname).map_err(fail_v)?;
     }

@@ -116,3 +116,41 @@ fn exhausted_range_set_fails_and_releases_the_sets_already_allocated() {
     );
     let _ = std::fs::remove_dir_all(&data);
 }
+
+/// CNI 1.1 STATUS: ready while a range set has a free address; code 50 once one is
+/// exhausted; ready again after a DEL frees one. GC releases exactly the reservations
+/// not in `cni.dev/valid-attachments`.
+#[test]
+fn status_is_50_when_a_range_is_exhausted_and_gc_keeps_the_valid_attachments() {
+    let data = tmp("status");
+    // 10.72.0.0/29 holds .2-.6 for pods (.1 is the gateway, .7 broadcast): 5 addresses.
+    let conf = json!({"cniVersion": "1.1.0", "name": "st",
+        "ipam": {"type": "host-local", "subnet": "10.72.0.0/29", "dataDir": data}});
+    let status = || host_local::status(&args(Command::Status, "", "", &conf));
+    assert!(status().is_ok());
+    for i in 0..5 {
+        host_local::add(&args(Command::Add, &format!("c{i}"), "eth0", &conf)).unwrap();
+    }
+    let e = status().unwrap_err();
+    assert_eq!(e.code.code(), 50);
+    assert!(e.details.contains("no IP addresses available"), "{e:?}");
+    host_local::del(&args(Command::Del, "c0", "eth0", &conf)).unwrap();
+    assert!(status().is_ok(), "a free address again");
+    // GC with c1 and c3 valid: c2 and c4 go, c1 and c3 stay.
+    let mut gc = conf.clone();
+    gc["cni.dev/valid-attachments"] = json!([
+        {"containerID": "c1", "ifname": "eth0"},
+        {"containerID": "c3", "ifname": "eth0"},
+    ]);
+    host_local::gc(&args(Command::Gc, "", "", &gc)).unwrap();
+    let store = Store::open(&data, "st").unwrap();
+    let mut held: Vec<String> = store
+        .reservations()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.container_id)
+        .collect();
+    held.sort();
+    assert_eq!(held, ["c1", "c3"]);
+    let _ = std::fs::remove_dir_all(&data);
+}

@@ -227,3 +227,13 @@ fn run_prints_the_result_or_the_error_json_and_sets_the_exit_status() {
         .collect();
     assert!(run(&Echo, &env(&del), &conf()).stdout.is_empty());
 }
+
+#[test]
+fn a_container_id_with_invalid_characters_is_code_4_with_the_id_in_details() {
+    let mut pairs = FULL.to_vec();
+    pairs[1] = ("CNI_CONTAINERID", "bad id/../x");
+    let e = err(&pairs, &conf());
+    assert_eq!(e.code.code(), 4);
+    assert_eq!(e.msg, "invalid characters in containerID");
+    assert_eq!(e.details, "bad id/../x");
+}
