@@ -23,7 +23,7 @@ use ipnet::Ipv4Net;
 pub use apply::{apply_plan, apply_sysctls, reconcile};
 pub use diff::{LinkChange, Plan, diff_state};
 pub use observe::{ObservedLink, ObservedState, VxlanParams, observe};
-pub use underlay::{Underlay, describe_underlay};
+pub use underlay::{IfaceChoice, Interfaces, Underlay, choose as choose_iface, describe_underlay};
 
 /// What the overlay owns in the kernel.
 #[derive(Debug, Clone, PartialEq, Eq)]

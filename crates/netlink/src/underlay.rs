@@ -31,8 +31,100 @@ fn nl(action: &str) -> impl FnOnce(rtnetlink::Error) -> Error + '_ {
     }
 }
 
-/// Describe `name`, or the interface of the default route when `name` is None.
-pub async fn describe_underlay(handle: &Handle, name: Option<&str>) -> Result<Underlay, Error> {
+/// Which interface carries the overlay, as flanneld's flags choose it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IfaceChoice {
+    /// `--iface` (repeatable): names or IPv4 addresses, tried in order; the first
+    /// present wins.
+    pub ifaces: Vec<String>,
+    /// `--iface-regex` (repeatable): matched against addresses first, then names, in
+    /// order (used when `ifaces` is empty).
+    pub regexes: Vec<String>,
+    /// `--iface-can-reach`: the interface of the route to this address (used when the
+    /// two above are empty).
+    pub can_reach: Option<Ipv4Addr>,
+}
+
+impl IfaceChoice {
+    /// One interface by name (or address).
+    pub fn named(name: Option<&str>) -> Self {
+        IfaceChoice {
+            ifaces: name.into_iter().map(str::to_string).collect(),
+            ..IfaceChoice::default()
+        }
+    }
+}
+
+/// What the kernel has, for [`choose`]: links `(index, name)`, IPv4 addresses
+/// `(index, address)` and main-table routes `(index, destination)`.
+#[derive(Debug, Clone, Default)]
+pub struct Interfaces {
+    pub links: Vec<(u32, String)>,
+    pub addresses: Vec<(u32, Ipv4Net)>,
+    pub routes: Vec<(u32, Ipv4Net)>,
+}
+
+/// Pick the interface index, flanneld's way (`LookupExtIface`): `--iface` entries in
+/// order (an address selects the interface holding it), else each `--iface-regex` over
+/// addresses then names, else the route to `--iface-can-reach`, else the default
+/// route's. The error says what was looked for.
+pub fn choose(have: &Interfaces, choice: &IfaceChoice) -> Result<u32, String> {
+    if !choice.ifaces.is_empty() {
+        for spec in &choice.ifaces {
+            let found = match spec.parse::<Ipv4Addr>() {
+                Ok(ip) => have
+                    .addresses
+                    .iter()
+                    .find(|(_, a)| a.addr() == ip)
+                    .map(|(i, _)| *i),
+                Err(_) => have.links.iter().find(|(_, n)| n == spec).map(|(i, _)| *i),
+            };
+            if let Some(i) = found {
+                return Ok(i);
+            }
+        }
+        return Err(format!(
+            "failed to find any valid interface to use: {}",
+            choice.ifaces.join(", ")
+        ));
+    }
+    if !choice.regexes.is_empty() {
+        for r in &choice.regexes {
+            let re = regex_lite::Regex::new(r).map_err(|e| format!("--iface-regex {r:?}: {e}"))?;
+            if let Some((i, _)) = have
+                .addresses
+                .iter()
+                .find(|(_, a)| re.is_match(&a.addr().to_string()))
+            {
+                return Ok(*i);
+            }
+            if let Some((i, _)) = have.links.iter().find(|(_, n)| re.is_match(n)) {
+                return Ok(*i);
+            }
+        }
+        return Err(format!(
+            "no interface (name or address) matches --iface-regex {}",
+            choice.regexes.join(", ")
+        ));
+    }
+    if let Some(target) = choice.can_reach {
+        return have
+            .routes
+            .iter()
+            .filter(|(_, dst)| dst.contains(&target))
+            .max_by_key(|(_, dst)| dst.prefix_len())
+            .map(|(i, _)| *i)
+            .ok_or_else(|| format!("no route to {target} (--iface-can-reach)"));
+    }
+    have.routes
+        .iter()
+        .find(|(_, dst)| dst.prefix_len() == 0)
+        .map(|(i, _)| *i)
+        .ok_or_else(|| "no default route to take the interface from (give --iface)".into())
+}
+
+/// Describe the interface `choice` selects (the default route's when it is empty).
+pub async fn describe_underlay(handle: &Handle, choice: &IfaceChoice) -> Result<Underlay, Error> {
     let mut links: BTreeMap<u32, (String, u32, Option<twill_overlay::Mac>)> = BTreeMap::new();
     let mut s = handle.link().get().execute();
     while let Some(m) = s.try_next().await.map_err(nl("dumping links"))? {
@@ -75,30 +167,29 @@ pub async fn describe_underlay(handle: &Handle, name: Option<&str>) -> Result<Un
             routes.push((i, net, gw));
         }
     }
-    let index = match name {
-        Some(n) => links.iter().find(|(_, l)| l.0 == n).map(|(i, _)| *i),
-        None => routes.iter().find(|r| r.1.prefix_len() == 0).map(|r| r.0),
-    }
-    .ok_or_else(|| Error::MissingLink {
-        name: name.unwrap_or("<default route interface>").to_string(),
-        needed_by: "the overlay's external interface".into(),
-    })?;
-    let (lname, mtu, mac) = links.get(&index).cloned().unwrap_or_default();
-    let mut address = None;
-    let mut s = handle
-        .address()
-        .get()
-        .set_link_index_filter(index)
-        .execute();
+    let mut addresses: Vec<(u32, Ipv4Net)> = Vec::new();
+    let mut s = handle.address().get().execute();
     while let Some(m) = s.try_next().await.map_err(nl("dumping addresses"))? {
         for a in &m.attributes {
             if let AddressAttribute::Address(IpAddr::V4(ip)) = a
-                && address.is_none()
+                && let Ok(net) = Ipv4Net::new(*ip, m.header.prefix_len)
             {
-                address = Ipv4Net::new(*ip, m.header.prefix_len).ok();
+                addresses.push((m.header.index, net));
             }
         }
     }
+    let have = Interfaces {
+        links: links.iter().map(|(i, l)| (*i, l.0.clone())).collect(),
+        addresses: addresses.clone(),
+        routes: routes.iter().map(|r| (r.0, r.1)).collect(),
+    };
+    let index = choose(&have, choice).map_err(|why| Error::MissingLink {
+        name: why,
+        needed_by: "the overlay's external interface".into(),
+    })?;
+    let (lname, mtu, mac) = links.get(&index).cloned().unwrap_or_default();
+    // The first IPv4 address on it, as flannel takes it.
+    let address = addresses.iter().find(|(i, _)| *i == index).map(|(_, a)| *a);
     let address = address.ok_or_else(|| Error::MissingLink {
         name: format!("IPv4 address on {lname}"),
         needed_by: "the overlay's public IP".into(),

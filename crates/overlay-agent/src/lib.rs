@@ -68,8 +68,12 @@ pub enum Error {
 /// How the agent runs.
 #[derive(Debug, Clone)]
 pub struct AgentOptions {
-    /// External interface; None = the default route's.
-    pub iface: Option<String>,
+    /// The external interface, as flanneld's `--iface`, `--iface-regex` and
+    /// `--iface-can-reach` choose it (none given: the default route's).
+    pub iface: twill_netlink::IfaceChoice,
+    /// `--public-ip`: the address peers reach this node at (default: the interface's).
+    /// host-gw refuses one that differs from the interface's (a node behind NAT).
+    pub public_ip: Option<std::net::Ipv4Addr>,
     pub ip_masq: bool,
     pub masq_random_fully: bool,
     pub forward_rules: bool,
@@ -86,7 +90,8 @@ pub struct AgentOptions {
 impl Default for AgentOptions {
     fn default() -> Self {
         AgentOptions {
-            iface: None,
+            iface: twill_netlink::IfaceChoice::default(),
+            public_ip: None,
             ip_masq: false,
             masq_random_fully: true,
             forward_rules: true,
@@ -172,10 +177,10 @@ pub async fn run_agent(
     };
     let config = NetworkConfig::parse("network config", &config_text).map_err(Error::Config)?;
     let kind = config.backend_kind().map_err(Error::Config)?;
-    let underlay = describe_underlay(handle, opts.iface.as_deref())
+    let underlay = describe_underlay(handle, &opts.iface)
         .await
         .map_err(Error::Netlink)?;
-    let node = node_spec(&underlay);
+    let node = node_spec(&underlay, opts.public_ip);
     let device = format!("flannel.{}", config.vni());
     let vtep_mac = match kind {
         BackendKind::Vxlan => Some(existing_or_new_mac(handle, &config, &node, &device).await?),
@@ -438,9 +443,12 @@ fn write_file(path: &std::path::Path, text: &str) -> Result<(), Error> {
 
 /// subnet.env (what the CNI plugin reads) and, when asked, a twill-bridge CNI config.
 /// This node as the backends plan for it, from its external interface.
-pub fn node_spec(underlay: &twill_netlink::Underlay) -> NodeSpec {
+pub fn node_spec(
+    underlay: &twill_netlink::Underlay,
+    public_ip: Option<std::net::Ipv4Addr>,
+) -> NodeSpec {
     NodeSpec {
-        public_ip: underlay.address.addr(),
+        public_ip: public_ip.unwrap_or(underlay.address.addr()),
         ext_iface: underlay.name.clone(),
         ext_mtu: underlay.mtu,
         ext_address: underlay.address,

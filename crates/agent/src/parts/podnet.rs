@@ -193,10 +193,10 @@ async fn run_kube(
              not run with the kube subnet manager"
         );
     }
-    let underlay = describe_underlay(handle, opts.iface.as_deref())
+    let underlay = describe_underlay(handle, &opts.iface)
         .await
         .context("describing the external interface")?;
-    let spec = twill_overlay_agent::node_spec(&underlay);
+    let spec = twill_overlay_agent::node_spec(&underlay, opts.public_ip);
     let device = format!("flannel.{}", config.vni());
     let vtep_mac = match kind {
         BackendKind::Vxlan => Some(existing_or_new_mac(handle, config, &spec, &device).await?),

@@ -426,3 +426,119 @@ fn reconcile_leaves_routes_and_neighbours_it_does_not_own() {
             .contains("192.168.50.99")
     );
 }
+
+/// flanneld's interface choice on a real namespace with two uplinks: `--iface` by name
+/// or address (the first present wins), `--iface-regex` over addresses then names,
+/// `--iface-can-reach` by route, and the default route's interface otherwise.
+#[test]
+fn the_external_interface_is_chosen_as_flanneld_chooses_it() {
+    if !twill_testkit::require_root("the_external_interface_is_chosen_as_flanneld_chooses_it") {
+        return;
+    }
+    let ns = Netns::new("ifc");
+    let peer = Netns::new("ifcp");
+    veth_pair(&ns, "up0", &peer, "p0");
+    veth_pair(&ns, "back1", &peer, "p1");
+    for (dev, addr) in [("up0", "192.168.77.2/24"), ("back1", "10.77.0.2/24")] {
+        assert!(
+            ns.exec("ip", &["addr", "add", addr, "dev", dev])
+                .status
+                .success()
+        );
+        assert!(ns.exec("ip", &["link", "set", dev, "up"]).status.success());
+    }
+    assert!(
+        ns.exec(
+            "ip",
+            &[
+                "route",
+                "add",
+                "default",
+                "via",
+                "192.168.77.1",
+                "dev",
+                "up0",
+                "onlink"
+            ]
+        )
+        .status
+        .success()
+    );
+    assert!(
+        ns.exec(
+            "ip",
+            &[
+                "route",
+                "add",
+                "172.20.0.0/16",
+                "via",
+                "10.77.0.1",
+                "dev",
+                "back1",
+                "onlink"
+            ]
+        )
+        .status
+        .success()
+    );
+    let pick = |choice: twill_netlink::IfaceChoice| -> Result<String, String> {
+        ns.run(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let (conn, handle, _) = rtnetlink::new_connection().unwrap();
+                tokio::spawn(conn);
+                twill_netlink::describe_underlay(&handle, &choice)
+                    .await
+                    .map(|u| format!("{} {}", u.name, u.address))
+                    .map_err(|e| e.to_string())
+            })
+        })
+    };
+    let c = |ifaces: &[&str], regexes: &[&str], reach: Option<&str>| twill_netlink::IfaceChoice {
+        ifaces: ifaces.iter().map(|s| s.to_string()).collect(),
+        regexes: regexes.iter().map(|s| s.to_string()).collect(),
+        can_reach: reach.map(|r| r.parse().unwrap()),
+    };
+    assert_eq!(
+        pick(c(&[], &[], None)).unwrap(),
+        "up0 192.168.77.2/24",
+        "default route"
+    );
+    assert_eq!(
+        pick(c(&["back1"], &[], None)).unwrap(),
+        "back1 10.77.0.2/24"
+    );
+    assert_eq!(
+        pick(c(&["10.77.0.2"], &[], None)).unwrap(),
+        "back1 10.77.0.2/24",
+        "by address"
+    );
+    assert_eq!(
+        pick(c(&["missing0", "back1"], &[], None)).unwrap(),
+        "back1 10.77.0.2/24",
+        "the first present"
+    );
+    assert_eq!(
+        pick(c(&[], &[r"^10\.77\."], None)).unwrap(),
+        "back1 10.77.0.2/24"
+    );
+    assert_eq!(pick(c(&[], &["^up"], None)).unwrap(), "up0 192.168.77.2/24");
+    assert_eq!(
+        pick(c(&[], &[], Some("172.20.5.5"))).unwrap(),
+        "back1 10.77.0.2/24"
+    );
+    assert_eq!(
+        pick(c(&[], &[], Some("8.8.8.8"))).unwrap(),
+        "up0 192.168.77.2/24"
+    );
+    let e = pick(c(&["nope0"], &[], None)).unwrap_err();
+    assert!(
+        e.contains("failed to find any valid interface to use: nope0"),
+        "{e}"
+    );
+    let e = pick(c(&[], &["("], None)).unwrap_err();
+    assert!(e.contains("--iface-regex"), "{e}");
+}

@@ -138,7 +138,7 @@ fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 
 fn opts(node: &Node, dir: &Path) -> AgentOptions {
     AgentOptions {
-        iface: Some("eth0".into()),
+        iface: twill_netlink::IfaceChoice::named(Some("eth0")),
         subnet_env_path: node.env.clone(),
         cni_conf_path: Some(dir.join(format!("{}.conflist", node.ip))),
         resync: Duration::from_millis(300),
@@ -589,4 +589,43 @@ fn vxlan_cluster_over_real_etcd_keeps_routing_through_an_etcd_outage() {
         return;
     }
     cluster_lifecycle("vxlan", true);
+}
+
+/// `--public-ip` other than the interface's address: what peers would see behind NAT.
+/// host-gw refuses it with flanneld's message; vxlan takes it as the lease's PublicIP.
+#[test]
+fn host_gw_refuses_a_public_ip_that_is_not_the_interfaces() {
+    if !twill_testkit::require_root("host_gw_refuses_a_public_ip_that_is_not_the_interfaces") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("twill-overlay-nat-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let underlay = Netns::new("ulnat");
+    underlay.ip(&["link", "add", "br0", "type", "bridge"]);
+    underlay.ip(&["link", "set", "br0", "up"]);
+    let node = add_node(&underlay, &dir, 1);
+    for (backend, refused) in [("host-gw", true), ("vxlan", false)] {
+        let p = dir.join(format!("{backend}.json"));
+        EmbeddedStore::new(&p)
+            .set_config(&format!(
+                r#"{{"Network":"10.244.0.0/16","Backend":{{"Type":"{backend}"}}}}"#
+            ))
+            .unwrap();
+        let mut o = opts(&node, &dir);
+        o.public_ip = Some(Ipv4Addr::new(203, 0, 113, 7));
+        let agent = Agent::start(&node.ns, &StoreSpec::Embedded(p.clone()), o);
+        if refused {
+            let e = agent.thread.join().unwrap().unwrap_err();
+            assert!(e.contains("your PublicIP differs from interface IP"), "{e}");
+        } else {
+            wait_until(
+                "a lease with the public IP",
+                Duration::from_secs(10),
+                || std::fs::read_to_string(&p).is_ok_and(|t| t.contains("203.0.113.7")),
+            );
+            agent.stop();
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

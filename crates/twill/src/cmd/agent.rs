@@ -79,9 +79,8 @@ pub struct Args {
     /// Network config (flannel's net-conf.json).
     #[arg(long, default_value = "/etc/twill/net-conf.json")]
     pub net_conf: PathBuf,
-    /// External interface for the overlay (default: the default route's).
-    #[arg(long)]
-    pub iface: Option<String>,
+    #[command(flatten)]
+    pub iface: crate::cmd::overlay::IfaceFlags,
     /// Masquerade pod traffic leaving the cluster network (flanneld `--ip-masq`).
     #[arg(long)]
     pub ip_masq: bool,
@@ -255,7 +254,8 @@ pub fn run(mut a: Args) -> anyhow::Result<ExitCode> {
         let text = std::fs::read_to_string(&a.net_conf)
             .with_context(|| format!("reading the network config {}", a.net_conf.display()))?;
         let opts = twill_overlay_agent::AgentOptions {
-            iface: a.iface.clone(),
+            iface: a.iface.choice(),
+            public_ip: a.iface.public_ip,
             ip_masq: a.ip_masq,
             subnet_env_path: a.subnet_file.clone(),
             cni_conf_path: a.cni_conf.clone(),

@@ -21,9 +21,8 @@ pub struct Args {
     /// etcd key prefix.
     #[arg(long, default_value = twill_overlay::lease::DEFAULT_PREFIX)]
     pub etcd_prefix: String,
-    /// External interface (default: the default route's).
-    #[arg(long)]
-    pub iface: Option<String>,
+    #[command(flatten)]
+    pub iface: IfaceFlags,
     /// Masquerade pod traffic leaving the cluster network.
     #[arg(long)]
     pub ip_masq: bool,
@@ -78,7 +77,8 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         );
     };
     let opts = twill_overlay_agent::AgentOptions {
-        iface: a.iface,
+        iface: a.iface.choice(),
+        public_ip: a.iface.public_ip,
         ip_masq: a.ip_masq,
         subnet_env_path: a.subnet_file,
         cni_conf_path: a.cni_conf,
@@ -155,4 +155,35 @@ pub fn run_conformance(a: ConformanceArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(super::conformance::summary(passed, failed))
+}
+
+/// flanneld's interface flags, shared by `twill overlay` and `twill agent --pod-network`.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct IfaceFlags {
+    /// Interface for the overlay, by name or IPv4 address; repeat to try several in order
+    /// (the first present wins). Default: the default route's interface.
+    #[arg(long = "iface", value_name = "NAME|IP")]
+    pub ifaces: Vec<String>,
+    /// A regex matched against addresses, then names, to pick the interface (repeatable;
+    /// used when --iface is not given).
+    #[arg(long = "iface-regex", value_name = "REGEX")]
+    pub regexes: Vec<String>,
+    /// Use the interface of the route to this address (when neither of the above is
+    /// given).
+    #[arg(long = "iface-can-reach", value_name = "IP")]
+    pub can_reach: Option<std::net::Ipv4Addr>,
+    /// The address other nodes reach this one at (default: the interface's). host-gw
+    /// refuses one that differs from the interface's address (a node behind NAT).
+    #[arg(long = "public-ip", value_name = "IP")]
+    pub public_ip: Option<std::net::Ipv4Addr>,
+}
+
+impl IfaceFlags {
+    pub fn choice(&self) -> twill_netlink::IfaceChoice {
+        twill_netlink::IfaceChoice {
+            ifaces: self.ifaces.clone(),
+            regexes: self.regexes.clone(),
+            can_reach: self.can_reach,
+        }
+    }
 }
