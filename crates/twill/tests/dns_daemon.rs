@@ -60,33 +60,18 @@ fn kubeadms_corefile_serves_and_sigterm_answers_through_the_lameduck_with_ready_
     let dir = std::env::temp_dir().join(format!("twill-dns-daemon-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let corefile = dir.join("Corefile");
-    // kubeadm's, with a port of its own and a 2 s lameduck.
+    // kubeadm's (from the Corefile corpus), with a port of its own and a 2 s lameduck.
+    let kubeadm = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../dns/tests/corefiles/kubeadm.Corefile"),
+    )
+    .unwrap();
+    assert!(kubeadm.contains(".:53 {") && kubeadm.contains("lameduck 5s"));
     std::fs::write(
         &corefile,
-        ".:1053 {
-    errors
-    health {
-       lameduck 2s
-    }
-    ready
-    kubernetes cluster.local in-addr.arpa ip6.arpa {
-       pods insecure
-       fallthrough in-addr.arpa ip6.arpa
-       ttl 30
-    }
-    prometheus :9153
-    forward . /etc/resolv.conf {
-       max_concurrent 1000
-    }
-    cache 30 {
-       disable success cluster.local
-       disable denial cluster.local
-    }
-    loop
-    reload
-    loadbalance
-}
-",
+        kubeadm
+            .replace(".:53 {", ".:1053 {")
+            .replace("lameduck 5s", "lameduck 2s"),
     )
     .unwrap();
     let state = dir.join("cluster.yaml");

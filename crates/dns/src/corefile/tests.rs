@@ -2,38 +2,22 @@ use std::time::Duration;
 
 use super::*;
 
+/// A Corefile of the corpus in `tests/corefiles`.
+fn corpus_file(name: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/corefiles")
+        .join(name);
+    #[allow(clippy::disallowed_methods)] // reading the corpus is the test's own I/O
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
 fn settings(text: &str) -> Settings {
     interpret(&parse(text).unwrap()).unwrap()
 }
 
 #[test]
 fn kubeadms_default_corefile_loads_with_each_plugin_understood() {
-    let s = settings(
-        ".:53 {
-    errors
-    health {
-       lameduck 5s
-    }
-    ready
-    kubernetes cluster.local in-addr.arpa ip6.arpa {
-       pods insecure
-       fallthrough in-addr.arpa ip6.arpa
-       ttl 30
-    }
-    prometheus :9153
-    forward . /etc/resolv.conf {
-       max_concurrent 1000
-    }
-    cache 30 {
-       disable success cluster.local
-       disable denial cluster.local
-    }
-    loop
-    reload
-    loadbalance
-}
-",
-    );
+    let s = settings(&corpus_file("kubeadm.Corefile"));
     assert_eq!(s.port, 53);
     assert_eq!(s.lameduck, Some(Duration::from_secs(5)));
     assert_eq!(s.health.as_deref(), Some(""));

@@ -30,7 +30,11 @@ fn ip_json(ns: &Netns, prog: &str, args: &[&str]) -> Vec<Value> {
         .unwrap_or_default()
 }
 
-fn apply(ns: &Netns, state: &KernelState, scope: &Scope) -> Result<usize, String> {
+/// Run `f` with an rtnetlink handle inside `ns`.
+fn with_handle<R: Send, F>(ns: &Netns, f: impl FnOnce(rtnetlink::Handle) -> F + Send) -> R
+where
+    F: std::future::Future<Output = R>,
+{
     ns.run(|| {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -39,11 +43,17 @@ fn apply(ns: &Netns, state: &KernelState, scope: &Scope) -> Result<usize, String
         rt.block_on(async {
             let (conn, handle, _) = rtnetlink::new_connection().unwrap();
             tokio::spawn(conn);
-            reconcile(&handle, state, scope)
-                .await
-                .map(|p| p.len())
-                .map_err(|e| e.to_string())
+            f(handle).await
         })
+    })
+}
+
+fn apply(ns: &Netns, state: &KernelState, scope: &Scope) -> Result<usize, String> {
+    with_handle(ns, |handle| async move {
+        reconcile(&handle, state, scope)
+            .await
+            .map(|p| p.len())
+            .map_err(|e| e.to_string())
     })
 }
 
@@ -482,19 +492,11 @@ fn the_external_interface_is_chosen_as_flanneld_chooses_it() {
         .success()
     );
     let pick = |choice: twill_netlink::IfaceChoice| -> Result<String, String> {
-        ns.run(|| {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let (conn, handle, _) = rtnetlink::new_connection().unwrap();
-                tokio::spawn(conn);
-                twill_netlink::describe_underlay(&handle, &choice)
-                    .await
-                    .map(|u| format!("{} {}", u.name, u.address))
-                    .map_err(|e| e.to_string())
-            })
+        with_handle(&ns, |handle| async move {
+            twill_netlink::describe_underlay(&handle, &choice)
+                .await
+                .map(|u| format!("{} {}", u.name, u.address))
+                .map_err(|e| e.to_string())
         })
     };
     let c = |ifaces: &[&str], regexes: &[&str], reach: Option<&str>| twill_netlink::IfaceChoice {

@@ -170,32 +170,18 @@ fn apply_config_file(f: &twill_agent::kube_proxy_config::FromFile, a: &mut Args)
     if a.kubeconfig.is_none() {
         a.kubeconfig = f.kubeconfig.clone();
     }
-    if a.hostname_override.is_none() {
-        a.hostname_override = f.hostname_override.clone();
+    crate::cmd::kube_proxy::Basics {
+        hostname_override: &mut a.hostname_override,
+        cluster_cidr: &mut a.cluster_cidr,
+        node_ips: &mut a.node_ips,
+        masquerade_all: &mut a.masquerade_all,
+        nodeport_addresses: &mut a.nodeport_addresses,
+        sync_period: &mut a.sync_period,
+        min_sync_period: &mut a.min_sync_period,
+        healthz_bind_address: &mut a.healthz_bind_address,
+        metrics_bind_address: &mut a.metrics_bind_address,
     }
-    if a.cluster_cidr.is_none() {
-        a.cluster_cidr = f.cluster_cidr.clone();
-    }
-    if a.node_ips.is_empty() {
-        a.node_ips.extend(f.node_ip);
-    }
-    a.masquerade_all |= f.masquerade_all;
-    if a.nodeport_addresses.is_empty() {
-        a.nodeport_addresses = f.nodeport_addresses.clone();
-    }
-    let ms = |d: std::time::Duration| format!("{}ms", d.as_millis());
-    if a.sync_period.is_none() {
-        a.sync_period = f.sync_period.map(ms);
-    }
-    if a.min_sync_period.is_none() {
-        a.min_sync_period = f.min_sync_period.map(ms);
-    }
-    if a.healthz_bind_address.is_none() {
-        a.healthz_bind_address = f.healthz_bind_address;
-    }
-    if a.metrics_bind_address.is_none() {
-        a.metrics_bind_address = f.metrics_bind_address;
-    }
+    .fold(f);
 }
 
 pub fn run(mut a: Args) -> anyhow::Result<ExitCode> {
@@ -474,6 +460,14 @@ mod tests {
                     );
                     crate::cmd::dns::apply_corefile(&path, &mut d.serve).unwrap();
                     let _ = std::fs::remove_dir_all(&dir);
+                    // The ConfigMap ships the corpus's kubeadm Corefile, unchanged.
+                    let corpus = std::fs::read_to_string(
+                        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                            .join("../dns/tests/corefiles/kubeadm.Corefile"),
+                    )
+                    .unwrap();
+                    let body: Vec<&str> = corpus.lines().filter(|l| !l.starts_with('#')).collect();
+                    assert_eq!(deployed_corefile().trim(), body.join("\n").trim());
                     assert!(d.serve.in_cluster, "{file}");
                     assert_eq!(d.serve.zone, "cluster.local");
                     assert_eq!(d.serve.ttl, 30);

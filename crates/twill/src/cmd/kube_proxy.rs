@@ -3,6 +3,7 @@
 //! `KubeProxyConfiguration` the same way (flags given on the command line win over the
 //! file, the file over kube-proxy's defaults).
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -150,5 +151,45 @@ impl TuningFlags {
             conntrack,
             service_cidrs: self.service_cidrs.clone(),
         })
+    }
+}
+
+/// The settings `twill proxy` and `twill agent` both take from a KubeProxyConfiguration,
+/// as places in each command's own flags; [`Basics::fold`] fills those the command
+/// line left unset.
+pub struct Basics<'a> {
+    pub hostname_override: &'a mut Option<String>,
+    pub cluster_cidr: &'a mut Option<String>,
+    pub node_ips: &'a mut Vec<IpAddr>,
+    pub masquerade_all: &'a mut bool,
+    pub nodeport_addresses: &'a mut Vec<String>,
+    pub sync_period: &'a mut Option<String>,
+    pub min_sync_period: &'a mut Option<String>,
+    pub healthz_bind_address: &'a mut Option<SocketAddr>,
+    pub metrics_bind_address: &'a mut Option<SocketAddr>,
+}
+
+impl Basics<'_> {
+    /// Flags win: only what the command line left unset is taken from the file.
+    pub fn fold(self, f: &FromFile) {
+        fn fill<T: Clone>(slot: &mut Option<T>, from: &Option<T>) {
+            if slot.is_none() {
+                slot.clone_from(from);
+            }
+        }
+        fill(self.hostname_override, &f.hostname_override);
+        fill(self.cluster_cidr, &f.cluster_cidr);
+        if self.node_ips.is_empty() {
+            self.node_ips.extend(f.node_ip);
+        }
+        *self.masquerade_all |= f.masquerade_all;
+        if self.nodeport_addresses.is_empty() {
+            self.nodeport_addresses.clone_from(&f.nodeport_addresses);
+        }
+        let ms = |d: &Option<std::time::Duration>| d.map(|d| format!("{}ms", d.as_millis()));
+        fill(self.sync_period, &ms(&f.sync_period));
+        fill(self.min_sync_period, &ms(&f.min_sync_period));
+        fill(self.healthz_bind_address, &f.healthz_bind_address);
+        fill(self.metrics_bind_address, &f.metrics_bind_address);
     }
 }

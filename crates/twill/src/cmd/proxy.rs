@@ -127,7 +127,7 @@ pub(crate) fn parse_duration(s: &str) -> anyhow::Result<Duration> {
     twill_agent::kube_proxy_config::parse_duration(s).map_err(anyhow::Error::msg)
 }
 
-/// A KubeProxyConfiguration's basics, folded into the flags (flags win).
+/// A KubeProxyConfiguration folded into the flags (flags win).
 fn apply_config_file(
     f: &twill_agent::kube_proxy_config::FromFile,
     s: &mut Settings,
@@ -136,32 +136,18 @@ fn apply_config_file(
     if s.mode.is_none() {
         s.mode = f.mode;
     }
-    if s.cluster_cidr.is_none() {
-        s.cluster_cidr = f.cluster_cidr.clone();
+    super::kube_proxy::Basics {
+        hostname_override: &mut s.node,
+        cluster_cidr: &mut s.cluster_cidr,
+        node_ips: &mut s.node_ips,
+        masquerade_all: &mut s.masquerade_all,
+        nodeport_addresses: &mut s.nodeport_addresses,
+        sync_period: &mut d.sync_period,
+        min_sync_period: &mut d.min_sync_period,
+        healthz_bind_address: &mut d.healthz_bind_address,
+        metrics_bind_address: &mut d.metrics_bind_address,
     }
-    if s.node.is_none() {
-        s.node = f.hostname_override.clone();
-    }
-    if s.node_ips.is_empty() {
-        s.node_ips.extend(f.node_ip);
-    }
-    s.masquerade_all |= f.masquerade_all;
-    if s.nodeport_addresses.is_empty() {
-        s.nodeport_addresses = f.nodeport_addresses.clone();
-    }
-    let secs = |d: std::time::Duration| format!("{}ms", d.as_millis());
-    if d.sync_period.is_none() {
-        d.sync_period = f.sync_period.map(secs);
-    }
-    if d.min_sync_period.is_none() {
-        d.min_sync_period = f.min_sync_period.map(secs);
-    }
-    if d.healthz_bind_address.is_none() {
-        d.healthz_bind_address = f.healthz_bind_address;
-    }
-    if d.metrics_bind_address.is_none() {
-        d.metrics_bind_address = f.metrics_bind_address;
-    }
+    .fold(f);
 }
 
 /// Serve the agent routes on the health and metrics addresses (one listener when they
