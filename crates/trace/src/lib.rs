@@ -41,6 +41,7 @@
 pub mod collect;
 pub mod conntrack;
 pub mod iptables;
+pub mod kubernetes;
 pub mod nft;
 pub mod path;
 pub mod report;

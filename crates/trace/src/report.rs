@@ -175,5 +175,16 @@ pub fn render_branch(b: &Branch) -> String {
             String::new()
         }
     );
+    if let Some(k) = &b.kubernetes {
+        if !k.objects.is_empty() || k.verdict.is_some() {
+            let _ = writeln!(s, "  in Kubernetes terms:");
+        }
+        for l in &k.objects {
+            let _ = writeln!(s, "    {}: {}", l.object, l.what);
+        }
+        if let Some(v) = &k.verdict {
+            let _ = writeln!(s, "    => {v}");
+        }
+    }
     s
 }

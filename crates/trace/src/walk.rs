@@ -169,6 +169,10 @@ pub struct Branch {
     /// vxlan VTEP).
     pub link: Option<crate::route::LinkHop>,
     pub warnings: Vec<String>,
+    /// The branch in the cluster's terms, when the cluster's objects are known
+    /// ([`crate::kubernetes::annotate`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<crate::kubernetes::InKubernetesTerms>,
 }
 
 impl Branch {
@@ -297,6 +301,7 @@ impl Tracer<'_> {
             accepted_by: None,
             link: None,
             warnings: vec![],
+            kubernetes: None,
         };
         if let Some(e) = self.existing {
             b.note(format!(

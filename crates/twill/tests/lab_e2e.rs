@@ -1182,3 +1182,98 @@ fn traffic_distribution_keeps_connections_in_the_zone() {
         }
     }
 }
+
+const SAY_WHY: &str = "
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db, namespace: shop, labels: {app: db}}
+spec:
+  nodeName: node-2
+  containers: [{name: db, image: serve_hostname, ports: [{containerPort: 5432}]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: shop, labels: {app: client}}
+spec:
+  nodeName: node-1
+  containers: [{name: c, image: busybox, command: [sleep, infinity]}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: db-ingress, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: db}}
+  policyTypes: [Ingress]
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: api}}}]
+    ports: [{protocol: TCP, port: 5432}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db, namespace: shop}
+spec:
+  selector: {app: db}
+  ports: [{name: pg, port: 5432}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: empty, namespace: shop}
+spec:
+  selector: {app: nothing}
+  ports: [{name: http, port: 80}]
+";
+
+/// `lab trace` answers in Kubernetes terms: the Service and the endpoint pod a packet
+/// meets, and why it stops (the policy and its closest rule; a Service without ready
+/// endpoints), in the text and in `-o json`.
+#[test]
+fn trace_names_the_service_the_pod_and_the_policy_that_decided() {
+    if !twill_testkit::require_root("trace_names_the_service_the_pod_and_the_policy_that_decided") {
+        return;
+    }
+    let m = manifest("say-why.yaml", SAY_WHY);
+    let lab = Lab::up(&["--nodes", "2", "--no-client", "-f", &m]);
+    let out = lab.run(&["trace", "--from", "shop/client", "--to", "shop/db"]);
+    let text_out = text(&out);
+    for want in [
+        "Service shop/db: port pg by its cluster IP",
+        "Pod shop/db: the endpoint",
+        "on node node-2",
+        "rejected: pod shop/db is selected by NetworkPolicy shop/db-ingress (policyTypes Ingress); no ingress rule allows pod shop/client on TCP 5432; the closest rule, #1 of shop/db-ingress, allows pods with app=api on TCP 5432",
+    ] {
+        assert!(text_out.contains(want), "{want:?} missing:\n{text_out}");
+    }
+    let out = lab.run(&[
+        "trace",
+        "--from",
+        "shop/client",
+        "--to",
+        "shop/empty",
+        "-o",
+        "json",
+    ]);
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    let verdicts: Vec<String> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["hops"].as_array().unwrap().iter())
+        .filter_map(|h| {
+            h["branch"]["kubernetes"]["verdict"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect();
+    assert!(
+        verdicts
+            .iter()
+            .any(|v| v.ends_with(": Service shop/empty has no ready endpoints (0 not ready)")),
+        "{verdicts:?}\n{}",
+        text(&out)
+    );
+}

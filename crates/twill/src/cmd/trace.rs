@@ -105,9 +105,12 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         conntrack: vec![],
     };
     if !a.follow.is_empty() || a.reply {
-        return run_across(&a, snap, &probe);
+        return run_across(&a, snap, &probe, cluster.as_ref());
     }
-    let t = twill_trace::trace(&snap, &probe)?;
+    let mut t = twill_trace::trace(&snap, &probe)?;
+    if let Some(c) = &cluster {
+        twill_trace::kubernetes::annotate(&mut t, c);
+    }
     if a.output == Some(crate::cmd::Output::Json) {
         println!("{}", serde_json::to_string_pretty(&t)?);
     } else {
@@ -127,7 +130,12 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn run_across(a: &Args, start: Snapshot, probe: &Probe) -> anyhow::Result<ExitCode> {
+fn run_across(
+    a: &Args,
+    start: Snapshot,
+    probe: &Probe,
+    cluster: Option<&twill_model::ClusterState>,
+) -> anyhow::Result<ExitCode> {
     let start_name = a
         .netns
         .clone()
@@ -162,7 +170,10 @@ fn run_across(a: &Args, start: Snapshot, probe: &Probe) -> anyhow::Result<ExitCo
             ExitCode::FAILURE
         });
     }
-    let paths = twill_trace::trace_across(&nodes, &start_name, probe)?;
+    let mut paths = twill_trace::trace_across(&nodes, &start_name, probe)?;
+    if let Some(c) = cluster {
+        twill_trace::kubernetes::annotate_paths(&mut paths, probe, c);
+    }
     if a.output == Some(crate::cmd::Output::Json) {
         println!("{}", serde_json::to_string_pretty(&paths)?);
     } else {
