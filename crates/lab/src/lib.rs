@@ -23,6 +23,7 @@ pub mod kubectl;
 pub mod lifecycle;
 pub mod netns;
 pub mod ops;
+pub mod picture;
 pub mod pod;
 pub mod prober;
 pub mod responder;

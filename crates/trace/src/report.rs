@@ -188,3 +188,113 @@ pub fn render_branch(b: &Branch) -> String {
     }
     s
 }
+
+/// Graph languages a path can be drawn in, for documents and slides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Graph {
+    /// Graphviz `dot`.
+    Dot,
+    /// Mermaid `flowchart`.
+    Mermaid,
+}
+
+fn quote(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "'")
+}
+
+/// What happened on one hop, in a few words: translations, the Kubernetes objects met,
+/// and how the hop ended.
+fn hop_label(h: &crate::path::Hop) -> Vec<String> {
+    let mut lines = vec![h.node.clone()];
+    for t in h.branch.translations() {
+        lines.push(format!("{} {} -> {}", t.kind, t.from, t.to));
+    }
+    if let Some(k) = &h.branch.kubernetes {
+        for l in &k.objects {
+            lines.push(format!("{}: {}", l.object, l.what));
+        }
+    }
+    lines
+}
+
+fn fate_label(b: &Branch) -> (String, bool) {
+    let verdict = b.kubernetes.as_ref().and_then(|k| k.verdict.clone());
+    match &b.fate {
+        Some(Fate::Delivered { to }) => (format!("delivered to {to}"), true),
+        Some(Fate::Sent { dev, next_hop, .. }) => (
+            format!("sent out {} to {next_hop}", dev.as_deref().unwrap_or("?")),
+            true,
+        ),
+        Some(Fate::Dropped { reason, .. }) => {
+            (verdict.unwrap_or(format!("dropped: {reason}")), false)
+        }
+        Some(Fate::Rejected { at, .. }) => (verdict.unwrap_or(format!("rejected by {at}")), false),
+        None => ("unfinished".into(), false),
+    }
+}
+
+/// The paths as one graph: the source, each hop (node, translations, objects) and how
+/// each path ends, with its probability on the first edge; paths that do not get through
+/// in red.
+pub fn render_graph(paths: &[Path], source: &str, g: Graph) -> String {
+    let mut s = String::new();
+    match g {
+        Graph::Dot => {
+            let _ = writeln!(s, "digraph trace {{\n  rankdir=LR;\n  node [shape=box];");
+            let _ = writeln!(s, "  src [label=\"{}\", shape=ellipse];", quote(source));
+        }
+        Graph::Mermaid => {
+            let _ = writeln!(s, "flowchart LR\n  src([\"{}\"])", quote(source));
+        }
+    }
+    for (i, p) in paths.iter().enumerate() {
+        let mut prev = "src".to_string();
+        for (j, h) in p.hops.iter().enumerate() {
+            let id = format!("p{i}h{j}");
+            let label = hop_label(h).iter().map(|l| quote(l)).collect::<Vec<_>>();
+            let edge = if j == 0 {
+                format!("{:.2}", p.probability)
+            } else {
+                String::new()
+            };
+            match g {
+                Graph::Dot => {
+                    let _ = writeln!(s, "  {id} [label=\"{}\"];", label.join("\\n"));
+                    let _ = writeln!(s, "  {prev} -> {id} [label=\"{edge}\"];");
+                }
+                Graph::Mermaid => {
+                    let _ = writeln!(s, "  {id}[\"{}\"]", label.join("<br/>"));
+                    if edge.is_empty() {
+                        let _ = writeln!(s, "  {prev} --> {id}");
+                    } else {
+                        let _ = writeln!(s, "  {prev} -->|{edge}| {id}");
+                    }
+                }
+            }
+            prev = id;
+        }
+        let Some(last) = p.hops.last() else { continue };
+        let (text, through) = fate_label(&last.branch);
+        let end = format!("p{i}end");
+        match g {
+            Graph::Dot => {
+                let color = if through { "darkgreen" } else { "red" };
+                let _ = writeln!(
+                    s,
+                    "  {end} [label=\"{}\", color={color}, fontcolor={color}];\n  {prev} -> {end} [color={color}];",
+                    quote(&text)
+                );
+            }
+            Graph::Mermaid => {
+                let _ = writeln!(s, "  {end}[\"{}\"]\n  {prev} --> {end}", quote(&text));
+                if !through {
+                    let _ = writeln!(s, "  style {end} stroke:#d00,color:#d00");
+                }
+            }
+        }
+    }
+    if g == Graph::Dot {
+        s.push_str("}\n");
+    }
+    s
+}

@@ -1276,4 +1276,70 @@ fn trace_names_the_service_the_pod_and_the_policy_that_decided() {
         "{verdicts:?}\n{}",
         text(&out)
     );
+    // Pictures: the lab and the refused path, in Graphviz (checked by `dot` itself) and
+    // Mermaid.
+    let dot_ok = |src: &str| {
+        let mut child = std::process::Command::new("dot")
+            .arg("-Tsvg")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("graphviz's dot (scripts/setup.sh installs it)");
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(src.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "dot refused:\n{src}\n{}", text(&out));
+        // The SVG's text, as drawn (dot writes '-' as an entity).
+        String::from_utf8_lossy(&out.stdout).replace("&#45;", "-")
+    };
+    let topo = text(&lab.run(&["get", "topology", "-A", "-o", "dot"]));
+    let svg = dot_ok(&topo);
+    for want in [
+        "node-1",
+        "node-2",
+        "shop/db",
+        "shop/client",
+        "Service shop/db",
+    ] {
+        assert!(svg.contains(want), "{want} not drawn:\n{topo}");
+    }
+    let mermaid = text(&lab.run(&["get", "topology", "-A", "-o", "mermaid"]));
+    assert!(
+        mermaid.starts_with("flowchart TB") && mermaid.contains("shop/db"),
+        "{mermaid}"
+    );
+    let path = text(&lab.run(&[
+        "trace",
+        "--from",
+        "shop/client",
+        "--to",
+        "shop/db",
+        "-o",
+        "dot",
+    ]));
+    let svg = dot_ok(&path);
+    assert!(
+        svg.contains("selected by NetworkPolicy shop/db-ingress"),
+        "{path}"
+    );
+    assert!(path.contains("color=red"), "a refused path is red:\n{path}");
+    let path = text(&lab.run(&[
+        "trace",
+        "--from",
+        "shop/client",
+        "--to",
+        "shop/db",
+        "-o",
+        "mermaid",
+    ]));
+    assert!(
+        path.starts_with("flowchart LR") && path.contains("stroke:#d00"),
+        "{path}"
+    );
 }

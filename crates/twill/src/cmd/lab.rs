@@ -22,6 +22,10 @@ enum GetOutput {
     Wide,
     Yaml,
     Json,
+    /// `get topology`: a Graphviz picture of the lab.
+    Dot,
+    /// `get topology`: a Mermaid picture of the lab.
+    Mermaid,
 }
 
 #[derive(clap::Args, Clone)]
@@ -109,7 +113,7 @@ enum Command {
         #[command(flatten)]
         lab: LabName,
         /// nodes, pods, svc, endpointslices or networkpolicies (kubectl's short names
-        /// work, and `svc/NAME`).
+        /// work, and `svc/NAME`), events, or `topology` (a picture: -o dot|mermaid).
         resource: String,
         /// Only this object.
         #[arg(value_name = "NAME")]
@@ -118,7 +122,7 @@ enum Command {
         namespace: String,
         #[arg(short = 'A', long)]
         all_namespaces: bool,
-        /// wide, yaml or json.
+        /// wide, yaml or json; for `topology`: dot or mermaid.
         #[arg(short = 'o', long, value_enum)]
         output: Option<GetOutput>,
         /// Label selector, kubectl's syntax (`app=web,tier!=db,env in (a,b),!legacy`).
@@ -208,7 +212,7 @@ enum Command {
         reply: bool,
         /// `json` for tools.
         #[arg(short = 'o', long, value_enum)]
-        output: Option<crate::cmd::Output>,
+        output: Option<crate::cmd::trace::TraceOutput>,
     },
     /// (internal) the lab's control plane loop.
     #[command(hide = true)]
@@ -526,6 +530,22 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             } else {
                 Scope::Namespace(&namespace)
             };
+            if resource == "topology" {
+                let g = match output {
+                    Some(GetOutput::Dot) => twill_lab::picture::Graph::Dot,
+                    Some(GetOutput::Mermaid) => twill_lab::picture::Graph::Mermaid,
+                    _ => bail!("get topology draws the lab: -o dot or -o mermaid"),
+                };
+                if !all_namespaces {
+                    state.pods.retain(|k, _| k.namespace == namespace);
+                    state.services.retain(|k, _| k.namespace == namespace);
+                }
+                print!("{}", twill_lab::picture::topology(&spec, &state, g));
+                return Ok(ExitCode::SUCCESS);
+            }
+            if matches!(output, Some(GetOutput::Dot | GetOutput::Mermaid)) {
+                bail!("-o dot and -o mermaid draw `get topology` only");
+            }
             let wide = output == Some(GetOutput::Wide);
             let age = lab_age(&spec);
             if resource == "events" || resource == "event" || resource == "ev" {

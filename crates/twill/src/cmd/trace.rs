@@ -54,7 +54,7 @@ pub struct Args {
     pub reply: bool,
     /// `json` for tools.
     #[arg(short = 'o', long, value_enum)]
-    pub output: Option<crate::cmd::Output>,
+    pub output: Option<TraceOutput>,
     /// Run the proxy corpus folder (testdata/proxy) through the tracer instead:
     /// one line per failure, then `N passed, N failed`.
     #[arg(long)]
@@ -64,6 +64,25 @@ pub struct Args {
     /// feature.
     #[arg(long, requires = "corpus")]
     pub rendered: bool,
+}
+
+/// `-o` of a trace: text, JSON, or a picture of the paths (Graphviz or Mermaid).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TraceOutput {
+    Text,
+    Json,
+    Dot,
+    Mermaid,
+}
+
+impl TraceOutput {
+    fn graph(self) -> Option<report::Graph> {
+        match self {
+            TraceOutput::Dot => Some(report::Graph::Dot),
+            TraceOutput::Mermaid => Some(report::Graph::Mermaid),
+            _ => None,
+        }
+    }
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
@@ -111,7 +130,23 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     if let Some(c) = &cluster {
         twill_trace::kubernetes::annotate(&mut t, c);
     }
-    if a.output == Some(crate::cmd::Output::Json) {
+    if let Some(g) = a.output.and_then(TraceOutput::graph) {
+        let paths: Vec<twill_trace::path::Path> = t
+            .branches
+            .iter()
+            .map(|b| twill_trace::path::Path {
+                probability: b.probability,
+                conditions: b.conditions.clone(),
+                hops: vec![twill_trace::path::Hop {
+                    node: a.netns.clone().unwrap_or_else(|| "this node".into()),
+                    origin: t.origin.clone(),
+                    branch: b.clone(),
+                }],
+                stopped: None,
+            })
+            .collect();
+        print!("{}", report::render_graph(&paths, from, g));
+    } else if a.output == Some(TraceOutput::Json) {
         println!("{}", serde_json::to_string_pretty(&t)?);
     } else {
         print!("{}", report::render_text(&t));
@@ -157,8 +192,11 @@ fn run_across(
         nodes.push((f.clone(), snap));
     }
     if a.reply {
+        if a.output.and_then(TraceOutput::graph).is_some() {
+            anyhow::bail!("-o dot|mermaid draws paths; with --reply use text or json");
+        }
         let trips = twill_trace::trace_round_trip(&nodes, &start_name, probe)?;
-        if a.output == Some(crate::cmd::Output::Json) {
+        if a.output == Some(TraceOutput::Json) {
             println!("{}", serde_json::to_string_pretty(&trips)?);
         } else {
             print!("{}", report::render_round_trips(&trips));
@@ -174,7 +212,12 @@ fn run_across(
     if let Some(c) = cluster {
         twill_trace::kubernetes::annotate_paths(&mut paths, probe, c);
     }
-    if a.output == Some(crate::cmd::Output::Json) {
+    if let Some(g) = a.output.and_then(TraceOutput::graph) {
+        print!(
+            "{}",
+            report::render_graph(&paths, a.from.as_deref().unwrap_or("source"), g)
+        );
+    } else if a.output == Some(TraceOutput::Json) {
         println!("{}", serde_json::to_string_pretty(&paths)?);
     } else {
         print!("{}", report::render_paths(&paths));
