@@ -205,3 +205,73 @@ fn service_health(status: &Status, port: u16) -> Response<Full<Bytes>> {
 
 #[cfg(test)]
 mod tests;
+
+/// One answer of a [`serve_fn`] handler.
+pub struct Reply {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: Vec<u8>,
+}
+
+/// A handler: path and query in, reply out. It runs on a blocking thread (it may read
+/// files or run a command).
+pub type Handler = Arc<dyn Fn(&str, &str) -> Reply + Send + Sync>;
+
+/// Serve `handler` on `addr` (for pages such as `twill lab ui`): one small runtime, a
+/// task per connection, the handler on the blocking pool. Returns the bound address and
+/// the runtime, which serves for as long as it is kept.
+pub fn serve_fn(
+    addr: SocketAddr,
+    handler: Handler,
+) -> std::io::Result<(SocketAddr, tokio::runtime::Runtime)> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("twill-http")
+        .enable_all()
+        .build()?;
+    let std_listener = std::net::TcpListener::bind(addr)?;
+    std_listener.set_nonblocking(true)?;
+    let local = std_listener.local_addr()?;
+    let listener = {
+        let _guard = runtime.enter();
+        tokio::net::TcpListener::from_std(std_listener)?
+    };
+    runtime.spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let handler = handler.clone();
+                    let path = req.uri().path().to_string();
+                    let query = req.uri().query().unwrap_or("").to_string();
+                    async move {
+                        let r = tokio::task::spawn_blocking(move || handler(&path, &query))
+                            .await
+                            .unwrap_or_else(|_| Reply {
+                                status: 500,
+                                content_type: "text/plain",
+                                body: b"handler failed\n".to_vec(),
+                            });
+                        let mut resp = reply(
+                            StatusCode::from_u16(r.status).unwrap_or(StatusCode::OK),
+                            r.content_type,
+                            String::new(),
+                        );
+                        *resp.body_mut() = Full::new(Bytes::from(r.body));
+                        Ok::<_, Infallible>(resp)
+                    }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
+                    .serve_connection(TokioIo::new(stream), svc);
+                let _ = conn.await;
+            });
+        }
+    });
+    Ok((local, runtime))
+}

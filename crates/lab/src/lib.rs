@@ -30,6 +30,7 @@ pub mod responder;
 pub mod spec;
 pub mod status;
 pub mod topology;
+pub mod ui;
 pub mod vip;
 
 pub use spec::{Backend, LabSpec, UpOptions};

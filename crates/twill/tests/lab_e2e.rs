@@ -1342,4 +1342,75 @@ fn trace_names_the_service_the_pod_and_the_policy_that_decided() {
         path.starts_with("flowchart LR") && path.contains("stroke:#d00"),
         "{path}"
     );
+    lab_ui_draws_the_lab_and_a_path(&lab);
+}
+
+/// `lab ui` in a real browser (headless Chromium): the page lists the lab as text,
+/// traces from a link, and follows a change within seconds.
+fn lab_ui_draws_the_lab_and_a_path(lab: &Lab) {
+    if !twill_testkit::require_tool("lab_ui_draws_the_lab_and_a_path", "chromium") {
+        return;
+    }
+    use std::io::BufRead as _;
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = twill()
+        .args(["lab", "ui", "--name", &lab.name, "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let _ui = Kill(child);
+    let url = first
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no address in {first:?}"))
+        .to_string();
+    let dom = |query: &str| {
+        let out = Command::new("chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--virtual-time-budget=8000",
+                "--dump-dom",
+            ])
+            .arg(format!("{url}{query}"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let page = dom("?from=shop/client&to=shop/db");
+    for want in [
+        "<td>node-1</td>",
+        "<td>shop/db</td>",
+        "<td>shop/client</td>",
+        "selected by NetworkPolicy shop/db-ingress",
+        "<circle",
+    ] {
+        assert!(page.contains(want), "{want:?} not on the page:\n{page}");
+    }
+    // A pod applied now shows up on the page within the next refreshes.
+    let extra = manifest(
+        "ui-extra.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: late, namespace: shop}\nspec:\n  nodeName: node-1\n  containers: [{name: c, image: busybox, command: [sleep, infinity]}]\n",
+    );
+    let out = lab.run(&["apply", "-f", &extra]);
+    assert!(out.status.success(), "{}", text(&out));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !dom("").contains("<td>shop/late</td>") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new pod never appeared"
+        );
+    }
 }

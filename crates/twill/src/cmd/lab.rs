@@ -129,6 +129,15 @@ enum Command {
         #[arg(short = 'l', long)]
         selector: Option<String>,
     },
+    /// Serve a live page of the lab: its nodes, pods and Services drawn (and listed as
+    /// text), and a packet's path through them from a trace. Until Ctrl-C.
+    Ui {
+        #[command(flatten)]
+        lab: LabName,
+        /// Where the page listens (loopback by default: the page can run traces).
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        listen: std::net::SocketAddr,
+    },
     /// Run a command in a pod's namespaces, on a node, or on the outside host.
     Exec {
         #[command(flatten)]
@@ -252,6 +261,66 @@ fn agents_available() -> Vec<&'static str> {
         v.push("dns");
     }
     v
+}
+
+/// One answer of `lab ui`: the page, the lab as JSON, or a trace (the same `lab trace -o
+/// json` the CLI prints, run as this binary).
+fn ui_answer(
+    lab: &str,
+    twill: &std::path::Path,
+    path: &str,
+    query: &str,
+) -> twill_agent::http::Reply {
+    use twill_agent::http::Reply;
+    let json = |status: u16, v: &serde_json::Value| Reply {
+        status,
+        content_type: "application/json",
+        body: serde_json::to_vec(v).unwrap_or_default(),
+    };
+    match path {
+        "/" | "/index.html" => Reply {
+            status: 200,
+            content_type: "text/html; charset=utf-8",
+            body: twill_lab::ui::INDEX_HTML.as_bytes().to_vec(),
+        },
+        "/api/topology" => match LabSpec::load(lab)
+            .map_err(anyhow::Error::from)
+            .and_then(|spec| load_state(&spec).map(|st| twill_lab::ui::topology(&spec, &st)))
+        {
+            Ok(v) => json(200, &v),
+            Err(e) => json(503, &serde_json::json!({"error": format!("{e:#}")})),
+        },
+        "/api/trace" => {
+            let Some((from, to)) = twill_lab::ui::trace_query(query) else {
+                return json(
+                    400,
+                    &serde_json::json!({"error": "from and to: pod, Service or IP:PORT"}),
+                );
+            };
+            let out = std::process::Command::new(twill)
+                .args([
+                    "lab", "trace", "--name", lab, "--from", &from, "--to", &to, "-o", "json",
+                ])
+                .output();
+            match out {
+                Ok(o) if !o.stdout.is_empty() => Reply {
+                    status: 200,
+                    content_type: "application/json",
+                    body: o.stdout,
+                },
+                Ok(o) => json(
+                    400,
+                    &serde_json::json!({"error": String::from_utf8_lossy(&o.stderr).trim()}),
+                ),
+                Err(e) => json(500, &serde_json::json!({"error": e.to_string()})),
+            }
+        }
+        _ => Reply {
+            status: 404,
+            content_type: "text/plain",
+            body: b"not found\n".to_vec(),
+        },
+    }
 }
 
 fn load_state(spec: &LabSpec) -> anyhow::Result<ClusterState> {
@@ -811,6 +880,21 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                 corpus: None,
                 rendered: false,
             })
+        }
+        Command::Ui { lab, listen } => {
+            let spec = LabSpec::load(&lab.name)?;
+            let name = spec.name.clone();
+            let twill = twill.clone();
+            let handler: twill_agent::http::Handler =
+                std::sync::Arc::new(move |path, query| ui_answer(&name, &twill, path, query));
+            let (addr, _runtime) = twill_agent::http::serve_fn(listen, handler)
+                .with_context(|| format!("listening on {listen}"))?;
+            println!("lab {} at http://{addr}/ (Ctrl-C to stop)", spec.name);
+            twill_agent::signals::install();
+            while !twill_agent::signals::stop_requested() {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Controller { lab } => {
             let spec = LabSpec::load(&lab.name)?;
