@@ -186,6 +186,84 @@ fn port_admits(ports: &[PolicyPort], pod: &Pod, port: u16, proto: Protocol) -> b
         })
 }
 
+/// Whether `peer` (an address, a pod when one has it) is one of a rule's peers, as the
+/// API reference defines them (an empty list is everyone).
+fn peer_matches(
+    state: &ClusterState,
+    policy: &NetworkPolicy,
+    peers: &[PolicyPeer],
+    peer: IpAddr,
+) -> bool {
+    if peers.is_empty() {
+        return true;
+    }
+    let pod = pod_by_ip(state, peer);
+    peers.iter().any(|p| match p {
+        PolicyPeer::IpBlock { cidr, except } => {
+            cidr.contains(&peer) && !except.iter().any(|e| e.contains(&peer))
+        }
+        PolicyPeer::Pods {
+            namespace_selector,
+            pod_selector,
+        } => pod.is_some_and(|pod| {
+            let ns_ok = match namespace_selector {
+                None => pod.key.namespace == policy.key.namespace,
+                Some(sel) => state
+                    .namespaces
+                    .get(&pod.key.namespace)
+                    .is_some_and(|ns| sel.matches(&ns.labels)),
+            };
+            ns_ok
+                && pod_selector
+                    .as_ref()
+                    .is_none_or(|sel| sel.matches(&pod.labels))
+        }),
+    })
+}
+
+/// The first rule of the policies isolating `pod` that admits this connection: the one
+/// that let it through.
+fn allowing_rule(
+    state: &ClusterState,
+    pod: &Pod,
+    ingress: bool,
+    peer: IpAddr,
+    port: u16,
+    proto: Protocol,
+) -> Option<String> {
+    state
+        .network_policies
+        .values()
+        .filter(|p| p.key.namespace == pod.key.namespace && p.pod_selector.matches(&pod.labels))
+        .filter(|p| {
+            if ingress {
+                p.ingress_isolation
+            } else {
+                p.egress_isolation
+            }
+        })
+        .find_map(|p| {
+            let rules = if ingress { &p.ingress } else { &p.egress };
+            rules
+                .iter()
+                .position(|r| {
+                    peer_matches(state, p, &r.peers, peer)
+                        && port_admits(&r.ports, pod, port, proto)
+                })
+                .map(|i| {
+                    format!(
+                        "{} allowed by rule #{} ({} on {} {port})",
+                        if ingress { "ingress" } else { "egress" },
+                        i + 1,
+                        describe_rule_peers(&rules[i].peers),
+                        proto.as_str()
+                    )
+                })
+                .map(|what| (p, what))
+        })
+        .map(|(p, what)| format!("NetworkPolicy {}: {what}", p.key))
+}
+
 /// Why a NetworkPolicy isolates `pod` against this connection.
 fn policy_verdict(
     fate: &str,
@@ -307,6 +385,32 @@ pub fn explain(branch: &Branch, probe: &Probe, state: &ClusterState) -> InKubern
                     "Endpoint".into(),
                     format!("{} (no pod has this address)", ep.to),
                 ),
+            }
+        }
+    }
+    // A policy that let the packet through: the pod's dispatcher chain was walked and
+    // the branch went on.
+    let through = matches!(
+        branch.fate,
+        Some(Fate::Delivered { .. }) | Some(Fate::Sent { .. })
+    );
+    if through && let Some(pr) = proto {
+        for chain in branch.steps.iter().filter_map(|s| match s {
+            Step::Rule { at, .. } if at.chain.starts_with("TWILL-NPP") => Some(at.chain.as_str()),
+            _ => None,
+        }) {
+            let ingress = chain.starts_with("TWILL-NPPI");
+            let (pod_ip, peer) = if ingress {
+                (branch.packet.dst, probe.src)
+            } else {
+                (probe.src, branch.packet.dst)
+            };
+            if let Some(pod) = pod_by_ip(state, pod_ip)
+                && let Some(text) =
+                    allowing_rule(state, pod, ingress, peer, branch.packet.dport, pr)
+            {
+                let (object, what) = text.split_once(": ").unwrap_or((&text, ""));
+                line(object.to_string(), format!("{what} for pod {}", pod.key));
             }
         }
     }

@@ -1202,6 +1202,13 @@ spec:
   nodeName: node-1
   containers: [{name: c, image: busybox, command: [sleep, infinity]}]
 ---
+apiVersion: v1
+kind: Pod
+metadata: {name: api, namespace: shop, labels: {app: api}}
+spec:
+  nodeName: node-1
+  containers: [{name: c, image: busybox, command: [sleep, infinity]}]
+---
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata: {name: db-ingress, namespace: shop}
@@ -1247,6 +1254,12 @@ fn trace_names_the_service_the_pod_and_the_policy_that_decided() {
     ] {
         assert!(text_out.contains(want), "{want:?} missing:\n{text_out}");
     }
+    // The allowed client: the policy and the rule that let it in.
+    let allowed = text(&lab.run(&["trace", "--from", "shop/api", "--to", "shop/db"]));
+    assert!(
+        allowed.contains("NetworkPolicy shop/db-ingress: ingress allowed by rule #1 (pods with app=api on TCP 5432) for pod shop/db"),
+        "{allowed}"
+    );
     let out = lab.run(&[
         "trace",
         "--from",
