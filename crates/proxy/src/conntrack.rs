@@ -34,6 +34,7 @@ const CTA_IP_V4_DST: u16 = 2;
 const CTA_IP_V6_SRC: u16 = 3;
 const CTA_IP_V6_DST: u16 = 4;
 const CTA_PROTO_NUM: u16 = 1;
+const CTA_PROTO_SRC_PORT: u16 = 2;
 const CTA_PROTO_DST_PORT: u16 = 3;
 const IPPROTO_UDP: u8 = 17;
 
@@ -54,6 +55,7 @@ struct Tuple {
     src: Option<IpAddr>,
     dst: Option<IpAddr>,
     proto: u8,
+    sport: Option<u16>,
     dport: Option<u16>,
 }
 
@@ -100,6 +102,7 @@ fn tuple(b: &[u8]) -> Tuple {
         src: None,
         dst: None,
         proto: 0,
+        sport: None,
         dport: None,
     };
     for (ty, v, _) in attrs(b) {
@@ -117,6 +120,9 @@ fn tuple(b: &[u8]) -> Tuple {
                 for (pty, pv, _) in attrs(v) {
                     match (pty, pv.len()) {
                         (CTA_PROTO_NUM, 1) => t.proto = pv[0],
+                        (CTA_PROTO_SRC_PORT, 2) => {
+                            t.sport = Some(u16::from_be_bytes([pv[0], pv[1]]))
+                        }
                         (CTA_PROTO_DST_PORT, 2) => {
                             t.dport = Some(u16::from_be_bytes([pv[0], pv[1]]))
                         }
@@ -466,4 +472,108 @@ pub fn apply_settings(s: &Sysctls) -> Vec<String> {
         );
     }
     notes
+}
+
+/// A new connection as conntrack reports it: where it was addressed (the original
+/// destination) and who answers it (the reply's source: after DNAT, the endpoint).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewConnection {
+    /// IP protocol number (6 TCP, 17 UDP, 132 SCTP).
+    pub proto: u8,
+    pub dst: IpAddr,
+    pub dport: u16,
+    pub reply_src: IpAddr,
+    pub reply_sport: u16,
+}
+
+/// `NFNLGRP_CONNTRACK_NEW`'s bit in the netlink groups mask.
+const NF_NETLINK_CONNTRACK_NEW: u32 = 1;
+const IPCTNL_MSG_CT_NEW: u16 = 0;
+
+/// Parse one netlink datagram of conntrack events into the new connections it holds.
+fn new_connections(buf: &[u8]) -> Vec<NewConnection> {
+    let mut out = Vec::new();
+    let mut b = buf;
+    while b.len() >= 16 {
+        let len = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize;
+        let ty = u16::from_ne_bytes([b[4], b[5]]);
+        if len < 16 || len > b.len() {
+            break;
+        }
+        if ty == (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW && len >= 20 {
+            let (mut orig, mut reply) = (None, None);
+            for (ty, v, _) in attrs(&b[20..len]) {
+                match ty {
+                    CTA_TUPLE_ORIG => orig = Some(tuple(v)),
+                    CTA_TUPLE_REPLY => reply = Some(tuple(v)),
+                    _ => {}
+                }
+            }
+            if let (Some(o), Some(r)) = (orig, reply)
+                && let (Some(dst), Some(dport), Some(reply_src), Some(reply_sport)) =
+                    (o.dst, o.dport, r.src, r.sport)
+            {
+                out.push(NewConnection {
+                    proto: o.proto,
+                    dst,
+                    dport,
+                    reply_src,
+                    reply_sport,
+                });
+            }
+        }
+        b = &b[((len + 3) & !3).min(b.len())..];
+    }
+    out
+}
+
+/// Follow conntrack's new-connection events in the calling thread's network namespace,
+/// calling `f` for each until it returns false. Events the kernel could not queue (the
+/// socket's buffer full under a flood) are skipped, not fatal: the counts are a view,
+/// not the data plane.
+pub fn watch_new(mut f: impl FnMut(NewConnection) -> bool) -> Result<(), ConntrackError> {
+    let fd = open()?;
+    // SAFETY: a zeroed sockaddr_nl is valid; its family and groups are set below.
+    let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    sa.nl_family = libc::AF_NETLINK as u16;
+    sa.nl_groups = NF_NETLINK_CONNTRACK_NEW;
+    // SAFETY: sa is a valid sockaddr_nl of the size passed.
+    let r = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&sa as *const libc::sockaddr_nl).cast(),
+            std::mem::size_of::<libc::sockaddr_nl>() as u32,
+        )
+    };
+    if r < 0 {
+        return Err(ConntrackError::Socket(std::io::Error::last_os_error()));
+    }
+    let size: libc::c_int = 4 << 20;
+    // SAFETY: setting an int socket option from a valid int.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as u32,
+        );
+    }
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        // SAFETY: buf is a valid writable buffer of buf.len() bytes.
+        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::ENOBUFS) | Some(libc::EINTR) => continue,
+                _ => return Err(ConntrackError::Socket(e)),
+            }
+        }
+        for c in new_connections(&buf[..n as usize]) {
+            if !f(c) {
+                return Ok(());
+            }
+        }
+    }
 }

@@ -5,7 +5,7 @@
 //! the kernel rejected, and serves health and sync metrics.
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -759,4 +759,90 @@ fn nftables_mode_drops_unallocated_cluster_ips_of_the_service_cidrs() {
         "no ServiceCIDR, no flag: no drop rule\n{none}"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// New connections per Service port and per endpoint, from conntrack's events: five
+/// connections to a cluster IP count five for the Service and five for the endpoint
+/// that answered them.
+#[test]
+fn connections_are_counted_per_service_and_endpoint() {
+    let test = "connections_are_counted_per_service_and_endpoint";
+    if !twill_testkit::require_root(test) || !twill_testkit::require_tool(test, "iptables-restore")
+    {
+        return;
+    }
+    let ns = twill_testkit::netns::Netns::new("pxconn");
+    // The endpoint lives in the same namespace, on one end of a veth pair.
+    twill_testkit::netns::veth_pair(&ns, "epa", &ns, "epb");
+    for args in [
+        &["addr", "add", "10.244.1.5/24", "dev", "epb"][..],
+        &["link", "set", "epa", "up"],
+        &["link", "set", "epb", "up"],
+        // A route for the cluster IPs, as a node's default route would give.
+        &["route", "add", "10.96.0.0/12", "dev", "epa"],
+    ] {
+        assert!(ns.exec("ip", args).status.success(), "{args:?}");
+    }
+    let dir = scratch("conn");
+    let file = dir.join("cluster.yaml");
+    write_atomically(
+        &file,
+        &[service("web", "10.96.0.10", 80), slice("web", "10.244.1.5")].concat(),
+    );
+    let daemon = start_proxy(&ns, dir, &[&file], "1h");
+    let log = || std::fs::read_to_string(daemon.dir.join("proxy.log")).unwrap_or_default();
+    wait_for(
+        "web's endpoint",
+        || nat_rules(&ns).contains("--to-destination 10.244.1.5:8080"),
+        || format!("{}\n{}", nat_rules(&ns), log()),
+    );
+    let served = ns.run(|| {
+        let l = TcpListener::bind("10.244.1.5:8080").unwrap();
+        l.set_nonblocking(true).unwrap();
+        // Accepts until five came or ten seconds passed (never hangs the test).
+        let server = std::thread::spawn(move || {
+            let (mut n, start) = (0, Instant::now());
+            while n < 5 && start.elapsed() < Duration::from_secs(10) {
+                match l.accept() {
+                    Ok(_) => n += 1,
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        let mut ok = 0;
+        for _ in 0..5 {
+            if TcpStream::connect_timeout(&"10.96.0.10:80".parse().unwrap(), Duration::from_secs(2))
+                .is_ok()
+            {
+                ok += 1;
+            }
+        }
+        let _ = server.join();
+        ok
+    });
+    assert_eq!(served, 5, "the cluster IP answers");
+    let counted = |name: &str| {
+        metrics(&ns)
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    wait_for(
+        "five connections counted",
+        || {
+            counted("twill_proxy_service_connections_total{service_port=\"shop/web:http\"}")
+                == Some(5.0)
+        },
+        || metrics(&ns),
+    );
+    assert_eq!(
+        counted(
+            "twill_proxy_endpoint_connections_total{service_port=\"shop/web:http\",endpoint=\"10.244.1.5:8080\"}"
+        ),
+        Some(5.0),
+        "{}",
+        metrics(&ns)
+    );
+    drop(daemon);
 }

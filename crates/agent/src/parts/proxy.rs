@@ -428,6 +428,8 @@ pub struct ProxyPart {
     /// The model of the state generation it was built from: an unchanged state costs
     /// no rebuild on periodic resyncs.
     model: Option<(u64, Arc<ProxyModel>)>,
+    /// New connections per Service port and endpoint, from conntrack's events.
+    connections: twill_proxy::connections::ConnectionCounts,
 }
 
 impl ProxyPart {
@@ -436,6 +438,7 @@ impl ProxyPart {
             settings,
             proxier: None,
             model: None,
+            connections: Default::default(),
         }
     }
 
@@ -450,7 +453,13 @@ impl ProxyPart {
     pub(crate) fn sync(&mut self, ctx: &SyncContext, status: &Status) -> Result<bool, PartError> {
         if self.proxier.is_none() {
             let p = self.settings.build(ctx.state)?;
-            status.register(|r| p.metrics().register(r));
+            status.register(|r| {
+                p.metrics().register(r);
+                self.connections.register(r);
+            });
+            if let Err(e) = self.connections.start() {
+                tracing::warn!(error = %e, "no per-Service connection counts");
+            }
             self.proxier = Some(p);
         }
         let proxier = self.proxier.as_mut().expect("built above");
@@ -478,6 +487,9 @@ impl ProxyPart {
                 .observe(t.elapsed().as_secs_f64());
         }
         publish_service_health(proxier.synced_model(), status);
+        if wrote && let Some(m) = proxier.synced_model() {
+            self.connections.update(m);
+        }
         Ok(wrote)
     }
 
