@@ -221,6 +221,27 @@ fn peer_matches(
     })
 }
 
+/// The NetworkPolicies that select `pod` and isolate it in this direction.
+fn isolating<'a>(
+    state: &'a ClusterState,
+    pod: &'a Pod,
+    ingress: bool,
+) -> impl Iterator<Item = &'a NetworkPolicy> {
+    state
+        .network_policies
+        .values()
+        .filter(move |p| {
+            p.key.namespace == pod.key.namespace && p.pod_selector.matches(&pod.labels)
+        })
+        .filter(move |p| {
+            if ingress {
+                p.ingress_isolation
+            } else {
+                p.egress_isolation
+            }
+        })
+}
+
 /// The first rule of the policies isolating `pod` that admits this connection: the one
 /// that let it through.
 fn allowing_rule(
@@ -231,17 +252,7 @@ fn allowing_rule(
     port: u16,
     proto: Protocol,
 ) -> Option<String> {
-    state
-        .network_policies
-        .values()
-        .filter(|p| p.key.namespace == pod.key.namespace && p.pod_selector.matches(&pod.labels))
-        .filter(|p| {
-            if ingress {
-                p.ingress_isolation
-            } else {
-                p.egress_isolation
-            }
-        })
+    isolating(state, pod, ingress)
         .find_map(|p| {
             let rules = if ingress { &p.ingress } else { &p.egress };
             rules
@@ -274,18 +285,7 @@ fn policy_verdict(
     port: u16,
     proto: Protocol,
 ) -> String {
-    let selecting: Vec<&NetworkPolicy> = state
-        .network_policies
-        .values()
-        .filter(|p| p.key.namespace == pod.key.namespace && p.pod_selector.matches(&pod.labels))
-        .filter(|p| {
-            if ingress {
-                p.ingress_isolation
-            } else {
-                p.egress_isolation
-            }
-        })
-        .collect();
+    let selecting: Vec<&NetworkPolicy> = isolating(state, pod, ingress).collect();
     let dir = if ingress { "ingress" } else { "egress" };
     let names: Vec<String> = selecting
         .iter()
