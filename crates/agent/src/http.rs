@@ -4,7 +4,8 @@
 //! hand-written listeners this replaces answered one connection at a time).
 //!
 //! Routes on an agent listener: `/healthz` and `/livez` (kube-proxy's JSON), `/readyz`,
-//! `/metrics` (OpenMetrics text from the one registry), and CoreDNS's `/health` and
+//! `/metrics` (OpenMetrics text from the one registry), `/flows` (the NetworkPolicy flow
+//! log as JSON lines), and CoreDNS's `/health` and
 //! `/ready` for DNS pods. A health-check node port answers any path as kube-proxy's
 //! service health server does.
 
@@ -175,7 +176,25 @@ fn answer(status: &Status, routes: Routes, req: &Request<Incoming>) -> Response<
             )
         }
         "/metrics" => reply(StatusCode::OK, OPENMETRICS, status.encode_metrics()),
+        "/flows" => flows(status, req.uri().query().unwrap_or("")),
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+    }
+}
+
+/// The flow log as JSON lines, oldest first (`?verdict=dropped|allowed`, `?pod=NS/NAME`,
+/// `?since=SEQ`, `?limit=N`).
+fn flows(status: &Status, query: &str) -> Response<Full<Bytes>> {
+    let Some(log) = status.flows() else {
+        return reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "this agent keeps no flow log (it enforces no NetworkPolicy, or --flow-log off)\n"
+                .into(),
+        );
+    };
+    match twill_netpol_agent::flows::FlowQuery::parse(query) {
+        Ok(q) => reply(StatusCode::OK, "application/jsonl", log.json_lines(&q)),
+        Err(e) => reply(StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n")),
     }
 }
 

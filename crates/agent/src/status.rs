@@ -69,6 +69,8 @@ pub struct Inner {
 pub struct Status {
     inner: Mutex<Inner>,
     registry: Mutex<Registry>,
+    /// The NetworkPolicy part's flow log, when it keeps one (`GET /flows`).
+    flows: Mutex<Option<twill_netpol_agent::flows::FlowLog>>,
     /// `twill_agent_*`: the runtime's own metrics.
     pub metrics: AgentMetrics,
 }
@@ -118,6 +120,7 @@ impl Status {
                 ..Default::default()
             }),
             registry: Mutex::new(registry),
+            flows: Mutex::new(None),
             metrics,
         })
     }
@@ -131,6 +134,15 @@ impl Status {
     /// Add metrics to the one registry (a part registers when it is built).
     pub fn register(&self, f: impl FnOnce(&mut Registry)) {
         f(&mut self.registry.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    /// Serve this flow log on `/flows`.
+    pub fn set_flows(&self, log: twill_netpol_agent::flows::FlowLog) {
+        *self.flows.lock().unwrap_or_else(|p| p.into_inner()) = Some(log);
+    }
+
+    pub fn flows(&self) -> Option<twill_netpol_agent::flows::FlowLog> {
+        self.flows.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Every metric, in the OpenMetrics text format (one `# EOF`).

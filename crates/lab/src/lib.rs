@@ -19,6 +19,7 @@ pub mod agents;
 pub mod cni;
 pub mod controller;
 pub mod dns;
+pub mod flows;
 pub mod kubectl;
 pub mod lifecycle;
 pub mod netns;

@@ -146,3 +146,20 @@ pub fn run(ns: &str, program: &str, args: &[&str]) -> Result<String, LabError> {
         in_netns(ns, program).args(args).output(),
     )
 }
+
+/// Enter network namespace `name` on the calling thread, then run `f`. Call it on a
+/// thread of its own that ends with `f` (a probe's, a flow query's): the thread stays in
+/// that namespace.
+pub fn in_netns_thread<T>(name: &str, f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    let path = path(name);
+    let fd = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    // SAFETY: setns on an fd we hold; it changes only this thread's namespace.
+    if unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(format!(
+            "entering {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    f()
+}

@@ -11,7 +11,6 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -274,7 +273,7 @@ fn run_probe(action: &ProbeAction, t: &Target, timeout: Duration) -> Result<(), 
         ProbeAction::Grpc { .. } => Err("gRPC probes are not supported by the lab".into()),
         ProbeAction::TcpSocket { port } => {
             let addr = SocketAddr::new(t.ip.ok_or("the pod has no address")?, t.port(port)?);
-            in_netns(&t.netns, || {
+            netns::in_netns_thread(&t.netns, || {
                 TcpStream::connect_timeout(&addr, timeout)
                     .map(drop)
                     .map_err(|e| format!("dial tcp {addr}: {e}"))
@@ -285,25 +284,9 @@ fn run_probe(action: &ProbeAction, t: &Target, timeout: Duration) -> Result<(), 
                 return Err("HTTPS probes are not supported by the lab".into());
             }
             let addr = SocketAddr::new(t.ip.ok_or("the pod has no address")?, t.port(port)?);
-            in_netns(&t.netns, || http_get(addr, path, timeout))
+            netns::in_netns_thread(&t.netns, || http_get(addr, path, timeout))
         }
     }
-}
-
-/// Enter network namespace `name` on this thread (a probe's own thread, which ends
-/// with the probe), then run `f`.
-fn in_netns<T>(name: &str, f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
-    let path = netns::path(name);
-    let fd = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    // SAFETY: setns on an fd we hold; it changes only this thread's namespace.
-    if unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(format!(
-            "entering {}: {}",
-            path.display(),
-            std::io::Error::last_os_error()
-        ));
-    }
-    f()
 }
 
 /// kubelet's HTTP probe: a GET with `User-Agent: kube-probe`; 200-399 is success.

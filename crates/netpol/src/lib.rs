@@ -17,6 +17,7 @@
 
 pub mod cluster;
 pub mod eval;
+pub mod explain;
 pub mod render;
 pub mod trace;
 

@@ -83,9 +83,75 @@ pub enum DenyAction {
     Drop,
 }
 
+/// The flow log's kernel half: NFLOG rules in the pod chains, so the agent hears of
+/// connection attempts the policies decided. Only a connection's first packet reaches a
+/// pod chain (`TWILL-NETPOL` returns established ones first), so one record is one
+/// attempt. `-m limit` caps what the kernel sends per pod chain and direction: a flood
+/// of dropped packets costs the node at most `per_second` copies of 128 bytes each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowLogRules {
+    /// The nfnetlink_log group the agent listens on.
+    pub group: u16,
+    /// Log admitted connections too (drops are always logged).
+    pub allowed: bool,
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+impl Default for FlowLogRules {
+    fn default() -> Self {
+        FlowLogRules {
+            group: FLOW_LOG_GROUP,
+            allowed: false,
+            per_second: 100,
+            burst: 200,
+        }
+    }
+}
+
+/// The default nfnetlink_log group (flannel and kube-proxy use none).
+pub const FLOW_LOG_GROUP: u16 = 20_000;
+/// Bytes of each logged packet copied to the agent: the IP and transport headers.
+pub const FLOW_LOG_COPY: u32 = 128;
+
+/// What an NFLOG prefix of these rules says: (admitted, ingress).
+pub fn flow_prefix(prefix: &str) -> Option<(bool, bool)> {
+    let rest = prefix.strip_prefix("twill-np ")?;
+    let (verdict, dir) = rest.split_once(' ')?;
+    let allowed = match verdict {
+        "allow" => true,
+        "drop" => false,
+        _ => return None,
+    };
+    let ingress = match dir {
+        "ingress" => true,
+        "egress" => false,
+        _ => return None,
+    };
+    Some((allowed, ingress))
+}
+
+fn flow_log_rule(chain: &str, log: &FlowLogRules, allowed: bool, ingress: bool) -> String {
+    format!(
+        "-A {chain}{} -m limit --limit {}/sec --limit-burst {} -j NFLOG --nflog-prefix \"twill-np {} {}\" --nflog-group {} --nflog-size {FLOW_LOG_COPY}",
+        if allowed {
+            format!(" -m mark --mark {ALLOW_MARK}")
+        } else {
+            String::new()
+        },
+        log.per_second,
+        log.burst,
+        if allowed { "allow" } else { "drop" },
+        if ingress { "ingress" } else { "egress" },
+        log.group,
+    )
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct RenderOptions {
     pub deny: DenyAction,
+    /// NFLOG rules for the flow log; `None` renders none.
+    pub flow_log: Option<FlowLogRules>,
     /// Chains currently in the node's `filter` table (from `iptables-save`); owned ones
     /// that the new state no longer has are flushed and deleted in the same restore.
     pub existing_chains: Vec<String>,
@@ -448,6 +514,9 @@ pub fn render_node(cluster: &Cluster, node: &str, opts: &RenderOptions) -> NodeR
                     continue;
                 }
                 pod_rules.push(format!("-A {chain} -j {pchain}"));
+                if let Some(log) = opts.flow_log.as_ref().filter(|l| l.allowed) {
+                    pod_rules.push(flow_log_rule(&chain, log, true, dir == Direction::Ingress));
+                }
                 pod_rules.push(format!("-A {chain} -m mark --mark {ALLOW_MARK} -j RETURN"));
                 if policy_chains_done.insert(pchain.clone()) {
                     chains.insert(pchain.clone());
@@ -455,6 +524,9 @@ pub fn render_node(cluster: &Cluster, node: &str, opts: &RenderOptions) -> NodeR
                 }
             }
             // Broken policies selecting the pod add no jumps: they admit nothing.
+            if let Some(log) = &opts.flow_log {
+                pod_rules.push(flow_log_rule(&chain, log, false, dir == Direction::Ingress));
+            }
             pod_rules.push(format!("-A {chain} -j {DENY_CHAIN}"));
         }
     }

@@ -334,6 +334,120 @@ fn rendered_rules_agree_with_the_evaluator_for_every_pair() {
     assert!(checked > 40);
 }
 
+/// The flow log's rules log every decision and change none: for every pair, the verdict
+/// with NFLOG rules is the evaluator's, a refused connection is logged as a drop in the
+/// direction that refused it, and an admitted one as allowed in each isolated direction.
+#[test]
+fn flow_log_rules_log_each_decision_and_change_no_verdict() {
+    let mut c = cluster();
+    add(
+        &mut c,
+        np(
+            "x",
+            "a-from-y",
+            json!({"podSelector": {"matchLabels": {"pod": "a"}},
+        "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}}], "ports": [{"port": 80}]}]}),
+        ),
+    );
+    add(
+        &mut c,
+        np(
+            "y",
+            "egress-to-a",
+            json!({"podSelector": {}, "policyTypes": ["Egress"],
+        "egress": [{"to": [{"podSelector": {"matchLabels": {"pod": "a"}}, "namespaceSelector": {}}]}]}),
+        ),
+    );
+    let opts = RenderOptions {
+        flow_log: Some(render::FlowLogRules {
+            allowed: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let tracers: Vec<(String, Tracer)> = ["n1", "n2"]
+        .iter()
+        .map(|n| {
+            (
+                n.to_string(),
+                Tracer::new(&render_node(&c, n, &opts)).unwrap(),
+            )
+        })
+        .collect();
+    let pods: Vec<PolicyPod> = c.pods.values().cloned().collect();
+    let (mut drops, mut allows) = (0, 0);
+    for from in &pods {
+        for to in &pods {
+            if from.key == to.key {
+                continue;
+            }
+            for port in [80, 8080] {
+                let want = verdict(
+                    &c,
+                    &from.key.to_string(),
+                    &to.key.to_string(),
+                    port,
+                    Protocol::Tcp,
+                );
+                let mut got = true;
+                let mut logged = Vec::new();
+                for (n, t) in &tracers {
+                    if *n == from.node || *n == to.node {
+                        let (ok, l) = t.admits_logging(from.ip, to.ip, Protocol::Tcp, port);
+                        got &= ok;
+                        logged.extend(l);
+                    }
+                }
+                assert_eq!(got, want, "{} -> {} {port}", from.key, to.key);
+                let mut decoded: Vec<(bool, bool)> = logged
+                    .iter()
+                    .map(|p| render::flow_prefix(p).unwrap())
+                    .collect();
+                decoded.sort();
+                let egress_isolated = c.isolated_for_egress(from);
+                let ingress_isolated = c.isolated_for_ingress(to);
+                if want {
+                    let expect: Vec<(bool, bool)> =
+                        [(egress_isolated, false), (ingress_isolated, true)]
+                            .into_iter()
+                            .filter(|(iso, _)| *iso)
+                            .map(|(_, ingress)| (true, ingress))
+                            .collect();
+                    assert_eq!(decoded, expect, "{} -> {} {port}", from.key, to.key);
+                    allows += expect.len();
+                } else {
+                    assert_eq!(
+                        decoded.iter().filter(|(a, _)| !a).count(),
+                        1,
+                        "{} -> {} {port}: refused, logged {logged:?}",
+                        from.key,
+                        to.key
+                    );
+                    drops += 1;
+                }
+            }
+        }
+    }
+    assert!(drops >= 5 && allows >= 2, "{drops} drops, {allows} allows");
+    // Without the option nothing is logged.
+    let plain = render_node(&c, "n1", &RenderOptions::default());
+    assert!(!plain.iptables.contains("NFLOG"));
+}
+
+#[test]
+fn flow_prefixes_read_back() {
+    assert_eq!(
+        render::flow_prefix("twill-np drop ingress"),
+        Some((false, true))
+    );
+    assert_eq!(
+        render::flow_prefix("twill-np allow egress"),
+        Some((true, false))
+    );
+    assert_eq!(render::flow_prefix("twill-np drop sideways"), None);
+    assert_eq!(render::flow_prefix("KUBE-SVC drop ingress"), None);
+}
+
 #[test]
 fn names_fit_kernel_limits_and_output_is_deterministic() {
     let mut c = cluster();

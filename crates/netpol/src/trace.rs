@@ -35,6 +35,8 @@ struct Rule {
     target: String,
     /// (value, mask)
     xmark: Option<(u32, u32)>,
+    /// An NFLOG rule's prefix (the flow log); `-m limit` is taken as always within rate.
+    nflog_prefix: Option<String>,
 }
 
 /// A parsed rendering.
@@ -110,14 +112,34 @@ fn parse_rule(words: &[&str]) -> Result<Rule, String> {
             }
             "-j" => r.target = next(&mut i)?.to_string(),
             "--set-xmark" => r.xmark = Some(parse_mark(next(&mut i)?)?),
-            "--reject-with" => {
+            "--reject-with" | "--limit" | "--limit-burst" | "--nflog-group" | "--nflog-size" => {
                 next(&mut i)?;
             }
+            "--nflog-prefix" => r.nflog_prefix = Some(next(&mut i)?.to_string()),
             w => return Err(format!("unknown word {w:?} in {}", words.join(" "))),
         }
         i += 1;
     }
     Ok(r)
+}
+
+/// Words of an `iptables-restore` line; a double-quoted word (an NFLOG prefix) may hold
+/// spaces.
+fn split_words(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut rest = line.trim_start();
+    while !rest.is_empty() {
+        if let Some(q) = rest.strip_prefix('"') {
+            let end = q.find('"').unwrap_or(q.len());
+            words.push(q[..end].to_string());
+            rest = q.get(end + 1..).unwrap_or("").trim_start();
+        } else {
+            let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+            words.push(rest[..end].to_string());
+            rest = rest[end..].trim_start();
+        }
+    }
+    words
 }
 
 impl Tracer {
@@ -129,7 +151,8 @@ impl Tracer {
                     .entry(decl.split(' ').next().unwrap_or_default().to_string())
                     .or_default();
             } else if let Some(rest) = line.strip_prefix("-A ") {
-                let words: Vec<&str> = rest.split_whitespace().collect();
+                let words = split_words(rest);
+                let words: Vec<&str> = words.iter().map(String::as_str).collect();
                 let (chain, rest) = words.split_first().ok_or("empty rule")?;
                 let rule = parse_rule(rest)?;
                 chains.entry(chain.to_string()).or_default().push(rule);
@@ -238,6 +261,7 @@ impl Tracer {
         p: (IpAddr, IpAddr, Protocol, u16),
         mark: &mut u32,
         depth: usize,
+        logged: &mut Vec<String>,
     ) -> Outcome {
         let (src, dst, proto, dport) = p;
         let Some(rules) = self.chains.get(chain) else {
@@ -266,10 +290,11 @@ impl Tracer {
                         *mark = (*mark & !m) ^ v;
                     }
                 }
+                "NFLOG" => logged.extend(r.nflog_prefix.clone()),
                 "RETURN" => return Outcome::Return,
                 "ACCEPT" => return Outcome::Accept,
                 "DROP" | "REJECT" => return Outcome::Deny,
-                other => match self.walk(other, p, mark, depth + 1) {
+                other => match self.walk(other, p, mark, depth + 1, logged) {
                     Outcome::Accept => return Outcome::Accept,
                     Outcome::Deny => return Outcome::Deny,
                     Outcome::Return | Outcome::Fallthrough => {}
@@ -281,7 +306,26 @@ impl Tracer {
 
     /// Whether a new connection's first packet gets through this node's rules.
     pub fn admits(&self, src: IpAddr, dst: IpAddr, protocol: Protocol, dport: u16) -> bool {
+        self.admits_logging(src, dst, protocol, dport).0
+    }
+
+    /// [`Tracer::admits`], plus the NFLOG prefixes the packet is logged with on the way.
+    pub fn admits_logging(
+        &self,
+        src: IpAddr,
+        dst: IpAddr,
+        protocol: Protocol,
+        dport: u16,
+    ) -> (bool, Vec<String>) {
         let mut mark = 0;
-        self.walk(ROOT_CHAIN, (src, dst, protocol, dport), &mut mark, 0) != Outcome::Deny
+        let mut logged = Vec::new();
+        let out = self.walk(
+            ROOT_CHAIN,
+            (src, dst, protocol, dport),
+            &mut mark,
+            0,
+            &mut logged,
+        );
+        (out != Outcome::Deny, logged)
     }
 }

@@ -1355,7 +1355,96 @@ fn trace_names_the_service_the_pod_and_the_policy_that_decided() {
         path.starts_with("flowchart LR") && path.contains("stroke:#d00"),
         "{path}"
     );
+    flow_log_names_the_policy_that_decided(&lab);
     lab_ui_draws_the_lab_and_a_path(&lab);
+}
+
+/// Records of `lab flows -o json` with these filters.
+fn flows(lab: &Lab, filters: &[&str]) -> Vec<serde_json::Value> {
+    let out = lab.run(&[&["flows", "-o", "json"], filters].concat());
+    assert!(out.status.success(), "{}", text(&out));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+/// Poll `lab flows` until a record from `src` to `dst` with `verdict` shows up.
+fn wait_for_flow(lab: &Lab, verdict: &str, src: &str, dst: &str) -> serde_json::Value {
+    let asked = std::time::Instant::now();
+    loop {
+        if let Some(f) = flows(lab, &["--verdict", verdict, "--pod", src])
+            .into_iter()
+            .find(|f| f["dst"]["pod"] == dst && f["src"]["pod"] == src)
+        {
+            eprintln!(
+                "{verdict} {src} -> {dst} in the flow log after {:?}",
+                asked.elapsed()
+            );
+            return f;
+        }
+        assert!(
+            asked.elapsed() < std::time::Duration::from_secs(10),
+            "no {verdict} flow {src} -> {dst}: {:?}",
+            flows(lab, &[])
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// The flow log in the lab (NFLOG from the real rules, read by each node's agent): a
+/// refused attempt is a drop that names the policy and its closest rule, an admitted one
+/// names the rule that admitted it, the node's counter moves, and the text table and the
+/// filters show the same.
+fn flow_log_names_the_policy_that_decided(lab: &Lab) {
+    let pods = text(&lab.run(&["get", "pods", "-n", "shop", "-o", "wide"]));
+    let db = column(&pods, "db ", 5).pop().expect("db's IP");
+    let url = format!("http://{db}:5432/");
+    let out = lab.exec(&["-n", "shop", "client"], &["curl", "-s", "-m", "2", &url]);
+    assert!(
+        !out.status.success(),
+        "the client got through: {}",
+        text(&out)
+    );
+    let drop = wait_for_flow(lab, "dropped", "shop/client", "shop/db");
+    assert_eq!(drop["node"], "node-2");
+    assert_eq!(drop["direction"], "ingress");
+    assert_eq!(drop["protocol"], "TCP");
+    assert_eq!(drop["dst"]["port"], 5432);
+    assert_eq!(drop["policies"], serde_json::json!(["shop/db-ingress"]));
+    assert_eq!(
+        drop["reason"],
+        "rejected: pod shop/db is selected by NetworkPolicy shop/db-ingress (policyTypes Ingress); no ingress rule allows pod shop/client on TCP 5432; the closest rule, #1 of shop/db-ingress, allows pods with app=api on TCP 5432"
+    );
+    assert!(curl(lab, &["-n", "shop", "api"], &url).contains("db"));
+    let allowed = wait_for_flow(lab, "allowed", "shop/api", "shop/db");
+    assert_eq!(allowed["rule"], "shop/db-ingress#1");
+    // Filters: the client's flows hold no allowed one; the api's no drop.
+    assert!(
+        flows(lab, &["--pod", "shop/client"])
+            .iter()
+            .all(|f| f["verdict"] == "dropped")
+    );
+    assert!(flows(lab, &["--verdict", "dropped", "--pod", "shop/api"]).is_empty());
+    let table = text(&lab.run(&["flows"]));
+    assert!(
+        table.starts_with("TIME") && table.contains("shop/db-ingress#1"),
+        "{table}"
+    );
+    let metrics = text(&lab.exec(
+        &["--node", "node-2"],
+        &["curl", "-s", "http://127.0.0.1:10255/metrics"],
+    ));
+    let dropped = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with(
+                "twill_netpol_flows_total{verdict=\"dropped\",direction=\"ingress\",policy=\"shop/db-ingress\"}",
+            )
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no drop counter:\n{metrics}"));
+    assert!(dropped >= 1, "{metrics}");
 }
 
 /// `lab ui` in a real browser (headless Chromium): the page lists the lab as text,
@@ -1411,6 +1500,46 @@ fn lab_ui_draws_the_lab_and_a_path(lab: &Lab) {
         "<circle",
     ] {
         assert!(page.contains(want), "{want:?} not on the page:\n{page}");
+    }
+    // The flows panel: the client's refused attempt (made by the flow log test) in its
+    // own colour, with the policy.
+    let dropped_row = page
+        .split("<tr class=\"flow-dropped\">")
+        .nth(1)
+        .and_then(|r| r.split("</tr>").next())
+        .unwrap_or_else(|| panic!("no dropped flow on the page:\n{page}"));
+    assert!(
+        dropped_row.contains("shop/client") && dropped_row.contains("shop/db-ingress"),
+        "{dropped_row}"
+    );
+    // Screenshots of the page as test artefacts (target/test-artifacts/).
+    let artefacts = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("../test-artifacts");
+    let _ = std::fs::create_dir_all(&artefacts);
+    for (name, query) in [
+        ("lab-ui-refused-trace.png", "?from=shop/client&to=shop/db"),
+        ("lab-ui-service-trace.png", "?from=shop/api&to=shop/db"),
+    ] {
+        let file = artefacts.join(name);
+        let out = Command::new("chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--hide-scrollbars",
+                "--virtual-time-budget=8000",
+                "--window-size=1100,1250",
+            ])
+            .arg(format!("--screenshot={}", file.display()))
+            .arg(format!("{url}{query}"))
+            .current_dir(&artefacts)
+            .output()
+            .unwrap();
+        assert!(
+            std::fs::metadata(&file).is_ok_and(|m| m.len() > 10_000),
+            "no screenshot {}: {}",
+            file.display(),
+            text(&out)
+        );
     }
     // A pod applied now shows up on the page within the next refreshes.
     let extra = manifest(

@@ -9,10 +9,12 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use twill_model::{ClusterState, ObjectKey};
 use twill_netpol::{BrokenPolicy, Cluster, NodeInfo, PolicyPod, RenderOptions};
 use twill_netpol_agent::daemon::{Enforcer, SyncOutcome};
+use twill_netpol_agent::flows::{FlowLog, FlowLogOptions};
 
 use super::{PartError, SyncContext};
 use crate::status::Status;
@@ -23,6 +25,10 @@ pub struct PolicyPart {
     /// always reach its own pods.
     extra_node_addresses: Vec<(String, IpAddr)>,
     registered: bool,
+    /// The flow log and its NFLOG group, when the rules log decisions.
+    flow_log: Option<(FlowLog, u16)>,
+    /// The state generation the flow log describes records against.
+    flow_generation: Option<u64>,
 }
 
 impl PolicyPart {
@@ -31,17 +37,46 @@ impl PolicyPart {
         options: RenderOptions,
         extra_node_addresses: Vec<(String, IpAddr)>,
     ) -> Self {
+        let flow_log = options
+            .flow_log
+            .map(|rules| (FlowLog::new(node, FlowLogOptions::default()), rules.group));
         PolicyPart {
             enforcer: Enforcer::new(node, options),
             extra_node_addresses,
             registered: false,
+            flow_log,
+            flow_generation: None,
         }
+    }
+
+    /// Keep this many flow log records, taking at most `per_second` a second.
+    pub fn with_flow_log_options(mut self, options: FlowLogOptions) -> Self {
+        if let Some((_, group)) = self.flow_log {
+            self.flow_log = Some((FlowLog::new(&self.enforcer.node, options), group));
+        }
+        self
     }
 
     pub(crate) fn sync(&mut self, ctx: &SyncContext, status: &Status) -> Result<bool, PartError> {
         if !self.registered {
             status.register(|r| self.enforcer.metrics.register(r));
+            if let Some((log, group)) = &self.flow_log {
+                status.register(|r| log.register(r));
+                // In the node's namespace by now: the runtime syncs there.
+                match log.start(*group) {
+                    Ok(()) => status.set_flows(log.clone()),
+                    Err(e) => {
+                        tracing::warn!(group, error = %e, "no flow log: nfnetlink_log group unavailable")
+                    }
+                }
+            }
             self.registered = true;
+        }
+        if let Some((log, _)) = &self.flow_log
+            && self.flow_generation != Some(ctx.generation)
+        {
+            log.set_state(Arc::new(ctx.state.clone()));
+            self.flow_generation = Some(ctx.generation);
         }
         // An unchanged view costs a comparison (and reads the deny counters).
         let cluster =

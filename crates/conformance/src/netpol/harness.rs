@@ -519,7 +519,7 @@ impl Harness {
         for (name, node) in &self.nodes {
             let opts = RenderOptions {
                 deny: self.opts.deny,
-                existing_chains: vec![],
+                ..Default::default()
             };
             let r = node.ns.run(|| sync_node(&world.cluster, name, opts))??;
             rules += r.rule_count;

@@ -21,11 +21,10 @@ use std::process::ExitCode;
 use anyhow::Context;
 use twill_agent::Part;
 use twill_agent::parts::podnet::{self, SubnetStore, parse_subnet_store};
-use twill_agent::parts::policy::PolicyPart;
 use twill_agent::parts::proxy::{Mode, ProxyPart, ProxySettings};
 use twill_kube_source::{Role, SourceConfig};
 use twill_model::IpFamily;
-use twill_netpol::{DenyAction, RenderOptions};
+use twill_netpol::DenyAction;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -119,6 +118,8 @@ pub struct Args {
     /// What NetworkPolicy-denied packets get.
     #[arg(long, value_enum, default_value = "reject")]
     pub deny: Deny,
+    #[command(flatten)]
+    pub flow_log: crate::cmd::netpol::FlowLogFlags,
 
     /// Where /healthz listens (default kube-proxy's, 0.0.0.0:10256).
     #[arg(long)]
@@ -286,14 +287,11 @@ pub fn run(mut a: Args) -> anyhow::Result<ExitCode> {
         parts.push(Part::Proxy(ProxyPart::new(settings)));
     }
     if a.network_policy {
-        parts.push(Part::Policy(PolicyPart::new(
+        parts.push(Part::Policy(a.flow_log.part(
             &node,
-            RenderOptions {
-                deny: match a.deny {
-                    Deny::Reject => DenyAction::Reject,
-                    Deny::Drop => DenyAction::Drop,
-                },
-                existing_chains: vec![],
+            match a.deny {
+                Deny::Reject => DenyAction::Reject,
+                Deny::Drop => DenyAction::Drop,
             },
             vec![],
         )));

@@ -28,6 +28,18 @@ enum GetOutput {
     Mermaid,
 }
 
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum FlowVerdict {
+    Dropped,
+    Allowed,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum FlowOutput {
+    Wide,
+    Json,
+}
+
 #[derive(clap::Args, Clone)]
 struct LabName {
     /// The lab's name (namespaces are prefixed `tl-NAME-`).
@@ -223,6 +235,24 @@ enum Command {
         #[arg(short = 'o', long, value_enum)]
         output: Option<crate::cmd::trace::TraceOutput>,
     },
+    /// The NetworkPolicy flow log of every node: connection attempts the policies
+    /// dropped or admitted, with pods, ports and the deciding policy and rule.
+    Flows {
+        #[command(flatten)]
+        lab: LabName,
+        /// Keep printing new records as they come (Ctrl-C to stop).
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Only `dropped` or only `allowed` attempts.
+        #[arg(long, value_enum)]
+        verdict: Option<FlowVerdict>,
+        /// Only flows from or to this pod (`NAMESPACE/NAME`, or `NAME` in `default`).
+        #[arg(long)]
+        pod: Option<String>,
+        /// `wide` adds the decision in words; `json` prints the records as JSON lines.
+        #[arg(short = 'o', long, value_enum)]
+        output: Option<FlowOutput>,
+    },
     /// (internal) the lab's control plane loop.
     #[command(hide = true)]
     Controller {
@@ -290,6 +320,26 @@ fn ui_answer(
             Ok(v) => json(200, &v),
             Err(e) => json(503, &serde_json::json!({"error": format!("{e:#}")})),
         },
+        "/api/flows" => {
+            let q = match twill_lab::flows::FlowQuery::parse(query) {
+                Ok(q) => q,
+                Err(e) => return json(400, &serde_json::json!({ "error": e })),
+            };
+            match LabSpec::load(lab) {
+                Ok(spec) => {
+                    let (mut flows, errors) =
+                        twill_lab::flows::lab_flows(&spec, &q, &Default::default());
+                    if let Some(limit) = q.limit {
+                        flows.drain(..flows.len().saturating_sub(limit));
+                    }
+                    json(
+                        200,
+                        &serde_json::json!({ "flows": flows, "errors": errors }),
+                    )
+                }
+                Err(e) => json(503, &serde_json::json!({ "error": e.to_string() })),
+            }
+        }
         "/api/trace" => {
             let Some((from, to)) = twill_lab::ui::trace_query(query) else {
                 return json(
@@ -457,6 +507,7 @@ pub fn prints_only(a: &Args) -> bool {
             | Command::Status { .. }
             | Command::Doctor { .. }
             | Command::Trace { .. }
+            | Command::Flows { .. }
     )
 }
 
@@ -880,6 +931,67 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                 corpus: None,
                 rendered: false,
             })
+        }
+        Command::Flows {
+            lab,
+            follow,
+            verdict,
+            pod,
+            output,
+        } => {
+            use twill_lab::flows::{FlowQuery, Verdict};
+            let spec = LabSpec::load(&lab.name)?;
+            let q = FlowQuery {
+                verdict: verdict.map(|v| match v {
+                    FlowVerdict::Dropped => Verdict::Dropped,
+                    FlowVerdict::Allowed => Verdict::Allowed,
+                }),
+                pod: pod.map(|p| {
+                    if p.contains('/') {
+                        p
+                    } else {
+                        format!("default/{p}")
+                    }
+                }),
+                ..Default::default()
+            };
+            let mut since = std::collections::BTreeMap::new();
+            let mut first = true;
+            twill_agent::signals::install();
+            loop {
+                let (flows, errors) = twill_lab::flows::lab_flows(&spec, &q, &since);
+                for e in &errors {
+                    eprintln!("{e}");
+                }
+                if !follow && !errors.is_empty() && errors.len() == spec.nodes.len() {
+                    anyhow::bail!("no node answered");
+                }
+                for f in &flows {
+                    let s = since.entry(f.node.clone()).or_insert(0);
+                    *s = (*s).max(f.seq);
+                }
+                match output {
+                    Some(FlowOutput::Json) => {
+                        for f in &flows {
+                            println!("{}", serde_json::to_string(f)?);
+                        }
+                    }
+                    _ if flows.is_empty() && !follow => eprintln!("No flows recorded."),
+                    o => {
+                        if first || !flows.is_empty() {
+                            let wide = o == Some(FlowOutput::Wide);
+                            print!("{}", twill_lab::flows::flows_table(&flows, wide, first));
+                        }
+                    }
+                }
+                first = false;
+                if !follow || twill_agent::signals::stop_requested() {
+                    break;
+                }
+                std::io::Write::flush(&mut std::io::stdout())?;
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Ui { lab, listen } => {
             let spec = LabSpec::load(&lab.name)?;

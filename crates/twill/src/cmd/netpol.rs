@@ -37,12 +37,75 @@ pub struct Args {
     /// Print the rendered ipset and iptables input for the node and exit (no root needed).
     #[arg(long)]
     pub dry_run: bool,
-    /// Serve Prometheus metrics on this address (`/metrics`).
+    /// Serve Prometheus metrics (`/metrics`) and the flow log (`/flows`) on this address.
     #[arg(long)]
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// Enter this named network namespace (`/run/netns/NAME`) before touching the kernel.
     #[arg(long)]
     pub netns: Option<String>,
+    #[command(flatten)]
+    pub flow_log: FlowLogFlags,
+}
+
+/// The NetworkPolicy flow log (`GET /flows` on the agent's HTTP server).
+#[derive(clap::Args, Clone, Debug)]
+pub struct FlowLogFlags {
+    /// Which policy decisions the kernel logs: `drops` (every refused connection
+    /// attempt), `all` (also every admitted one) or `off`.
+    #[arg(long, value_enum, default_value = "drops")]
+    pub flow_log: FlowLogMode,
+    /// The nfnetlink_log group of the log rules (one listener per group and namespace).
+    #[arg(long, default_value_t = twill_netpol::render::FLOW_LOG_GROUP)]
+    pub flow_log_group: u16,
+    /// Log records per second per pod and direction in the kernel (`-m limit`); a flood
+    /// beyond it is not copied to the agent.
+    #[arg(long, default_value_t = 100)]
+    pub flow_log_rate: u32,
+    /// Records the agent keeps (the oldest go first).
+    #[arg(long, default_value_t = 10_000)]
+    pub flow_log_size: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum FlowLogMode {
+    Off,
+    Drops,
+    All,
+}
+
+impl FlowLogFlags {
+    /// The rules' half.
+    pub fn rules(&self) -> Option<twill_netpol::render::FlowLogRules> {
+        (self.flow_log != FlowLogMode::Off).then(|| twill_netpol::render::FlowLogRules {
+            group: self.flow_log_group,
+            allowed: self.flow_log == FlowLogMode::All,
+            per_second: self.flow_log_rate.max(1),
+            burst: self.flow_log_rate.max(1).saturating_mul(2),
+        })
+    }
+
+    /// The policy part with its flow log.
+    pub fn part(
+        &self,
+        node: &str,
+        deny: DenyAction,
+        extra: Vec<(String, std::net::IpAddr)>,
+    ) -> PolicyPart {
+        PolicyPart::new(
+            node,
+            RenderOptions {
+                deny,
+                flow_log: self.rules(),
+                existing_chains: vec![],
+            },
+            extra,
+        )
+        .with_flow_log_options(twill_netpol_agent::flows::FlowLogOptions {
+            capacity: self.flow_log_size.max(1),
+            rejects: deny == DenyAction::Reject,
+            ..Default::default()
+        })
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -103,6 +166,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         .collect();
     let opts = RenderOptions {
         deny: deny_action(a.deny),
+        flow_log: a.flow_log.rules(),
         existing_chains: vec![],
     };
     if a.dry_run {
@@ -142,9 +206,9 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let runtime = twill_agent::Runtime::new(
         status,
         http,
-        vec![twill_agent::Part::Policy(PolicyPart::new(
-            &a.node, opts, extra,
-        ))],
+        vec![twill_agent::Part::Policy(
+            a.flow_log.part(&a.node, opts.deny, extra),
+        )],
         rx,
         twill_agent::Options {
             min_sync_period: Duration::from_millis(a.interval_ms),
