@@ -53,9 +53,37 @@ echo "# twill lab trace walks a packet through those same live rules and routes,
 echo "# node, to each pod it can reach (client pod -> shop/web's ClusterIP):"
 run "$TWILL" lab trace --from shop/client --to shop/web:8080 || true
 
+echo
+echo "# NetworkPolicy: a policy that selects the hostnames pods and admits nothing. The"
+echo "# client's requests are refused, and the flow log of the pods' nodes (NFLOG from the"
+echo "# real rules) names the policy that decided:"
+DENY=$(mktemp --suffix=.yaml)
+cat >"$DENY" <<'YAML'
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: hostnames-deny, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: hostnames}}
+  policyTypes: [Ingress]
+YAML
+run "$TWILL" lab apply -f "$DENY"
+sleep 2
+echo "\$ $TWILL lab exec -n shop client -- curl -s -m 2 http://hostnames.default/"
+"$TWILL" lab exec -n shop client -- curl -s -m 2 http://hostnames.default/ || echo "(refused)"
+sleep 0.5
+run "$TWILL" lab flows --verdict dropped -o wide || true
+run "$TWILL" lab delete -f "$DENY"
+rm -f "$DENY"
+
+# The live page of the lab, in the background until the lab goes.
+pkill -f "twill lab ui --name $LAB " 2>/dev/null || true
+setsid "$TWILL" lab ui --name "$LAB" --listen 127.0.0.1:8090 >/dev/null 2>&1 </dev/null &
+UI="http://127.0.0.1:8090/"
+
 cat <<TXT
 
-The lab "$LAB" is still up. Explore it:
+The lab "$LAB" is still up, drawn live at $UI (twill lab ui: nodes, pods,
+Services, a packet's path in Kubernetes terms, the flow log). Explore it:
   $TWILL lab get pods -A -o wide
   $TWILL lab exec -n shop client -- curl -s http://web.shop:8080/
   $TWILL lab exec --node node-1 -- ip route
@@ -63,6 +91,7 @@ The lab "$LAB" is still up. Explore it:
   $TWILL lab status
   $TWILL lab trace --from client --to 192.168.50.11:30080 --reply
   $TWILL lab doctor
+  $TWILL lab flows -f
 Tear it down:
   $TWILL lab down --name $LAB
 TXT

@@ -14,8 +14,8 @@ TWILL_BUILD_PACKAGES=(protobuf-compiler libprotobuf-dev)
 TWILL_RUNTIME_PACKAGES=(iproute2 iptables nftables ipset conntrack kmod procps iputils-ping util-linux ca-certificates)
 # Testing and the demo: real peers (etcd, the reference CNI plugins, dig, knot, dnsperf,
 # iperf3, curl), Python's Prometheus text parser, Graphviz's dot (it reads the pictures
-# `-o dot` draws) and headless Chromium (it renders `lab ui`'s page).
-TWILL_TEST_PACKAGES=(etcd-server containernetworking-plugins bind9-dnsutils knot dnsperf iperf3 curl python3-prometheus-client graphviz chromium)
+# `-o dot` draws) and headless Chromium with its WebDriver (the browser tests of `lab ui`'s page).
+TWILL_TEST_PACKAGES=(etcd-server containernetworking-plugins bind9-dnsutils knot dnsperf iperf3 curl python3-prometheus-client graphviz chromium chromium-driver)
 
 twill_setup() {
   local list=0 groups=() pkgs=() missing=() p g

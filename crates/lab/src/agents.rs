@@ -141,12 +141,12 @@ pub fn node_agents(spec: &LabSpec, node: &NodeSpec, available: &[&str]) -> Vec<D
                 node.ip.to_string(),
                 "--interval-ms".into(),
                 "200".into(),
-                // The flow log of `lab flows` and `lab ui`: every decision, so a
-                // learner sees admitted connections too.
+                // The flow log of `lab flows` and `lab ui` (by default every decision,
+                // so a learner sees admitted connections too).
                 "--metrics-addr".into(),
                 crate::flows::AGENT_HTTP.into(),
                 "--flow-log".into(),
-                "all".into(),
+                spec.flow_log.clone(),
             ],
         });
     }

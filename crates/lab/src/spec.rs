@@ -85,6 +85,8 @@ pub struct UpOptions {
     pub restart_backoff_ms: u64,
     /// Zones given to the nodes in turn (none: no zone labels).
     pub zones: Vec<String>,
+    /// What the nodes' NetworkPolicy flow logs record: `all`, `drops` or `off`.
+    pub flow_log: String,
 }
 
 impl Default for UpOptions {
@@ -101,6 +103,7 @@ impl Default for UpOptions {
             dns: true,
             restart_backoff_ms: 10_000,
             zones: Vec::new(),
+            flow_log: "all".into(),
         }
     }
 }
@@ -126,6 +129,13 @@ pub struct LabSpec {
     /// The crash-loop back-off base in milliseconds (see [`UpOptions`]).
     #[serde(default = "kubelet_backoff_ms")]
     pub restart_backoff_ms: u64,
+    /// The nodes' `twill netpol --flow-log` (see [`UpOptions`]).
+    #[serde(default = "every_decision")]
+    pub flow_log: String,
+}
+
+fn every_decision() -> String {
+    "all".into()
 }
 
 fn kubelet_backoff_ms() -> u64 {
@@ -220,6 +230,7 @@ impl LabSpec {
             dns: o.dns,
             twill,
             restart_backoff_ms: o.restart_backoff_ms.max(1),
+            flow_log: o.flow_log.clone(),
         })
     }
 

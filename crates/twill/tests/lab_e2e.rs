@@ -1227,6 +1227,27 @@ spec:
   ports: [{name: pg, port: 5432}]
 ---
 apiVersion: v1
+kind: Pod
+metadata: {name: web-a, namespace: shop, labels: {app: web}}
+spec:
+  nodeName: node-1
+  containers: [{name: web, image: serve_hostname, ports: [{containerPort: 80}]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-b, namespace: shop, labels: {app: web}}
+spec:
+  nodeName: node-2
+  containers: [{name: web, image: serve_hostname, ports: [{containerPort: 80}]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  selector: {app: web}
+  ports: [{name: http, port: 80}]
+---
+apiVersion: v1
 kind: Service
 metadata: {name: empty, namespace: shop}
 spec:
@@ -1447,10 +1468,15 @@ fn flow_log_names_the_policy_that_decided(lab: &Lab) {
     assert!(dropped >= 1, "{metrics}");
 }
 
-/// `lab ui` in a real browser (headless Chromium): the page lists the lab as text,
-/// traces from a link, and follows a change within seconds.
+/// `lab ui` in a real browser: headless Chromium driven through WebDriver
+/// (`chromedriver`, Debian's `chromium-driver`, by `fantoccini`). The page loads without
+/// script errors, lists every node and pod with its address, draws a path from a link
+/// (a Service's path reaching both endpoint pods; a refused path naming the policy),
+/// shows the flow log with the drop in its own colour, and follows the lab live: a
+/// deleted pod leaves the open page within 2 s of leaving the lab. Screenshots of the
+/// states go to `target/test-artifacts/`.
 fn lab_ui_draws_the_lab_and_a_path(lab: &Lab) {
-    if !twill_testkit::require_tool("lab_ui_draws_the_lab_and_a_path", "chromium") {
+    if !twill_testkit::require_tool("lab_ui_draws_the_lab_and_a_path", "chromedriver") {
         return;
     }
     use std::io::BufRead as _;
@@ -1477,82 +1503,155 @@ fn lab_ui_draws_the_lab_and_a_path(lab: &Lab) {
         .find(|w| w.starts_with("http://"))
         .unwrap_or_else(|| panic!("no address in {first:?}"))
         .to_string();
-    let dom = |query: &str| {
-        let out = Command::new("chromium")
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--virtual-time-budget=8000",
-                "--dump-dom",
-            ])
-            .arg(format!("{url}{query}"))
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let page = dom("?from=shop/client&to=shop/db");
-    for want in [
-        "<td>node-1</td>",
-        "<td>shop/db</td>",
-        "<td>shop/client</td>",
-        "selected by NetworkPolicy shop/db-ingress",
-        "<circle",
-    ] {
-        assert!(page.contains(want), "{want:?} not on the page:\n{page}");
-    }
-    // The flows panel: the client's refused attempt (made by the flow log test) in its
-    // own colour, with the policy.
-    let dropped_row = page
-        .split("<tr class=\"flow-dropped\">")
-        .nth(1)
-        .and_then(|r| r.split("</tr>").next())
-        .unwrap_or_else(|| panic!("no dropped flow on the page:\n{page}"));
-    assert!(
-        dropped_row.contains("shop/client") && dropped_row.contains("shop/db-ingress"),
-        "{dropped_row}"
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let _driver = Kill(
+        Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
     );
-    // Screenshots of the page as test artefacts (target/test-artifacts/).
     let artefacts = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("../test-artifacts");
     let _ = std::fs::create_dir_all(&artefacts);
-    for (name, query) in [
-        ("lab-ui-refused-trace.png", "?from=shop/client&to=shop/db"),
-        ("lab-ui-service-trace.png", "?from=shop/api&to=shop/db"),
-    ] {
-        let file = artefacts.join(name);
-        let out = Command::new("chromium")
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--hide-scrollbars",
-                "--virtual-time-budget=8000",
-                "--window-size=1100,1250",
-            ])
-            .arg(format!("--screenshot={}", file.display()))
-            .arg(format!("{url}{query}"))
-            .current_dir(&artefacts)
-            .output()
+    let pods = text(&lab.run(&["get", "pods", "-A", "-o", "wide"]));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        use fantoccini::{ClientBuilder, Locator};
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            serde_json::json!({"args": ["--headless", "--no-sandbox", "--disable-gpu", "--window-size=1100,1250"]}),
+        );
+        let started = std::time::Instant::now();
+        let client = loop {
+            match ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+                .capabilities(caps.clone())
+                .connect(&format!("http://127.0.0.1:{port}"))
+                .await
+            {
+                Ok(c) => break c,
+                Err(e) if started.elapsed() < std::time::Duration::from_secs(20) => {
+                    let _ = e;
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("chromedriver: {e}"),
+            }
+        };
+        // The text of an element, "" while it is not there.
+        let text_of = async |css: &str| -> String {
+            // Cells come back separated by tabs or newlines: one space each.
+            match client.find(Locator::Css(css)).await {
+                Ok(e) => e
+                    .text()
+                    .await
+                    .unwrap_or_default()
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                Err(_) => String::new(),
+            }
+        };
+        // Wait (up to `secs`) until the element's text passes `ok`; its text then.
+        let wait_text = async |css: &str, secs: u64, ok: &dyn Fn(&str) -> bool| -> String {
+            let start = std::time::Instant::now();
+            loop {
+                let t = text_of(css).await;
+                if ok(&t) {
+                    return t;
+                }
+                assert!(
+                    start.elapsed() < std::time::Duration::from_secs(secs),
+                    "{css} never became what the test waits for:\n{t}"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        };
+        let shot = async |name: &str| {
+            let png = client.screenshot().await.unwrap();
+            assert!(png.len() > 10_000, "a blank screenshot {name}");
+            std::fs::write(artefacts.join(name), png).unwrap();
+        };
+
+        // Every node and pod, with its address, as text.
+        client.goto(&url).await.unwrap();
+        let listed = wait_text("#pods", 20, &|t| t.contains("shop/db")).await;
+        for line in pods.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let (ns, name, ip) = (cols[0], cols[1], cols[6]);
+            if ip == "<none>" {
+                continue;
+            }
+            assert!(
+                listed.contains(&format!("{ns}/{name} {ip}")),
+                "pod {ns}/{name} {ip} not listed:\n{listed}"
+            );
+        }
+        let nodes = text_of("#nodes").await;
+        for n in ["node-1 192.168.50.11", "node-2 192.168.50.12"] {
+            assert!(nodes.contains(n), "{n} not listed:\n{nodes}");
+        }
+        let errors = client
+            .execute("return window.__errors === undefined ? null : window.__errors", vec![])
+            .await
             .unwrap();
-        assert!(
-            std::fs::metadata(&file).is_ok_and(|m| m.len() > 10_000),
-            "no screenshot {}: {}",
-            file.display(),
-            text(&out)
+        assert_eq!(errors, serde_json::json!([]), "the page's script failed");
+        shot("lab-ui-topology.png").await;
+
+        // A Service's paths reach both endpoint pods.
+        client
+            .goto(&format!("{url}?from=shop/client&to=shop/web"))
+            .await
+            .unwrap();
+        let trace = wait_text("#trace", 30, &|t| t.contains("Pod shop/web-b") && t.contains("Pod shop/web-a")).await;
+        assert!(trace.contains("Service shop/web"), "{trace}");
+        shot("lab-ui-service-trace.png").await;
+
+        // A refused path names the policy, in the refused colour; the flow log shows the
+        // client's refused attempt (made by the flow log test) in red.
+        client
+            .goto(&format!("{url}?from=shop/client&to=shop/db"))
+            .await
+            .unwrap();
+        wait_text("#trace", 30, &|t| t.contains("selected by NetworkPolicy shop/db-ingress")).await;
+        assert!(!text_of("#trace .verdict-bad").await.is_empty());
+        let dropped = wait_text("#flows tr.flow-dropped", 10, &|t| t.contains("shop/client")).await;
+        assert!(dropped.contains("shop/db-ingress"), "{dropped}");
+        let colour = client
+            .find(Locator::Css("#flows tr.flow-dropped td"))
+            .await
+            .unwrap()
+            .css_value("color")
+            .await
+            .unwrap();
+        assert!(colour.contains("221, 0, 0"), "a drop in {colour}");
+        shot("lab-ui-refused-trace.png").await;
+
+        // Live: a pod applied shows up; deleted, it leaves the open page within 2 s of
+        // leaving the lab.
+        let extra = manifest(
+            "ui-extra.yaml",
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: late, namespace: shop}\nspec:\n  nodeName: node-1\n  containers: [{name: c, image: busybox, command: [sleep, infinity]}]\n",
         );
-    }
-    // A pod applied now shows up on the page within the next refreshes.
-    let extra = manifest(
-        "ui-extra.yaml",
-        "apiVersion: v1\nkind: Pod\nmetadata: {name: late, namespace: shop}\nspec:\n  nodeName: node-1\n  containers: [{name: c, image: busybox, command: [sleep, infinity]}]\n",
-    );
-    let out = lab.run(&["apply", "-f", &extra]);
-    assert!(out.status.success(), "{}", text(&out));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !dom("").contains("<td>shop/late</td>") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the new pod never appeared"
-        );
-    }
+        let out = lab.run(&["apply", "-f", &extra]);
+        assert!(out.status.success(), "{}", text(&out));
+        wait_text("#pods", 20, &|t| t.contains("shop/late")).await;
+        let out = lab.run(&["delete", "-f", &extra]);
+        assert!(out.status.success(), "{}", text(&out));
+        let start = std::time::Instant::now();
+        while text(&lab.run(&["get", "pods", "-n", "shop"])).contains("late ") {
+            assert!(start.elapsed() < std::time::Duration::from_secs(30), "late never went");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let gone = std::time::Instant::now();
+        wait_text("#pods", 2, &|t| !t.contains("shop/late")).await;
+        eprintln!("the deleted pod left the page {:?} after it left the lab", gone.elapsed());
+        client.close().await.unwrap();
+    });
 }

@@ -92,6 +92,10 @@ enum Command {
         /// `trafficDistribution` keep traffic in the zone or on the node.
         #[arg(long, value_delimiter = ',')]
         zones: Vec<String>,
+        /// What the nodes' NetworkPolicy flow logs record (`lab flows`): every decision,
+        /// refused attempts only, or nothing.
+        #[arg(long, value_enum, default_value = "all")]
+        flow_log: crate::cmd::netpol::FlowLogMode,
         /// How long to wait for pods to become Ready, in seconds.
         #[arg(long, default_value_t = 30)]
         wait: u64,
@@ -527,6 +531,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             replace,
             restart_backoff_ms,
             zones,
+            flow_log,
             wait,
             files,
         } => {
@@ -542,6 +547,9 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                 dns: !no_dns,
                 restart_backoff_ms,
                 zones,
+                flow_log: clap::ValueEnum::to_possible_value(&flow_log)
+                    .map(|v| v.get_name().to_string())
+                    .unwrap_or_default(),
             };
             let r = ops::up(
                 &opts,
@@ -1002,9 +1010,23 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             let (addr, _runtime) = twill_agent::http::serve_fn(listen, handler)
                 .with_context(|| format!("listening on {listen}"))?;
             println!("lab {} at http://{addr}/ (Ctrl-C to stop)", spec.name);
+            std::io::Write::flush(&mut std::io::stdout())?;
             twill_agent::signals::install();
+            // The page ends with the lab (`lab down`), so a page started in the
+            // background does not outlive what it shows.
+            let mut gone_since: Option<std::time::Instant> = None;
             while !twill_agent::signals::stop_requested() {
                 std::thread::sleep(Duration::from_millis(200));
+                if LabSpec::load(&spec.name).is_ok() {
+                    gone_since = None;
+                } else if gone_since
+                    .get_or_insert_with(std::time::Instant::now)
+                    .elapsed()
+                    > Duration::from_secs(10)
+                {
+                    eprintln!("lab {} is gone; the page stops", spec.name);
+                    break;
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
