@@ -33,8 +33,12 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// What a listener serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Routes {
-    /// `/healthz`, `/livez`, `/readyz`, `/metrics`, `/health`, `/ready`.
+    /// `/healthz`, `/livez`, `/readyz`, `/metrics`, `/flows`, `/health`, `/ready`.
     Agent,
+    /// Health only (`/healthz`, `/livez`, `/readyz`, `/health`, `/ready`): kube-proxy's
+    /// healthz address, which listens on every interface; metrics and the flow log
+    /// (pod addresses and who talks to whom) stay on the metrics address.
+    Health,
     /// One `externalTrafficPolicy: Local` service's health-check node port.
     ServiceHealth(u16),
 }
@@ -147,7 +151,15 @@ fn answer(status: &Status, routes: Routes, req: &Request<Incoming>) -> Response<
     if let Routes::ServiceHealth(port) = routes {
         return service_health(status, port);
     }
-    match req.uri().path() {
+    let path = req.uri().path();
+    if routes == Routes::Health && matches!(path, "/metrics" | "/flows") {
+        return reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not on the health address (see the metrics address)\n".into(),
+        );
+    }
+    match path {
         "/healthz" | "/livez" => {
             let with_node = req.uri().path() == "/healthz";
             let (ok, body) = healthz_body(&status.lock(), now, wall, with_node);

@@ -187,3 +187,50 @@ fn every_parts_metrics_parse_with_prometheus_own_openmetrics_parser_and_keep_the
         assert!(stdout.contains(want), "{want} missing:\n{stdout}");
     }
 }
+
+#[test]
+fn flows_are_json_lines_with_filters_and_stay_off_the_health_address() {
+    let (server, status, addr) = server();
+    let missing = get(addr, "/flows");
+    assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
+    let log = twill_netpol_agent::flows::FlowLog::new("n1", Default::default());
+    // A TCP SYN from 10.0.0.1:40000 to 10.0.0.2:5432, refused at ingress.
+    let mut syn = vec![
+        0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
+    ];
+    syn.extend(40000u16.to_be_bytes());
+    syn.extend(5432u16.to_be_bytes());
+    syn.extend([0; 16]);
+    assert!(log.record("twill-np drop ingress", &syn));
+    assert!(log.record("twill-np allow ingress", &syn));
+    status.set_flows(log);
+    let all = get(addr, "/flows");
+    assert!(all.starts_with("HTTP/1.1 200"), "{all}");
+    assert!(all.contains("application/jsonl"), "{all}");
+    let body = all.split("\r\n\r\n").nth(1).unwrap_or_default();
+    assert_eq!(body.lines().count(), 2, "{all}");
+    let dropped = get(addr, "/flows?verdict=dropped");
+    let line = dropped.lines().last().unwrap_or_default();
+    let v: serde_json::Value =
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {dropped}"));
+    assert_eq!(v["verdict"], "dropped");
+    assert_eq!(v["dst"]["port"], 5432);
+    assert_eq!(v["seq"], 1);
+    let after = get(addr, "/flows?since=1");
+    assert!(
+        after.contains("\"seq\":2") && !after.contains("\"seq\":1,"),
+        "{after}"
+    );
+    let bad = get(addr, "/flows?verdict=maybe");
+    assert!(
+        bad.starts_with("HTTP/1.1 400") && bad.contains("verdict"),
+        "{bad}"
+    );
+    // kube-proxy's healthz address answers health only.
+    let health = server
+        .listen(SocketAddr::from(([127, 0, 0, 1], 0)), Routes::Health)
+        .unwrap();
+    assert!(get(health, "/flows").starts_with("HTTP/1.1 404"));
+    assert!(get(health, "/metrics").starts_with("HTTP/1.1 404"));
+    assert!(!get(health, "/livez").starts_with("HTTP/1.1 404"));
+}

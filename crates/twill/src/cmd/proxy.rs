@@ -157,7 +157,12 @@ pub(crate) fn listen_agent(
     healthz: SocketAddr,
     metrics: SocketAddr,
 ) -> anyhow::Result<()> {
-    http.listen(healthz, twill_agent::http::Routes::Agent)
+    let routes = if metrics == healthz {
+        twill_agent::http::Routes::Agent
+    } else {
+        twill_agent::http::Routes::Health
+    };
+    http.listen(healthz, routes)
         .with_context(|| format!("listening on {healthz}"))?;
     if metrics != healthz {
         http.listen(metrics, twill_agent::http::Routes::Agent)
