@@ -1468,6 +1468,155 @@ fn flow_log_names_the_policy_that_decided(lab: &Lab) {
     assert!(dropped >= 1, "{metrics}");
 }
 
+/// GET `url` (`http://ADDR/PATH`): status and body.
+fn http_get(url: &str) -> (u16, String) {
+    use std::io::{Read as _, Write as _};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (addr, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (code, body.to_string())
+}
+
+/// Whether `v` has every `key: type` of `schema` (types: `string`, `number`, `bool`,
+/// `array`, `object`, `string?` for a string or null).
+fn has_shape(v: &serde_json::Value, schema: &[(&str, &str)]) -> Result<(), String> {
+    for (key, ty) in schema {
+        let f = &v[*key];
+        let ok = match *ty {
+            "string" => f.is_string(),
+            "string?" => f.is_string() || f.is_null(),
+            "number" => f.is_number(),
+            "number?" => f.is_number() || f.is_null(),
+            "bool" => f.is_boolean(),
+            "array" => f.is_array(),
+            "object" => f.is_object(),
+            other => panic!("no type {other}"),
+        };
+        if !ok {
+            return Err(format!("{key} is not {ty} in {v}"));
+        }
+    }
+    Ok(())
+}
+
+/// The page's JSON API, every endpoint, each answer's shape checked.
+fn lab_ui_json_api(url: &str) {
+    let (code, body) = http_get(&format!("{url}api/topology"));
+    assert_eq!(code, 200, "{body}");
+    let topo: serde_json::Value = serde_json::from_str(&body).unwrap();
+    has_shape(
+        &topo,
+        &[
+            ("lab", "string"),
+            ("underlay", "string"),
+            ("nodes", "array"),
+            ("pods", "array"),
+            ("services", "array"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(topo["nodes"].as_array().unwrap().len(), 2);
+    for n in topo["nodes"].as_array().unwrap() {
+        has_shape(
+            n,
+            &[
+                ("name", "string"),
+                ("ip", "string"),
+                ("podCidr", "string"),
+                ("backend", "string"),
+                ("zone", "string?"),
+            ],
+        )
+        .unwrap();
+    }
+    for p in topo["pods"].as_array().unwrap() {
+        has_shape(
+            p,
+            &[
+                ("namespace", "string"),
+                ("name", "string"),
+                ("ip", "string?"),
+                ("node", "string?"),
+                ("ready", "bool"),
+            ],
+        )
+        .unwrap();
+    }
+    for sv in topo["services"].as_array().unwrap() {
+        has_shape(
+            sv,
+            &[
+                ("namespace", "string"),
+                ("name", "string"),
+                ("type", "string"),
+                ("clusterIp", "string?"),
+                ("ports", "array"),
+                ("endpoints", "array"),
+            ],
+        )
+        .unwrap();
+        for p in sv["ports"].as_array().unwrap() {
+            has_shape(
+                p,
+                &[
+                    ("port", "number"),
+                    ("protocol", "string"),
+                    ("nodePort", "number?"),
+                ],
+            )
+            .unwrap();
+        }
+        for e in sv["endpoints"].as_array().unwrap() {
+            has_shape(
+                e,
+                &[("ip", "string?"), ("pod", "string?"), ("ready", "bool")],
+            )
+            .unwrap();
+        }
+    }
+    let (code, body) = http_get(&format!("{url}api/trace?from=shop%2Fclient&to=shop%2Fweb"));
+    assert_eq!(code, 200, "{body}");
+    let paths: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(paths.as_array().map(Vec::len), Some(2), "{body}");
+    for p in paths.as_array().unwrap() {
+        has_shape(p, &[("probability", "number"), ("hops", "array")]).unwrap();
+        for h in p["hops"].as_array().unwrap() {
+            has_shape(h, &[("node", "string"), ("branch", "object")]).unwrap();
+            has_shape(&h["branch"], &[("kubernetes", "object")]).unwrap();
+        }
+    }
+    let (code, body) = http_get(&format!("{url}api/trace?from=shop%2Fclient"));
+    assert_eq!(code, 400, "{body}");
+    let (code, body) = http_get(&format!("{url}api/flows?verdict=dropped&limit=10"));
+    assert_eq!(code, 200, "{body}");
+    let got: serde_json::Value = serde_json::from_str(&body).unwrap();
+    has_shape(&got, &[("flows", "array"), ("errors", "array")]).unwrap();
+    assert_eq!(got["errors"], serde_json::json!([]), "{body}");
+    let flows: Vec<twill_lab::flows::Flow> =
+        serde_json::from_value(got["flows"].clone()).unwrap_or_else(|e| panic!("{e}: {body}"));
+    assert!(!flows.is_empty() && flows.len() <= 10, "{body}");
+    assert!(
+        flows
+            .iter()
+            .all(|f| f.verdict == twill_lab::flows::Verdict::Dropped)
+    );
+    let (code, body) = http_get(&format!("{url}api/flows?verdict=sideways"));
+    assert_eq!(code, 400, "{body}");
+    let (code, body) = http_get(&format!("{url}index.html"));
+    assert!(code == 200 && body.contains("<h2>Flows</h2>"), "{code}");
+}
+
 /// `lab ui` in a real browser: headless Chromium driven through WebDriver
 /// (`chromedriver`, Debian's `chromium-driver`, by `fantoccini`). The page loads without
 /// script errors, lists every node and pod with its address, draws a path from a link
@@ -1503,6 +1652,7 @@ fn lab_ui_draws_the_lab_and_a_path(lab: &Lab) {
         .find(|w| w.starts_with("http://"))
         .unwrap_or_else(|| panic!("no address in {first:?}"))
         .to_string();
+    lab_ui_json_api(&url);
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .unwrap()
