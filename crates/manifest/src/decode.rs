@@ -115,6 +115,7 @@ pub fn decode_value(value: &Value) -> Result<Decoded, DecodeError> {
         "EndpointSlice" => "discovery.k8s.io/v1",
         "Deployment" | "ReplicaSet" | "DaemonSet" => "apps/v1",
         "NetworkPolicy" | "ServiceCIDR" => "networking.k8s.io/v1",
+        "ClusterNetworkPolicy" => k8s::CNP_API_VERSION,
         _ => {
             return Err(DecodeError {
                 object: describe(kind, value, true),
@@ -124,7 +125,10 @@ pub fn decode_value(value: &Value) -> Result<Decoded, DecodeError> {
             });
         }
     };
-    let namespaced = !matches!(kind, "Namespace" | "Node" | "ServiceCIDR");
+    let namespaced = !matches!(
+        kind,
+        "Namespace" | "Node" | "ServiceCIDR" | "ClusterNetworkPolicy"
+    );
     let object = describe(kind, value, namespaced).or_else(|| Some(kind.to_string()));
     if api_version != expected {
         return Err(DecodeError {
@@ -185,6 +189,11 @@ pub fn decode_value(value: &Value) -> Result<Decoded, DecodeError> {
         "ServiceCIDR" => {
             convert::<net::ServiceCIDR, _>(value, k8s::service_cidr_from_k8s, Object::ServiceCidr)
         }
+        "ClusterNetworkPolicy" => convert::<k8s::ClusterNetworkPolicyJson, _>(
+            value,
+            k8s::cnp_from_k8s,
+            Object::ClusterNetworkPolicy,
+        ),
         _ => unreachable!("kinds matched above"),
     };
     result.map(Decoded::Object).map_err(|errors| DecodeError {

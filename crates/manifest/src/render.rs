@@ -36,6 +36,9 @@ pub fn render_yaml(state: &ClusterState) -> String {
     for c in state.service_cidrs.values() {
         doc(&mut out, &k8s::service_cidr_to_k8s(c));
     }
+    for p in state.cluster_network_policies.values() {
+        doc(&mut out, &k8s::cnp_to_k8s(p));
+    }
     out
 }
 
@@ -77,6 +80,12 @@ pub fn render_json(state: &ClusterState) -> serde_json::Value {
             .service_cidrs
             .values()
             .map(|c| item(&k8s::service_cidr_to_k8s(c))),
+    );
+    items.extend(
+        state
+            .cluster_network_policies
+            .values()
+            .map(|p| item(&k8s::cnp_to_k8s(p))),
     );
     serde_json::json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": ""}, "items": items})
 }

@@ -31,7 +31,10 @@ pub use pod::{
     Container, ContainerPort, DnsPolicy, Namespace, OwnerRef, Pod, PodDnsConfig, PodPhase, PodSpec,
     PodTemplate, Probe, ProbeAction, RestartPolicy, Workload, WorkloadKind,
 };
-pub use policy::{NetworkPolicy, PolicyPeer, PolicyPort, PolicyRule};
+pub use policy::{
+    ClusterNetworkPolicy, CnpAction, CnpPeer, CnpProtocol, CnpRule, CnpSubject, CnpTier,
+    NetworkPolicy, PolicyPeer, PolicyPort, PolicyRule,
+};
 pub use service::{
     DEFAULT_AFFINITY_TIMEOUT_SECONDS, IpFamilyPolicy, LoadBalancerIngress, Service, ServiceCidr,
     ServicePort, ServiceType, SessionAffinity, TrafficPolicy,

@@ -51,6 +51,7 @@ pub enum Kind {
     DaemonSet,
     NetworkPolicy,
     ServiceCidr,
+    ClusterNetworkPolicy,
 }
 
 impl Kind {
@@ -66,10 +67,14 @@ impl Kind {
             Kind::DaemonSet => "DaemonSet",
             Kind::NetworkPolicy => "NetworkPolicy",
             Kind::ServiceCidr => "ServiceCIDR",
+            Kind::ClusterNetworkPolicy => "ClusterNetworkPolicy",
         }
     }
     pub fn is_namespaced(self) -> bool {
-        !matches!(self, Kind::Namespace | Kind::Node | Kind::ServiceCidr)
+        !matches!(
+            self,
+            Kind::Namespace | Kind::Node | Kind::ServiceCidr | Kind::ClusterNetworkPolicy
+        )
     }
 }
 

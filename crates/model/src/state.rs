@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use crate::meta::{Kind, ObjectKey, ObjectRef};
 use crate::node::Node;
 use crate::pod::{Namespace, Pod, Workload, WorkloadKind};
-use crate::policy::NetworkPolicy;
+use crate::policy::{ClusterNetworkPolicy, NetworkPolicy};
 use crate::service::{Service, ServiceCidr};
 use crate::slice::EndpointSlice;
 
@@ -26,6 +26,7 @@ pub enum Object {
     Workload(Workload),
     NetworkPolicy(NetworkPolicy),
     ServiceCidr(ServiceCidr),
+    ClusterNetworkPolicy(ClusterNetworkPolicy),
 }
 
 impl Object {
@@ -43,6 +44,7 @@ impl Object {
             },
             Object::NetworkPolicy(_) => Kind::NetworkPolicy,
             Object::ServiceCidr(_) => Kind::ServiceCidr,
+            Object::ClusterNetworkPolicy(_) => Kind::ClusterNetworkPolicy,
         }
     }
 
@@ -56,6 +58,7 @@ impl Object {
             Object::Workload(w) => w.key.clone(),
             Object::NetworkPolicy(p) => p.key.clone(),
             Object::ServiceCidr(c) => ObjectKey::cluster(c.name.clone()),
+            Object::ClusterNetworkPolicy(p) => ObjectKey::cluster(p.name.clone()),
         }
     }
 
@@ -92,6 +95,8 @@ pub struct ClusterState {
     /// ServiceCIDRs (`networking.k8s.io/v1`) by name; the API server's default is
     /// `kubernetes`.
     pub service_cidrs: BTreeMap<String, ServiceCidr>,
+    /// ClusterNetworkPolicies (`policy.networking.k8s.io/v1alpha2`) by name.
+    pub cluster_network_policies: BTreeMap<String, ClusterNetworkPolicy>,
     pub synced: bool,
 }
 
@@ -130,6 +135,9 @@ impl ClusterState {
                 Object::Workload(w) => put(&mut self.workloads, (w.kind, w.key.clone()), w),
                 Object::NetworkPolicy(p) => put(&mut self.network_policies, p.key.clone(), p),
                 Object::ServiceCidr(c) => put(&mut self.service_cidrs, c.name.clone(), c),
+                Object::ClusterNetworkPolicy(p) => {
+                    put(&mut self.cluster_network_policies, p.name.clone(), p)
+                }
             },
             ObjectEvent::Deleted(r) => match r.kind {
                 Kind::Namespace => self.namespaces.remove(&r.key.name).is_some(),
@@ -151,6 +159,9 @@ impl ClusterState {
                     .is_some(),
                 Kind::NetworkPolicy => self.network_policies.remove(&r.key).is_some(),
                 Kind::ServiceCidr => self.service_cidrs.remove(&r.key.name).is_some(),
+                Kind::ClusterNetworkPolicy => {
+                    self.cluster_network_policies.remove(&r.key.name).is_some()
+                }
             },
         }
     }
@@ -217,6 +228,12 @@ impl ClusterState {
                 .values()
                 .cloned()
                 .map(Object::ServiceCidr),
+        );
+        out.extend(
+            self.cluster_network_policies
+                .values()
+                .cloned()
+                .map(Object::ClusterNetworkPolicy),
         );
         out
     }

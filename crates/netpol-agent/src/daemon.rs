@@ -156,6 +156,7 @@ pub fn cluster_from_manifests(
                     NodeInfo {
                         name: n.name.clone(),
                         addresses: n.internal_ips.clone(),
+                        labels: n.labels.clone(),
                     },
                 );
             }
@@ -165,13 +166,16 @@ pub fn cluster_from_manifests(
                 }
             }
             Object::NetworkPolicy(p) => c.upsert_policy(p.clone()),
+            Object::ClusterNetworkPolicy(p) => {
+                c.cluster_policies.insert(p.name.clone(), p.clone());
+            }
             _ => {}
         }
     }
     for (node, addr) in extra_node_addresses {
         let n = c.nodes.entry(node.clone()).or_insert_with(|| NodeInfo {
             name: node.clone(),
-            addresses: vec![],
+            ..Default::default()
         });
         if !n.addresses.contains(addr) {
             n.addresses.push(*addr);

@@ -3,7 +3,10 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use twill_model::{LabelSelector, Labels, NetworkPolicy, ObjectKey, Pod, Protocol};
+use twill_model::{
+    ClusterNetworkPolicy, CnpSubject, CnpTier, LabelSelector, Labels, NetworkPolicy, ObjectKey,
+    Pod, Protocol,
+};
 
 /// A container port as policy sees it: named ports are resolved against these.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -65,6 +68,8 @@ pub struct NodeInfo {
     pub name: String,
     /// Every address the node owns (its InternalIP and e.g. its bridge gateway).
     pub addresses: Vec<IpAddr>,
+    /// For ClusterNetworkPolicy's `nodes` peers.
+    pub labels: Labels,
 }
 
 /// A policy that failed validation. It cannot be enforced as written, so it is enforced
@@ -100,6 +105,8 @@ pub struct Cluster {
     pub pods: BTreeMap<ObjectKey, PolicyPod>,
     pub policies: BTreeMap<ObjectKey, NetworkPolicy>,
     pub broken: BTreeMap<ObjectKey, BrokenPolicy>,
+    /// ClusterNetworkPolicies by name.
+    pub cluster_policies: BTreeMap<String, ClusterNetworkPolicy>,
 }
 
 impl Cluster {
@@ -127,6 +134,54 @@ impl Cluster {
         pod: &'a PolicyPod,
     ) -> impl Iterator<Item = &'a BrokenPolicy> + 'a {
         self.broken.values().filter(move |b| b.selects(pod))
+    }
+
+    /// Whether a ClusterNetworkPolicy's subject holds the pod.
+    pub fn cnp_selects(&self, cnp: &ClusterNetworkPolicy, pod: &PolicyPod) -> bool {
+        let ns = self.namespace_labels(&pod.key.namespace);
+        match &cnp.subject {
+            CnpSubject::Namespaces(sel) => ns.is_some_and(|l| sel.matches(l)),
+            CnpSubject::Pods {
+                namespace_selector,
+                pod_selector,
+            } => {
+                ns.is_some_and(|l| namespace_selector.matches(l))
+                    && pod_selector.matches(&pod.labels)
+            }
+        }
+    }
+
+    /// The ClusterNetworkPolicies of `tier` that select the pod and have rules in this
+    /// direction, in the order they are decided: priority, then name (the API leaves
+    /// equal priorities to the implementation; the name makes it deterministic).
+    pub fn tier_for<'a>(
+        &'a self,
+        tier: CnpTier,
+        pod: &PolicyPod,
+        ingress: bool,
+    ) -> Vec<&'a ClusterNetworkPolicy> {
+        let mut out: Vec<&ClusterNetworkPolicy> = self
+            .cluster_policies
+            .values()
+            .filter(|c| c.tier == tier)
+            .filter(|c| !if ingress { &c.ingress } else { &c.egress }.is_empty())
+            .filter(|c| self.cnp_selects(c, pod))
+            .collect();
+        out.sort_by(|a, b| (a.priority, &a.name).cmp(&(b.priority, &b.name)));
+        out
+    }
+
+    /// Whether any policy (NetworkPolicy or ClusterNetworkPolicy) has a say over the
+    /// pod in this direction: such pods get a chain of their own.
+    pub fn governed(&self, pod: &PolicyPod, ingress: bool) -> bool {
+        let isolated = if ingress {
+            self.isolated_for_ingress(pod)
+        } else {
+            self.isolated_for_egress(pod)
+        };
+        isolated
+            || !self.tier_for(CnpTier::Admin, pod, ingress).is_empty()
+            || !self.tier_for(CnpTier::Baseline, pod, ingress).is_empty()
     }
 
     pub fn isolated_for_ingress(&self, pod: &PolicyPod) -> bool {

@@ -6,7 +6,10 @@
 
 use std::net::IpAddr;
 
-use twill_model::{NetworkPolicy, PolicyPeer, PolicyPort, Protocol, TargetPort};
+use twill_model::{
+    ClusterNetworkPolicy, CnpAction, CnpPeer, CnpProtocol, CnpRule, CnpTier, NetworkPolicy,
+    PolicyPeer, PolicyPort, Protocol, TargetPort,
+};
 
 use crate::cluster::{Cluster, PolicyPod};
 
@@ -66,8 +69,32 @@ pub fn ingress_allows(
     {
         return true;
     }
+    match tier_decision(
+        cluster,
+        CnpTier::Admin,
+        dst,
+        true,
+        src,
+        Some(dst),
+        port,
+        protocol,
+    ) {
+        Some((_, _, CnpAction::Accept)) => return true,
+        Some((_, _, CnpAction::Deny)) => return false,
+        Some((_, _, CnpAction::Pass)) | None => {}
+    }
     if !cluster.isolated_for_ingress(dst) {
-        return true;
+        return tier_decision(
+            cluster,
+            CnpTier::Baseline,
+            dst,
+            true,
+            src,
+            Some(dst),
+            port,
+            protocol,
+        )
+        .is_none_or(|(_, _, a)| a != CnpAction::Deny);
     }
     cluster
         .selecting(dst)
@@ -87,13 +114,37 @@ pub fn egress_allows(
     port: u16,
     protocol: Protocol,
 ) -> bool {
-    if !cluster.isolated_for_egress(src) {
-        return true;
-    }
     let dst_pod = match dst {
         Peer::Pod(p) => Some(p),
         Peer::Ip(_) => None,
     };
+    match tier_decision(
+        cluster,
+        CnpTier::Admin,
+        src,
+        false,
+        dst,
+        dst_pod,
+        port,
+        protocol,
+    ) {
+        Some((_, _, CnpAction::Accept)) => return true,
+        Some((_, _, CnpAction::Deny)) => return false,
+        Some((_, _, CnpAction::Pass)) | None => {}
+    }
+    if !cluster.isolated_for_egress(src) {
+        return tier_decision(
+            cluster,
+            CnpTier::Baseline,
+            src,
+            false,
+            dst,
+            dst_pod,
+            port,
+            protocol,
+        )
+        .is_none_or(|(_, _, a)| a != CnpAction::Deny);
+    }
     cluster
         .selecting(src)
         .filter(|p| p.egress_isolation)
@@ -102,6 +153,90 @@ pub fn egress_allows(
             peers_match(cluster, policy, &rule.peers, dst)
                 && ports_match(&rule.ports, dst_pod, port, protocol)
         })
+}
+
+/// The first rule of the tier's ClusterNetworkPolicies (in priority order) that matches
+/// a connection of `pod` with `other` (`ingress`: `other` is the source), with its
+/// policy, its index and the action it takes (a fail-closed rule's action is Deny).
+#[allow(clippy::too_many_arguments)]
+pub fn tier_decision<'a>(
+    cluster: &'a Cluster,
+    tier: CnpTier,
+    pod: &PolicyPod,
+    ingress: bool,
+    other: Peer<'_>,
+    dst: Option<&PolicyPod>,
+    port: u16,
+    protocol: Protocol,
+) -> Option<(&'a ClusterNetworkPolicy, usize, CnpAction)> {
+    cluster
+        .tier_for(tier, pod, ingress)
+        .into_iter()
+        .find_map(|cnp| {
+            let rules = if ingress { &cnp.ingress } else { &cnp.egress };
+            rules.iter().enumerate().find_map(|(i, r)| {
+                cnp_rule_action(cluster, r, other, dst, port, protocol).map(|a| (cnp, i, a))
+            })
+        })
+}
+
+/// A peer this implementation cannot read (or enforce): the API's fail-closed rule makes
+/// an Accept rule match nothing through it, and a Deny or Pass rule deny everything.
+pub fn fails_closed(p: &CnpPeer) -> bool {
+    matches!(p, CnpPeer::Unknown | CnpPeer::DomainNames(_))
+}
+
+/// What one ClusterNetworkPolicy rule does to this connection, if it matches.
+pub fn cnp_rule_action(
+    cluster: &Cluster,
+    rule: &CnpRule,
+    other: Peer<'_>,
+    dst: Option<&PolicyPod>,
+    port: u16,
+    protocol: Protocol,
+) -> Option<CnpAction> {
+    if rule.action != CnpAction::Accept && rule.peers.iter().any(fails_closed) {
+        return Some(CnpAction::Deny);
+    }
+    let peer_ok = rule
+        .peers
+        .iter()
+        .any(|p| cnp_peer_matches(cluster, p, other));
+    let proto_ok = rule.protocols.is_empty()
+        || rule.protocols.iter().any(|p| match p {
+            CnpProtocol::Port {
+                protocol: pr,
+                ports,
+            } => *pr == protocol && ports.is_none_or(|(a, b)| (a..=b).contains(&port)),
+            CnpProtocol::NamedPort(name) => {
+                dst.and_then(|d| d.find_port(name, protocol)) == Some(port)
+            }
+        });
+    (peer_ok && proto_ok).then_some(rule.action)
+}
+
+pub fn cnp_peer_matches(cluster: &Cluster, peer: &CnpPeer, other: Peer<'_>) -> bool {
+    let ns_matches = |sel: &twill_model::LabelSelector, pod: &PolicyPod| {
+        cluster
+            .namespace_labels(&pod.key.namespace)
+            .is_some_and(|l| sel.matches(l))
+    };
+    match (peer, other) {
+        (CnpPeer::Namespaces(sel), Peer::Pod(pod)) => ns_matches(sel, pod),
+        (
+            CnpPeer::Pods {
+                namespace_selector,
+                pod_selector,
+            },
+            Peer::Pod(pod),
+        ) => ns_matches(namespace_selector, pod) && pod_selector.matches(&pod.labels),
+        (CnpPeer::Nodes(sel), other) => cluster
+            .nodes
+            .values()
+            .any(|n| sel.matches(&n.labels) && n.addresses.contains(&other.ip())),
+        (CnpPeer::Networks(nets), other) => nets.iter().any(|n| n.contains(&other.ip())),
+        _ => false,
+    }
 }
 
 /// An empty peer list matches everyone, external addresses included.

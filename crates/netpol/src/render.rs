@@ -54,7 +54,10 @@ use std::net::IpAddr;
 
 use ipnet::{IpNet, Ipv4Net};
 use sha2::{Digest, Sha256};
-use twill_model::{NetworkPolicy, ObjectKey, PolicyPeer, PolicyPort, Protocol, TargetPort};
+use twill_model::{
+    ClusterNetworkPolicy, CnpAction, CnpPeer, CnpProtocol, CnpRule, CnpTier, NetworkPolicy,
+    ObjectKey, PolicyPeer, PolicyPort, Protocol, TargetPort,
+};
 
 use crate::cluster::{Cluster, PolicyPod};
 use crate::eval::pod_peer_matches;
@@ -63,9 +66,17 @@ pub const ROOT_CHAIN: &str = "TWILL-NETPOL";
 pub const EGRESS_CHAIN: &str = "TWILL-NP-EGRESS";
 pub const INGRESS_CHAIN: &str = "TWILL-NP-INGRESS";
 pub const DENY_CHAIN: &str = "TWILL-NP-DENY";
-/// The mark bit a policy chain sets when a rule admits the packet.
+/// The mark bit a policy chain sets when a rule admits the packet (a NetworkPolicy rule,
+/// or a ClusterNetworkPolicy rule with action Accept).
 pub const ALLOW_MARK: &str = "0x20000/0x20000";
-const CLEAR_MARK: &str = "0x0/0x20000";
+/// A ClusterNetworkPolicy rule with action Deny matched.
+pub const CNP_DENY_MARK: &str = "0x40000/0x40000";
+/// A ClusterNetworkPolicy rule with action Pass matched: the rest of its tier is skipped.
+pub const CNP_PASS_MARK: &str = "0x80000/0x80000";
+/// No decision bit set (the guard in front of each ClusterNetworkPolicy of a tier).
+const NO_PASS: &str = "0x0/0x80000";
+const DECIDED: &str = "0x0/0xe0000";
+const CLEAR_MARK: &str = "0x0/0xe0000";
 const SET_PREFIX: &str = "TWILL-NPS-";
 const TEMP_SET_PREFIX: &str = "TWILL-NPT-";
 
@@ -131,14 +142,19 @@ pub fn flow_prefix(prefix: &str) -> Option<(bool, bool)> {
     Some((allowed, ingress))
 }
 
-fn flow_log_rule(chain: &str, log: &FlowLogRules, allowed: bool, ingress: bool) -> String {
+/// `mark`: the decision bit the logged packet carries (none for the NetworkPolicy deny at
+/// the end of a chain).
+fn flow_log_rule(
+    chain: &str,
+    log: &FlowLogRules,
+    allowed: bool,
+    ingress: bool,
+    mark: Option<&str>,
+) -> String {
     format!(
         "-A {chain}{} -m limit --limit {}/sec --limit-burst {} -j NFLOG --nflog-prefix \"twill-np {} {}\" --nflog-group {} --nflog-size {FLOW_LOG_COPY}",
-        if allowed {
-            format!(" -m mark --mark {ALLOW_MARK}")
-        } else {
-            String::new()
-        },
+        mark.map(|m| format!(" -m mark --mark {m}"))
+            .unwrap_or_default(),
         log.per_second,
         log.burst,
         if allowed { "allow" } else { "drop" },
@@ -268,7 +284,7 @@ fn net_entries(net: &IpNet) -> Vec<String> {
 
 /// Which way a rule looks at the peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Direction {
+pub enum Direction {
     Ingress,
     Egress,
 }
@@ -431,6 +447,211 @@ fn policy_chain_rules(
 }
 
 /// Render the state for the pods on `node`.
+/// A ClusterNetworkPolicy's chain for one direction.
+pub fn cnp_chain(name: &str, dir: Direction) -> String {
+    match dir {
+        Direction::Ingress => format!("TWILL-CNPI-{}", short_hash(name)),
+        Direction::Egress => format!("TWILL-CNPE-{}", short_hash(name)),
+    }
+}
+
+/// In a pod's chain: ask one ClusterNetworkPolicy (unless an earlier one of the tier
+/// passed), then act on its decision: Accept returns (allowed), Deny refuses.
+fn cnp_jump(
+    cnp: &ClusterNetworkPolicy,
+    dir: Direction,
+    chain: &str,
+    opts: &RenderOptions,
+    out: &mut Vec<String>,
+) {
+    let ingress = dir == Direction::Ingress;
+    out.push(format!(
+        "-A {chain} -m mark --mark {NO_PASS} -j {}",
+        cnp_chain(&cnp.name, dir)
+    ));
+    if let Some(log) = opts.flow_log.as_ref().filter(|l| l.allowed) {
+        out.push(flow_log_rule(chain, log, true, ingress, Some(ALLOW_MARK)));
+    }
+    out.push(format!("-A {chain} -m mark --mark {ALLOW_MARK} -j RETURN"));
+    if let Some(log) = &opts.flow_log {
+        out.push(flow_log_rule(
+            chain,
+            log,
+            false,
+            ingress,
+            Some(CNP_DENY_MARK),
+        ));
+    }
+    out.push(format!(
+        "-A {chain} -m mark --mark {CNP_DENY_MARK} -j {DENY_CHAIN}"
+    ));
+}
+
+/// The peer matches of one ClusterNetworkPolicy peer; `None` when it matches nothing
+/// here (a fail-closed peer in an Accept rule, IPv6 only).
+fn cnp_peer_fragments(
+    cluster: &Cluster,
+    peer: &CnpPeer,
+    dir: Direction,
+    sets: &mut Sets,
+) -> Option<Vec<String>> {
+    let flag = dir.peer_flag();
+    match peer {
+        CnpPeer::Namespaces(sel) => {
+            let name = sets.get(SetKind::Ip, &format!("cnp|ns={sel:?}"), || {
+                cluster
+                    .pods
+                    .values()
+                    .filter(|p| v4(p.ip))
+                    .filter(|p| {
+                        cluster
+                            .namespace_labels(&p.key.namespace)
+                            .is_some_and(|l| sel.matches(l))
+                    })
+                    .map(|p| p.ip.to_string())
+                    .collect()
+            });
+            Some(vec![format!("-m set --match-set {name} {flag}")])
+        }
+        CnpPeer::Pods {
+            namespace_selector,
+            pod_selector,
+        } => {
+            let key = format!("cnp|ns={namespace_selector:?}|pods={pod_selector:?}");
+            let name = sets.get(SetKind::Ip, &key, || {
+                cluster
+                    .pods
+                    .values()
+                    .filter(|p| v4(p.ip) && pod_selector.matches(&p.labels))
+                    .filter(|p| {
+                        cluster
+                            .namespace_labels(&p.key.namespace)
+                            .is_some_and(|l| namespace_selector.matches(l))
+                    })
+                    .map(|p| p.ip.to_string())
+                    .collect()
+            });
+            Some(vec![format!("-m set --match-set {name} {flag}")])
+        }
+        CnpPeer::Nodes(sel) => {
+            let name = sets.get(SetKind::Ip, &format!("cnp|nodes={sel:?}"), || {
+                cluster
+                    .nodes
+                    .values()
+                    .filter(|n| sel.matches(&n.labels))
+                    .flat_map(|n| n.addresses.iter().copied())
+                    .filter(|a| v4(*a))
+                    .map(|a| a.to_string())
+                    .collect()
+            });
+            Some(vec![format!("-m set --match-set {name} {flag}")])
+        }
+        CnpPeer::Networks(nets) => {
+            let v4nets: Vec<&IpNet> = nets.iter().filter(|n| n.addr().is_ipv4()).collect();
+            if v4nets.is_empty() {
+                return None;
+            }
+            Some(
+                v4nets
+                    .iter()
+                    .map(|n| {
+                        if n.prefix_len() == 0 {
+                            String::new()
+                        } else {
+                            format!("{} {n}", dir.peer_addr_flag())
+                        }
+                    })
+                    .collect(),
+            )
+        }
+        CnpPeer::DomainNames(_) | CnpPeer::Unknown => None,
+    }
+}
+
+/// The port matches of a ClusterNetworkPolicy rule (one empty fragment: any).
+fn cnp_protocol_fragments(cluster: &Cluster, rule: &CnpRule, sets: &mut Sets) -> Vec<String> {
+    if rule.protocols.is_empty() {
+        return vec![String::new()];
+    }
+    let mut out = Vec::new();
+    for p in &rule.protocols {
+        match p {
+            CnpProtocol::Port { protocol, ports } => {
+                let proto = protocol.lower();
+                out.push(match ports {
+                    None => format!("-p {proto}"),
+                    Some((a, b)) if a == b => format!("-p {proto} -m {proto} --dport {a}"),
+                    Some((a, b)) => format!("-p {proto} -m {proto} --dport {a}:{b}"),
+                });
+            }
+            CnpProtocol::NamedPort(name) => {
+                for protocol in [Protocol::Tcp, Protocol::Udp, Protocol::Sctp] {
+                    let entries = named_port_entries(cluster, name, protocol);
+                    if entries.is_empty() {
+                        continue;
+                    }
+                    let key = format!("port={name}/{}", protocol.as_str());
+                    let set = sets.get(SetKind::IpPort, &key, || entries);
+                    out.push(format!(
+                        "-p {} -m set --match-set {set} dst,dst",
+                        protocol.lower()
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// One ClusterNetworkPolicy's chain: its rules in order, each line setting the rule's
+/// decision bit, and a return as soon as a rule decided. A Deny or Pass rule with a peer
+/// it cannot read denies everything (the API's fail-closed rule).
+fn cnp_chain_rules(
+    cluster: &Cluster,
+    cnp: &ClusterNetworkPolicy,
+    dir: Direction,
+    chain: &str,
+    sets: &mut Sets,
+    out: &mut Vec<String>,
+) {
+    let rules = match dir {
+        Direction::Ingress => &cnp.ingress,
+        Direction::Egress => &cnp.egress,
+    };
+    for rule in rules {
+        let mark = match rule.action {
+            CnpAction::Accept => ALLOW_MARK,
+            CnpAction::Deny => CNP_DENY_MARK,
+            CnpAction::Pass => CNP_PASS_MARK,
+        };
+        if rule.action != CnpAction::Accept && rule.peers.iter().any(crate::eval::fails_closed) {
+            out.push(format!("-A {chain} -j MARK --set-xmark {CNP_DENY_MARK}"));
+            out.push(format!("-A {chain} -j RETURN"));
+            break;
+        }
+        let protos = cnp_protocol_fragments(cluster, rule, sets);
+        for peer in &rule.peers {
+            let Some(peers) = cnp_peer_fragments(cluster, peer, dir, sets) else {
+                continue;
+            };
+            for pf in &peers {
+                for proto in &protos {
+                    let matches: Vec<&str> = [pf.as_str(), proto.as_str()]
+                        .into_iter()
+                        .filter(|m| !m.is_empty())
+                        .collect();
+                    let sep = if matches.is_empty() { "" } else { " " };
+                    out.push(format!(
+                        "-A {chain}{sep}{} -j MARK --set-xmark {mark}",
+                        matches.join(" ")
+                    ));
+                }
+            }
+        }
+        out.push(format!("-A {chain} -m mark ! --mark {DECIDED} -j RETURN"));
+    }
+}
+
 pub fn render_node(cluster: &Cluster, node: &str, opts: &RenderOptions) -> NodeRules {
     let mut sets = Sets::default();
     let mut chains: BTreeSet<String> = [ROOT_CHAIN, EGRESS_CHAIN, INGRESS_CHAIN, DENY_CHAIN]
@@ -471,7 +692,8 @@ pub fn render_node(cluster: &Cluster, node: &str, opts: &RenderOptions) -> NodeR
                 Direction::Egress => cluster.isolated_for_egress(pod),
                 Direction::Ingress => cluster.isolated_for_ingress(pod),
             };
-            if !isolated {
+            let ingress = dir == Direction::Ingress;
+            if !cluster.governed(pod, ingress) {
                 continue;
             }
             let chain = match dir {
@@ -501,6 +723,32 @@ pub fn render_node(cluster: &Cluster, node: &str, opts: &RenderOptions) -> NodeR
                     pod_rules.push(format!("-A {chain} -s {a}/32 -j RETURN"));
                 }
             }
+            // The Admin tier decides first (a Pass skips the rest of the tier).
+            let admin = cluster.tier_for(CnpTier::Admin, pod, ingress);
+            for cnp in &admin {
+                cnp_jump(cnp, dir, &chain, opts, &mut pod_rules);
+                let cchain = cnp_chain(&cnp.name, dir);
+                if policy_chains_done.insert(cchain.clone()) {
+                    chains.insert(cchain.clone());
+                    cnp_chain_rules(cluster, cnp, dir, &cchain, &mut sets, &mut policy_rules);
+                }
+            }
+            if !admin.is_empty() {
+                pod_rules.push(format!("-A {chain} -j MARK --set-xmark {NO_PASS}"));
+            }
+            if !isolated {
+                // No NetworkPolicy isolates the pod: the Baseline tier decides, and
+                // what it leaves undecided is allowed.
+                for cnp in cluster.tier_for(CnpTier::Baseline, pod, ingress) {
+                    cnp_jump(cnp, dir, &chain, opts, &mut pod_rules);
+                    let cchain = cnp_chain(&cnp.name, dir);
+                    if policy_chains_done.insert(cchain.clone()) {
+                        chains.insert(cchain.clone());
+                        cnp_chain_rules(cluster, cnp, dir, &cchain, &mut sets, &mut policy_rules);
+                    }
+                }
+                continue;
+            }
             for policy in cluster.selecting(pod) {
                 let (applies, pchain) = match dir {
                     Direction::Egress => {
@@ -515,7 +763,13 @@ pub fn render_node(cluster: &Cluster, node: &str, opts: &RenderOptions) -> NodeR
                 }
                 pod_rules.push(format!("-A {chain} -j {pchain}"));
                 if let Some(log) = opts.flow_log.as_ref().filter(|l| l.allowed) {
-                    pod_rules.push(flow_log_rule(&chain, log, true, dir == Direction::Ingress));
+                    pod_rules.push(flow_log_rule(
+                        &chain,
+                        log,
+                        true,
+                        dir == Direction::Ingress,
+                        Some(ALLOW_MARK),
+                    ));
                 }
                 pod_rules.push(format!("-A {chain} -m mark --mark {ALLOW_MARK} -j RETURN"));
                 if policy_chains_done.insert(pchain.clone()) {
@@ -525,7 +779,13 @@ pub fn render_node(cluster: &Cluster, node: &str, opts: &RenderOptions) -> NodeR
             }
             // Broken policies selecting the pod add no jumps: they admit nothing.
             if let Some(log) = &opts.flow_log {
-                pod_rules.push(flow_log_rule(&chain, log, false, dir == Direction::Ingress));
+                pod_rules.push(flow_log_rule(
+                    &chain,
+                    log,
+                    false,
+                    dir == Direction::Ingress,
+                    None,
+                ));
             }
             pod_rules.push(format!("-A {chain} -j {DENY_CHAIN}"));
         }

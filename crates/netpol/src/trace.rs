@@ -30,7 +30,8 @@ struct Rule {
     sets: Vec<(String, String)>,
     proto: Option<Protocol>,
     dport: Option<(u16, u16)>,
-    mark_match: Option<u32>,
+    /// (value, mask, negated): `(mark & mask) == value`, or its negation.
+    mark_match: Option<(u32, u32, bool)>,
     established: bool,
     target: String,
     /// (value, mask)
@@ -72,6 +73,8 @@ fn parse_net(s: &str) -> Result<IpNet, String> {
 fn parse_rule(words: &[&str]) -> Result<Rule, String> {
     let mut r = Rule::default();
     let mut i = 0;
+    // `!` negates the option after it (only `--mark` is ever negated here).
+    let mut negate = false;
     let next = |i: &mut usize| -> Result<&str, String> {
         *i += 1;
         words
@@ -105,7 +108,15 @@ fn parse_rule(words: &[&str]) -> Result<Rule, String> {
                 let b: u16 = b.parse().map_err(|_| format!("bad port {d}"))?;
                 r.dport = Some((a, b));
             }
-            "--mark" => r.mark_match = Some(parse_mark(next(&mut i)?)?.1),
+            "!" => {
+                negate = true;
+                i += 1;
+                continue;
+            }
+            "--mark" => {
+                let (v, m) = parse_mark(next(&mut i)?)?;
+                r.mark_match = Some((v, m, negate));
+            }
             "--ctstate" => {
                 next(&mut i)?;
                 r.established = true;
@@ -118,6 +129,7 @@ fn parse_rule(words: &[&str]) -> Result<Rule, String> {
             "--nflog-prefix" => r.nflog_prefix = Some(next(&mut i)?.to_string()),
             w => return Err(format!("unknown word {w:?} in {}", words.join(" "))),
         }
+        negate = false;
         i += 1;
     }
     Ok(r)
@@ -277,7 +289,8 @@ impl Tracer {
                 && r.dst.is_none_or(|n| n.contains(&dst))
                 && r.proto.is_none_or(|x| x == proto)
                 && r.dport.is_none_or(|(a, b)| (a..=b).contains(&dport))
-                && r.mark_match.is_none_or(|m| *mark & m == m)
+                && r.mark_match
+                    .is_none_or(|(v, m, neg)| (*mark & m == v) != neg)
                 && r.sets
                     .iter()
                     .all(|(s, f)| self.set_matches(s, f, src, dst, proto, dport));

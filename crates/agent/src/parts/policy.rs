@@ -124,6 +124,7 @@ pub fn cluster_from_state(
             NodeInfo {
                 name: n.name.clone(),
                 addresses: n.internal_ips.clone(),
+                labels: n.labels.clone(),
             },
         );
     }
@@ -135,10 +136,11 @@ pub fn cluster_from_state(
     for p in state.network_policies.values() {
         c.upsert_policy(p.clone());
     }
+    c.cluster_policies = state.cluster_network_policies.clone();
     for (node, addr) in extra_node_addresses {
         let n = c.nodes.entry(node.clone()).or_insert_with(|| NodeInfo {
             name: node.clone(),
-            addresses: vec![],
+            ..Default::default()
         });
         if !n.addresses.contains(addr) {
             n.addresses.push(*addr);

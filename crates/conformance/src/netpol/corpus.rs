@@ -377,6 +377,7 @@ impl World {
                 NodeInfo {
                     name: n.name.clone(),
                     addresses,
+                    ..Default::default()
                 },
             );
         }

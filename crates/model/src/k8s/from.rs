@@ -17,7 +17,11 @@ use crate::*;
 
 type Result<T> = std::result::Result<T, Vec<FieldError>>;
 
-fn labels_of(map: &Option<BTreeMap<String, String>>, path: &str, e: &mut Errors) -> Labels {
+pub(super) fn labels_of(
+    map: &Option<BTreeMap<String, String>>,
+    path: &str,
+    e: &mut Errors,
+) -> Labels {
     let labels = map.clone().unwrap_or_default();
     for (k, v) in &labels {
         if let Err(m) = validate_label_key(k) {
@@ -31,7 +35,7 @@ fn labels_of(map: &Option<BTreeMap<String, String>>, path: &str, e: &mut Errors)
 }
 
 /// Name and namespace from metadata; `namespace` defaults to `default` when namespaced.
-fn key_of(
+pub(super) fn key_of(
     m: &meta::ObjectMeta,
     namespaced: bool,
     name_ok: fn(&str) -> bool,
@@ -66,7 +70,7 @@ fn key_of(
     ObjectKey { namespace, name }
 }
 
-const SUBDOMAIN: &str = "a DNS-1123 subdomain (lower case alphanumerics, '-' and '.')";
+pub(super) const SUBDOMAIN: &str = "a DNS-1123 subdomain (lower case alphanumerics, '-' and '.')";
 const LABEL: &str = "a DNS-1123 label (at most 63 lower case alphanumerics or '-')";
 const LABEL1035: &str =
     "a DNS-1035 label (at most 63 lower case alphanumerics or '-', starting with a letter)";
@@ -127,7 +131,7 @@ pub fn selector_from_k8s(s: &meta::LabelSelector, path: &str) -> Result<LabelSel
     e.finish(sel)
 }
 
-fn selector_of(s: &meta::LabelSelector, path: &str, e: &mut Errors) -> LabelSelector {
+pub(super) fn selector_of(s: &meta::LabelSelector, path: &str, e: &mut Errors) -> LabelSelector {
     let match_labels = labels_of(&s.match_labels, &format!("{path}.matchLabels"), e);
     let mut match_expressions = Vec::new();
     for (i, r) in s.match_expressions.iter().flatten().enumerate() {

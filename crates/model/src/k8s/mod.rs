@@ -10,9 +10,12 @@
 //! Every problem carries the field path (`spec.ports[0].port`), and one call reports
 //! all problems of an object, not just the first.
 
+mod cnp;
 mod from;
 mod names;
 mod to;
+
+pub use cnp::*;
 
 pub use from::*;
 pub use names::{

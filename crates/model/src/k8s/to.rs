@@ -14,7 +14,7 @@ fn non_empty(m: &Labels) -> Option<BTreeMap<String, String>> {
     (!m.is_empty()).then(|| m.clone())
 }
 
-fn metadata(key: &ObjectKey, labels: &Labels, annotations: &Labels) -> meta::ObjectMeta {
+pub(super) fn metadata(key: &ObjectKey, labels: &Labels, annotations: &Labels) -> meta::ObjectMeta {
     meta::ObjectMeta {
         name: Some(key.name.clone()),
         namespace: (!key.namespace.is_empty()).then(|| key.namespace.clone()),
@@ -373,7 +373,7 @@ pub fn endpoint_slice_to_k8s(s: &EndpointSlice) -> discovery::EndpointSlice {
     }
 }
 
-fn selector_to_k8s(s: &LabelSelector) -> meta::LabelSelector {
+pub(super) fn selector_to_k8s(s: &LabelSelector) -> meta::LabelSelector {
     meta::LabelSelector {
         match_labels: non_empty(&s.match_labels),
         match_expressions: (!s.match_expressions.is_empty()).then(|| {
