@@ -58,6 +58,9 @@ fn only_kind(state: &ClusterState, kind: WatchedKind) -> ClusterState {
         WatchedKind::EndpointSlice => out.endpoint_slices = state.endpoint_slices.clone(),
         WatchedKind::NetworkPolicy => out.network_policies = state.network_policies.clone(),
         WatchedKind::ServiceCidr => out.service_cidrs = state.service_cidrs.clone(),
+        WatchedKind::ClusterNetworkPolicy => {
+            out.cluster_network_policies = state.cluster_network_policies.clone()
+        }
     }
     out
 }

@@ -23,6 +23,9 @@ pub enum WatchedKind {
     /// `networking.k8s.io/v1` (1.33+); an API server without the resource answers 404,
     /// which counts as an empty list.
     ServiceCidr,
+    /// `policy.networking.k8s.io/v1alpha2`, a CRD (sigs.k8s.io/network-policy-api); a
+    /// cluster without it answers 404, which counts as an empty list.
+    ClusterNetworkPolicy,
 }
 
 /// Runs `$body` with `$k` bound to the k8s-openapi type of `$kind`.
@@ -57,6 +60,10 @@ macro_rules! for_kind {
                 type $k = k8s_openapi::api::networking::v1::ServiceCIDR;
                 $body
             }
+            $crate::WatchedKind::ClusterNetworkPolicy => {
+                type $k = $crate::kinds::Cnp;
+                $body
+            }
         }
     };
 }
@@ -86,7 +93,7 @@ fn api_call_of<K: k8s_openapi::Resource>() -> ApiCall {
 
 impl WatchedKind {
     /// Every kind, in a stable order.
-    pub const ALL: [WatchedKind; 7] = [
+    pub const ALL: [WatchedKind; 8] = [
         WatchedKind::Namespace,
         WatchedKind::Node,
         WatchedKind::Pod,
@@ -94,6 +101,7 @@ impl WatchedKind {
         WatchedKind::EndpointSlice,
         WatchedKind::NetworkPolicy,
         WatchedKind::ServiceCidr,
+        WatchedKind::ClusterNetworkPolicy,
     ];
 
     /// The kind in the model.
@@ -106,6 +114,7 @@ impl WatchedKind {
             WatchedKind::EndpointSlice => Kind::EndpointSlice,
             WatchedKind::NetworkPolicy => Kind::NetworkPolicy,
             WatchedKind::ServiceCidr => Kind::ServiceCidr,
+            WatchedKind::ClusterNetworkPolicy => Kind::ClusterNetworkPolicy,
         }
     }
 
@@ -117,7 +126,10 @@ impl WatchedKind {
     pub(crate) fn namespaced(self) -> bool {
         !matches!(
             self,
-            WatchedKind::Namespace | WatchedKind::Node | WatchedKind::ServiceCidr
+            WatchedKind::Namespace
+                | WatchedKind::Node
+                | WatchedKind::ServiceCidr
+                | WatchedKind::ClusterNetworkPolicy
         )
     }
 }
@@ -207,5 +219,38 @@ impl ToModel for networking::ServiceCIDR {
     const WATCHED: WatchedKind = WatchedKind::ServiceCidr;
     fn to_model(&self) -> Result<Object, Vec<FieldError>> {
         k8s::service_cidr_from_k8s(self).map(Object::ServiceCidr)
+    }
+}
+
+/// The ClusterNetworkPolicy CRD as a resource type: k8s-openapi has none, so its wire
+/// shape (`twill_model::k8s::ClusterNetworkPolicyJson`) gets the resource constants here
+/// (kube builds its URLs from them).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Cnp(pub k8s::ClusterNetworkPolicyJson);
+
+impl k8s_openapi::Resource for Cnp {
+    const API_VERSION: &'static str = k8s::CNP_API_VERSION;
+    const GROUP: &'static str = "policy.networking.k8s.io";
+    const KIND: &'static str = "ClusterNetworkPolicy";
+    const VERSION: &'static str = "v1alpha2";
+    const URL_PATH_SEGMENT: &'static str = "clusternetworkpolicies";
+    type Scope = k8s_openapi::ClusterResourceScope;
+}
+
+impl k8s_openapi::Metadata for Cnp {
+    type Ty = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    fn metadata(&self) -> &Self::Ty {
+        &self.0.metadata
+    }
+    fn metadata_mut(&mut self) -> &mut Self::Ty {
+        &mut self.0.metadata
+    }
+}
+
+impl ToModel for Cnp {
+    const WATCHED: WatchedKind = WatchedKind::ClusterNetworkPolicy;
+    fn to_model(&self) -> Result<Object, Vec<FieldError>> {
+        k8s::cnp_from_k8s(&self.0).map(Object::ClusterNetworkPolicy)
     }
 }

@@ -76,14 +76,15 @@ pub fn watch(
 /// `4 namespaces, 2 nodes, ...`: one count per watched kind, for logs.
 pub fn state_summary(s: &twill_model::ClusterState) -> String {
     format!(
-        "{} namespaces, {} nodes, {} pods, {} services, {} endpointslices, {} networkpolicies, {} servicecidrs",
+        "{} namespaces, {} nodes, {} pods, {} services, {} endpointslices, {} networkpolicies, {} servicecidrs, {} clusternetworkpolicies",
         s.namespaces.len(),
         s.nodes.len(),
         s.pods.len(),
         s.services.len(),
         s.endpoint_slices.len(),
         s.network_policies.len(),
-        s.service_cidrs.len()
+        s.service_cidrs.len(),
+        s.cluster_network_policies.len()
     )
 }
 
@@ -118,31 +119,34 @@ where
         wc = wc.fields(&fields);
     }
     let events = watcher::watcher(api, wc).map_ok(to_entries::<K>);
-    // A resource the API server does not have (ServiceCIDR before 1.33) is an empty
-    // list, once, not an error retried forever that would keep the source unsynced.
-    let events: BoxStream<'static, Result<Event<Entry>, watcher::Error>> =
-        if kind == WatchedKind::ServiceCidr {
-            events
-                .scan(false, move |absent, r| {
-                    if *absent {
-                        return futures::future::ready(None);
+    // A resource the API server does not have (ServiceCIDR before 1.33, a cluster
+    // without the ClusterNetworkPolicy CRD) is an empty list, once, not an error
+    // retried forever that would keep the source unsynced.
+    let events: BoxStream<'static, Result<Event<Entry>, watcher::Error>> = if matches!(
+        kind,
+        WatchedKind::ServiceCidr | WatchedKind::ClusterNetworkPolicy
+    ) {
+        events
+            .scan(false, move |absent, r| {
+                if *absent {
+                    return futures::future::ready(None);
+                }
+                let out = match r {
+                    Err(e) if is_not_found(&e) => {
+                        *absent = true;
+                        tracing::info!(%kind, "the API server has no such resource: none");
+                        vec![Ok(Event::Init), Ok(Event::InitDone)]
                     }
-                    let out = match r {
-                        Err(e) if is_not_found(&e) => {
-                            *absent = true;
-                            tracing::info!(%kind, "the API server has no such resource: none");
-                            vec![Ok(Event::Init), Ok(Event::InitDone)]
-                        }
-                        other => vec![other],
-                    };
-                    futures::future::ready(Some(stream::iter(out)))
-                })
-                .flatten()
-                .chain(stream::pending())
-                .boxed()
-        } else {
-            events.boxed()
-        };
+                    other => vec![other],
+                };
+                futures::future::ready(Some(stream::iter(out)))
+            })
+            .flatten()
+            .chain(stream::pending())
+            .boxed()
+    } else {
+        events.boxed()
+    };
     let paced: BoxStream<'static, Result<Event<Entry>, watcher::Error>> = match config.backoff {
         Some(b) => events.backoff(Doubling::new(b)).boxed(),
         None => events.default_backoff().boxed(),

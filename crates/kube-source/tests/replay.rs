@@ -342,14 +342,31 @@ async fn the_dns_role_pages_through_every_pod_and_never_asks_for_nodes_or_polici
     assert!(run.items.iter().all(Result::is_ok), "{:?}", run.items);
 }
 
-/// An API server before 1.33 has no ServiceCIDR resource: its 404 counts as an empty
-/// list, so the source still syncs (and never asks again).
+/// An API server before 1.33 has no ServiceCIDR resource, and most clusters have no
+/// ClusterNetworkPolicy CRD: each 404 counts as an empty list, so the source still
+/// syncs (and never asks again).
 #[tokio::test]
 async fn an_api_server_without_servicecidrs_still_syncs_with_none() {
+    without_resource("servicecidrs", |s| s.service_cidrs.is_empty()).await;
+}
+
+#[tokio::test]
+async fn a_cluster_without_the_cluster_network_policy_crd_still_syncs_with_none() {
+    without_resource("clusternetworkpolicies", |s| {
+        s.cluster_network_policies.is_empty()
+    })
+    .await;
+}
+
+async fn without_resource(resource: &str, none: impl Fn(&ClusterState) -> bool) {
     let mut recording = load("node-agent.json");
     let exchanges = recording["exchanges"].as_array_mut().unwrap();
     for e in exchanges.iter_mut() {
-        if e["request"].as_str().unwrap().contains("/servicecidrs?") {
+        if e["request"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("/{resource}?"))
+        {
             e["status"] = 404.into();
             e["body"] = serde_json::json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
                 "status": "Failure", "message": "the server could not find the requested resource",
@@ -375,12 +392,12 @@ async fn an_api_server_without_servicecidrs_still_syncs_with_none() {
     })
     .await;
     assert!(synced.is_ok(), "never synced: {:?}", replay.mismatches());
-    assert!(state.service_cidrs.is_empty());
+    assert!(none(&state), "{resource}: none expected");
     assert!(!state.services.is_empty() && !state.nodes.is_empty());
     let asked = replay
         .calls()
         .iter()
-        .filter(|c| c.path.ends_with("/servicecidrs"))
+        .filter(|c| c.path.ends_with(&format!("/{resource}")))
         .count();
     assert_eq!(asked, 1, "a missing resource is asked for once");
 }

@@ -214,16 +214,12 @@ pub fn describe(
             );
             let mut reason = d.sentence;
             // The kernel decided from the state it had; the agent's may have moved on.
-            if d.allowed_by.is_some() != allowed {
+            if d.allowed != allowed {
                 reason = format!(
                     "{word} by the rules in the kernel; the agent's current state says: {reason}"
                 );
             }
-            (
-                d.policies.iter().map(ToString::to_string).collect(),
-                d.allowed_by.map(|(p, i)| format!("{p}#{i}")),
-                reason,
-            )
+            (d.policies, d.allowed_by, reason)
         }
         (Some(pod), None) => (
             vec![],
@@ -403,11 +399,15 @@ impl FlowLog {
             .iter()
             .filter(|l| {
                 !l.policy.is_empty()
-                    && l.policy.split_once('/').is_none_or(|(ns, n)| {
-                        !state
+                    && match l.policy.split_once('/') {
+                        Some(("ClusterNetworkPolicy", n)) => {
+                            !state.cluster_network_policies.contains_key(n)
+                        }
+                        Some((ns, n)) => !state
                             .network_policies
-                            .contains_key(&twill_model::ObjectKey::new(ns, n))
-                    })
+                            .contains_key(&twill_model::ObjectKey::new(ns, n)),
+                        None => true,
+                    }
             })
             .cloned()
             .collect();

@@ -3,6 +3,8 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+use twill_model::ClusterState;
+
 use twill_model::{
     ClusterNetworkPolicy, CnpSubject, CnpTier, LabelSelector, Labels, NetworkPolicy, ObjectKey,
     Pod, Protocol,
@@ -110,6 +112,58 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// The policy view of a cluster state. `rejected`: NetworkPolicies the source
+    /// reported invalid, with why (they fail closed for their namespace);
+    /// `extra_node_addresses`: further addresses of nodes (a bridge gateway).
+    pub fn from_state(
+        state: &ClusterState,
+        rejected: &BTreeMap<ObjectKey, String>,
+        extra_node_addresses: &[(String, IpAddr)],
+    ) -> Cluster {
+        let mut c = Cluster::default();
+        for n in state.namespaces.values() {
+            c.namespaces.insert(n.name.clone(), n.labels.clone());
+        }
+        for n in state.nodes.values() {
+            c.nodes.insert(
+                n.name.clone(),
+                NodeInfo {
+                    name: n.name.clone(),
+                    addresses: n.internal_ips.clone(),
+                    labels: n.labels.clone(),
+                },
+            );
+        }
+        for p in state.pods.values() {
+            if let Some(pp) = PolicyPod::from_model(p) {
+                c.pods.insert(pp.key.clone(), pp);
+            }
+        }
+        for p in state.network_policies.values() {
+            c.upsert_policy(p.clone());
+        }
+        c.cluster_policies = state.cluster_network_policies.clone();
+        for (node, addr) in extra_node_addresses {
+            let n = c.nodes.entry(node.clone()).or_insert_with(|| NodeInfo {
+                name: node.clone(),
+                ..Default::default()
+            });
+            if !n.addresses.contains(addr) {
+                n.addresses.push(*addr);
+            }
+        }
+        for (key, reason) in rejected {
+            c.upsert_broken(BrokenPolicy {
+                key: key.clone(),
+                pod_selector: None,
+                ingress: true,
+                egress: true,
+                reason: reason.clone(),
+            });
+        }
+        c
+    }
+
     pub fn pod_by_ip(&self, ip: IpAddr) -> Option<&PolicyPod> {
         self.pods.values().find(|p| p.ip == ip)
     }

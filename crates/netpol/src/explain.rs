@@ -1,13 +1,18 @@
 //! A NetworkPolicy verdict in words, straight from the cluster's objects: which policies
 //! isolate a pod, the rule that admits a connection, and for one that none admits, why
-//! (with the closest rule). `twill trace` says it for a walked packet; the flow log says it
-//! for a packet the kernel logged. Pure: reads a [`ClusterState`], nothing else.
+//! (with the closest rule), and which ClusterNetworkPolicy rule decided where one did.
+//! `twill trace` says it for a walked packet; the flow log says it for a packet the
+//! kernel logged. Pure: reads a [`ClusterState`], nothing else.
 
 use std::net::IpAddr;
 
 use twill_model::{
-    ClusterState, NetworkPolicy, ObjectKey, Pod, PolicyPeer, PolicyPort, Protocol, TargetPort,
+    ClusterNetworkPolicy, ClusterState, CnpAction, CnpTier, NetworkPolicy, ObjectKey, Pod,
+    PolicyPeer, PolicyPort, Protocol, TargetPort,
 };
+
+use crate::cluster::Cluster;
+use crate::eval::{Peer, tier_decision};
 
 pub fn pod_by_ip(state: &ClusterState, ip: IpAddr) -> Option<&Pod> {
     state
@@ -181,23 +186,74 @@ pub fn allowing_rule(
 pub struct Decision {
     pub pod: ObjectKey,
     pub ingress: bool,
-    /// The policies that select the pod and isolate it in this direction.
-    pub policies: Vec<ObjectKey>,
-    /// The policy and rule (numbered from 1, as the sentences number them) that admit
-    /// the connection; `None` when none does.
-    pub allowed_by: Option<(ObjectKey, usize)>,
-    /// [`allowing_rule`] or [`policy_verdict`].
+    /// The policies that decided or could have: the NetworkPolicies isolating the pod in
+    /// this direction, or the ClusterNetworkPolicy whose rule decided
+    /// (`ClusterNetworkPolicy/NAME`).
+    pub policies: Vec<String>,
+    pub allowed: bool,
+    /// The policy and rule (numbered from 1, as the sentences number them) that admitted
+    /// the connection (`ns/name#1`, `ClusterNetworkPolicy/NAME#1`); `None` when refused,
+    /// or allowed because no policy isolates the pod.
+    pub allowed_by: Option<String>,
+    /// The decision in one sentence.
     pub sentence: String,
 }
 
-impl Decision {
-    pub fn allowed(&self) -> bool {
-        self.allowed_by.is_some()
+/// A ClusterNetworkPolicy rule's decision in words.
+#[allow(clippy::too_many_arguments)]
+fn cnp_sentence(
+    fate: &str,
+    cnp: &ClusterNetworkPolicy,
+    index: usize,
+    action: CnpAction,
+    pod: &Pod,
+    ingress: bool,
+    peer_text: &str,
+    what: &str,
+) -> String {
+    let rules = if ingress { &cnp.ingress } else { &cnp.egress };
+    let rule = &rules[index];
+    let named = if rule.name.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", rule.name)
+    };
+    let dir = if ingress { "ingress" } else { "egress" };
+    if action == CnpAction::Accept {
+        // Worded as the NetworkPolicy sentence: `object: what`.
+        return format!(
+            "ClusterNetworkPolicy {}: {dir} allowed by rule #{}{named} (tier {}, priority {}; it matches {peer_text} {} {what})",
+            cnp.name,
+            index + 1,
+            cnp.tier.as_str(),
+            cnp.priority,
+            if ingress { "on" } else { "to" },
+        );
     }
+    let how = match action {
+        CnpAction::Accept => unreachable!("worded above"),
+        _ if rule.action != CnpAction::Deny => format!(
+            "{fate} (the rule's action is {} but a peer cannot be read here: it fails closed)",
+            rule.action.as_str()
+        ),
+        _ => fate.to_string(),
+    };
+    format!(
+        "{how}: ClusterNetworkPolicy {} (tier {}, priority {}) selects pod {}; its {} rule #{}{named} matches {peer_text} {} {what}",
+        cnp.name,
+        cnp.tier.as_str(),
+        cnp.priority,
+        pod.key,
+        if ingress { "ingress" } else { "egress" },
+        index + 1,
+        if ingress { "on" } else { "to" },
+    )
 }
 
 /// The decision for a connection between `pod` and `peer` (`ingress`: the peer is the
-/// source); `fate` words a refusal (`dropped`, `rejected`).
+/// source); `fate` words a refusal (`dropped`, `rejected`). ClusterNetworkPolicies are
+/// asked in their tiers: the Admin tier before the NetworkPolicies, the Baseline tier
+/// where no NetworkPolicy isolates the pod.
 pub fn decide(
     state: &ClusterState,
     pod: &Pod,
@@ -207,23 +263,67 @@ pub fn decide(
     proto: Protocol,
     fate: &str,
 ) -> Decision {
-    let allowed_by =
-        admitting(state, pod, ingress, peer, port, proto).map(|(p, i)| (p.key.clone(), i + 1));
-    let sentence = match allowed_by {
+    let isolating_keys: Vec<String> = isolating(state, pod, ingress)
+        .map(|p| p.key.to_string())
+        .collect();
+    if !state.cluster_network_policies.is_empty() {
+        // The evaluator's own tier walk, over the policy view (built only when there
+        // are cluster policies at all).
+        let cluster = Cluster::from_state(state, &Default::default(), &[]);
+        if let Some(pp) = cluster.pods.get(&pod.key) {
+            let other = cluster.pod_by_ip(peer).map_or(Peer::Ip(peer), Peer::Pod);
+            let dst = if ingress {
+                Some(pp)
+            } else {
+                cluster.pod_by_ip(peer)
+            };
+            let peer_text = describe_peer(state, peer);
+            let what = format!("{} {port}", proto.as_str());
+            let tiers = [CnpTier::Admin, CnpTier::Baseline];
+            for tier in tiers {
+                if tier == CnpTier::Baseline && !isolating_keys.is_empty() {
+                    break;
+                }
+                let Some((cnp, i, action)) =
+                    tier_decision(&cluster, tier, pp, ingress, other, dst, port, proto)
+                else {
+                    continue;
+                };
+                if action == CnpAction::Pass {
+                    continue;
+                }
+                let name = format!("ClusterNetworkPolicy/{}", cnp.name);
+                return Decision {
+                    pod: pod.key.clone(),
+                    ingress,
+                    allowed: action == CnpAction::Accept,
+                    policies: vec![name.clone()],
+                    allowed_by: (action == CnpAction::Accept).then(|| format!("{name}#{}", i + 1)),
+                    sentence: cnp_sentence(fate, cnp, i, action, pod, ingress, &peer_text, &what),
+                };
+            }
+        }
+    }
+    let allowed_by = admitting(state, pod, ingress, peer, port, proto)
+        .map(|(p, i)| format!("{}#{}", p.key, i + 1));
+    let sentence = match &allowed_by {
         Some(_) => allowing_rule(state, pod, ingress, peer, port, proto).unwrap_or_default(),
+        None if isolating_keys.is_empty() => format!(
+            "allowed: no policy isolates pod {} for {}",
+            pod.key,
+            if ingress { "ingress" } else { "egress" }
+        ),
         None => policy_verdict(fate, state, pod, ingress, peer, port, proto),
     };
     Decision {
         pod: pod.key.clone(),
         ingress,
-        policies: isolating(state, pod, ingress)
-            .map(|p| p.key.clone())
-            .collect(),
+        allowed: allowed_by.is_some() || isolating_keys.is_empty(),
+        policies: isolating_keys,
         allowed_by,
         sentence,
     }
 }
-
 /// Why a NetworkPolicy isolates `pod` against this connection.
 pub fn policy_verdict(
     fate: &str,

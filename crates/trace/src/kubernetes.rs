@@ -11,7 +11,7 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 use twill_model::{ClusterState, ObjectKey, Protocol, Service, TrafficPolicy};
-use twill_netpol::explain::{allowing_rule, node_owning, pod_by_ip, policy_verdict};
+use twill_netpol::explain::{decide, node_owning, pod_by_ip};
 
 use crate::walk::{Branch, Fate, Probe, Step};
 
@@ -185,12 +185,21 @@ pub fn explain(branch: &Branch, probe: &Probe, state: &ClusterState) -> InKubern
             } else {
                 (probe.src, branch.packet.dst)
             };
-            if let Some(pod) = pod_by_ip(state, pod_ip)
-                && let Some(text) =
-                    allowing_rule(state, pod, ingress, peer, branch.packet.dport, pr)
-            {
-                let (object, what) = text.split_once(": ").unwrap_or((&text, ""));
-                line(object.to_string(), format!("{what} for pod {}", pod.key));
+            if let Some(pod) = pod_by_ip(state, pod_ip) {
+                let d = decide(
+                    state,
+                    pod,
+                    ingress,
+                    peer,
+                    branch.packet.dport,
+                    pr,
+                    "refused",
+                );
+                if d.allowed_by.is_some() {
+                    let text = d.sentence;
+                    let (object, what) = text.split_once(": ").unwrap_or((&text, ""));
+                    line(object.to_string(), format!("{what} for pod {}", pod.key));
+                }
             }
         }
     }
@@ -231,15 +240,9 @@ pub fn explain(branch: &Branch, probe: &Probe, state: &ClusterState) -> InKubern
                 (probe.src, branch.packet.dst)
             };
             match (pod_by_ip(state, pod_ip), proto) {
-                (Some(pod), Some(pr)) => Some(policy_verdict(
-                    fate,
-                    state,
-                    pod,
-                    ingress,
-                    peer,
-                    branch.packet.dport,
-                    pr,
-                )),
+                (Some(pod), Some(pr)) => {
+                    Some(decide(state, pod, ingress, peer, branch.packet.dport, pr, fate).sentence)
+                }
                 _ => Some(format!("{fate} by NetworkPolicy")),
             }
         }

@@ -1805,3 +1805,159 @@ fn lab_ui_draws_the_lab_and_a_path(lab: &Lab) {
         client.close().await.unwrap();
     });
 }
+
+const TIERS: &str = "
+apiVersion: v1
+kind: Namespace
+metadata: {name: corp, labels: {tier: prod}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: guest, labels: {kind: guest}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: corp, labels: {app: web}}
+spec:
+  nodeName: node-2
+  containers: [{name: web, image: serve_hostname, ports: [{containerPort: 8080}]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: api, namespace: corp, labels: {app: api}}
+spec:
+  nodeName: node-2
+  containers: [{name: api, image: serve_hostname, ports: [{containerPort: 8080}]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: corp, labels: {app: client}}
+spec:
+  nodeName: node-1
+  containers: [{name: c, image: busybox, command: [sleep, infinity]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: guest, labels: {app: client}}
+spec:
+  nodeName: node-1
+  containers: [{name: c, image: busybox, command: [sleep, infinity]}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: api-open, namespace: corp}
+spec:
+  podSelector: {matchLabels: {app: api}}
+  ingress: [{from: [{namespaceSelector: {}}]}]
+---
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: guest-no-corp}
+spec:
+  tier: Admin
+  priority: 20
+  subject: {namespaces: {matchLabels: {tier: prod}}}
+  ingress:
+  - name: no-guests
+    action: Deny
+    from: [{namespaces: {matchLabels: {kind: guest}}}]
+---
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: guest-to-api-passes}
+spec:
+  tier: Admin
+  priority: 10
+  subject: {pods: {namespaceSelector: {matchLabels: {tier: prod}}, podSelector: {matchLabels: {app: api}}}}
+  ingress:
+  - action: Pass
+    from: [{namespaces: {matchLabels: {kind: guest}}}]
+    protocols: [{tcp: {destinationPort: {number: 8080}}}]
+---
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: corp-baseline}
+spec:
+  tier: Baseline
+  priority: 100
+  subject: {namespaces: {matchLabels: {tier: prod}}}
+  ingress:
+  - action: Deny
+    from: [{namespaces: {}}]
+";
+
+/// ClusterNetworkPolicy in real kernels: an Admin Deny beats everything below it, an
+/// Admin Pass hands the decision to the NetworkPolicies, a NetworkPolicy overrides the
+/// Baseline tier, and the Baseline tier decides for pods no NetworkPolicy selects; the
+/// flow log and the trace name the cluster policy that decided.
+#[test]
+fn cluster_network_policies_decide_in_their_tiers() {
+    if !twill_testkit::require_root("cluster_network_policies_decide_in_their_tiers") {
+        return;
+    }
+    let m = manifest("tiers.yaml", TIERS);
+    let lab = Lab::up(&["--nodes", "2", "--no-client", "--no-dns", "-f", &m]);
+    let pods = text(&lab.run(&["get", "pods", "-n", "corp", "-o", "wide"]));
+    let web = column(&pods, "web ", 5).pop().expect("web's IP");
+    let api = column(&pods, "api ", 5).pop().expect("api's IP");
+    let reaches = |from: &str, ip: &str| {
+        let (ns, pod) = from.split_once('/').unwrap();
+        lab.exec(
+            &["-n", ns, pod],
+            &["curl", "-s", "-m", "2", &format!("http://{ip}:8080/")],
+        )
+        .status
+        .success()
+    };
+    for (from, ip, want, why) in [
+        ("guest/client", &web, false, "the Admin tier denies guests"),
+        (
+            "guest/client",
+            &api,
+            true,
+            "the Admin Pass hands it to api-open, which allows it",
+        ),
+        (
+            "corp/client",
+            &web,
+            false,
+            "the Baseline tier denies what no NetworkPolicy decides",
+        ),
+        (
+            "corp/client",
+            &api,
+            true,
+            "the NetworkPolicy overrides the Baseline tier",
+        ),
+    ] {
+        assert_eq!(reaches(from, ip), want, "{from} -> {ip}: {why}");
+    }
+    let drop = wait_for_flow(&lab, "dropped", "guest/client", "corp/web");
+    assert_eq!(
+        drop["policies"],
+        serde_json::json!(["ClusterNetworkPolicy/guest-no-corp"])
+    );
+    assert!(
+        drop["reason"]
+            .as_str()
+            .unwrap()
+            .contains("ClusterNetworkPolicy guest-no-corp (tier Admin, priority 20) selects pod corp/web; its ingress rule #1 (no-guests) matches pod guest/client"),
+        "{drop}"
+    );
+    let baseline = wait_for_flow(&lab, "dropped", "corp/client", "corp/web");
+    assert_eq!(
+        baseline["policies"],
+        serde_json::json!(["ClusterNetworkPolicy/corp-baseline"])
+    );
+    let traced = text(&lab.run(&[
+        "trace",
+        "--from",
+        "guest/client",
+        "--to",
+        &format!("{web}:8080"),
+    ]));
+    assert!(
+        traced.contains("ClusterNetworkPolicy guest-no-corp (tier Admin, priority 20)"),
+        "{traced}"
+    );
+}

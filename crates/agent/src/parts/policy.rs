@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use twill_model::{ClusterState, ObjectKey};
-use twill_netpol::{BrokenPolicy, Cluster, NodeInfo, PolicyPod, RenderOptions};
+use twill_netpol::{Cluster, RenderOptions};
 use twill_netpol_agent::daemon::{Enforcer, SyncOutcome};
 use twill_netpol_agent::flows::{FlowLog, FlowLogOptions};
 
@@ -114,48 +114,7 @@ pub fn cluster_from_state(
     rejected: &BTreeMap<ObjectKey, String>,
     extra_node_addresses: &[(String, IpAddr)],
 ) -> Cluster {
-    let mut c = Cluster::default();
-    for n in state.namespaces.values() {
-        c.namespaces.insert(n.name.clone(), n.labels.clone());
-    }
-    for n in state.nodes.values() {
-        c.nodes.insert(
-            n.name.clone(),
-            NodeInfo {
-                name: n.name.clone(),
-                addresses: n.internal_ips.clone(),
-                labels: n.labels.clone(),
-            },
-        );
-    }
-    for p in state.pods.values() {
-        if let Some(pp) = PolicyPod::from_model(p) {
-            c.pods.insert(pp.key.clone(), pp);
-        }
-    }
-    for p in state.network_policies.values() {
-        c.upsert_policy(p.clone());
-    }
-    c.cluster_policies = state.cluster_network_policies.clone();
-    for (node, addr) in extra_node_addresses {
-        let n = c.nodes.entry(node.clone()).or_insert_with(|| NodeInfo {
-            name: node.clone(),
-            ..Default::default()
-        });
-        if !n.addresses.contains(addr) {
-            n.addresses.push(*addr);
-        }
-    }
-    for (key, reason) in rejected {
-        c.upsert_broken(BrokenPolicy {
-            key: key.clone(),
-            pod_selector: None,
-            ingress: true,
-            egress: true,
-            reason: reason.clone(),
-        });
-    }
-    c
+    Cluster::from_state(state, rejected, extra_node_addresses)
 }
 
 #[cfg(test)]

@@ -116,7 +116,13 @@ P="/apis/networking.k8s.io/v1/servicecidrs"
 ex(P,LISTQ,200,lst("ServiceCIDRList","networking.k8s.io/v1",1000,[{"metadata":meta("kubernetes",20),"spec":{"cidrs":["10.96.0.0/12"]},
     "status":{"conditions":[{"type":"Ready","status":"True","lastTransitionTime":"2026-11-20T08:00:00Z","reason":"","message":"Kubernetes Service CIDR is ready"}]}}]))
 
-out={"description":"One node agent's list+watch exchanges on node-a, as an API server sends them: a bookmark, a failed list then recovery, 410 Gone mid-watch then a relist that missed a deletion, a non-410 error event, updates that change nothing modelled, the default ServiceCIDR.",
+# ClusterNetworkPolicies (the sigs.k8s.io/network-policy-api CRD): one Admin policy.
+P="/apis/policy.networking.k8s.io/v1alpha2/clusternetworkpolicies"
+ex(P,LISTQ,200,lst("ClusterNetworkPolicyList","policy.networking.k8s.io/v1alpha2",1000,[{"metadata":meta("no-guests",30),
+    "spec":{"tier":"Admin","priority":10,"subject":{"namespaces":{"matchLabels":{"kubernetes.io/metadata.name":"shop"}}},
+            "ingress":[{"name":"deny-guests","action":"Deny","from":[{"namespaces":{"matchLabels":{"kind":"guest"}}}]}]}}]))
+
+out={"description":"One node agent's list+watch exchanges on node-a, as an API server sends them: a bookmark, a failed list then recovery, 410 Gone mid-watch then a relist that missed a deletion, a non-410 error event, updates that change nothing modelled, the default ServiceCIDR, one ClusterNetworkPolicy.",
      "node":"node-a","exchanges":X}
 json.dump(out, open(os.path.join(HERE, "node-agent.json"),"w"), indent=1)
 
