@@ -31,6 +31,11 @@ for area in cni overlay proxy dns netpol; do
     "$TWILL_BIN" conformance "$area" "$dir" 2>&1 | tee -a "$log" || status=1
   fi
 done
+# The project's own cases in the shared schemas (upstream suites translated into data).
+for dir in crates/conformance/cases/cluster-network-policy; do
+  echo "== twill conformance netpol $dir"
+  "$TWILL_BIN" conformance netpol "$dir" 2>&1 | tee -a "$log" || status=1
+done
 # The proxy corpus again for the other modes (iptables ran above).
 for mode in nftables userspace ipvs; do
   if "$TWILL_BIN" conformance proxy --help 2>/dev/null | grep -q "$mode"; then

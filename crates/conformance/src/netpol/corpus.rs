@@ -397,6 +397,29 @@ impl World {
     }
 
     fn upsert_policy(&mut self, source: &str, value: &Value) {
+        // Beyond the shared schema: a ClusterNetworkPolicy (the project's own cases
+        // translated from sigs.k8s.io/network-policy-api's conformance suite). An
+        // invalid one is what the API server would refuse: it is reported and absent.
+        if value.get("kind").and_then(Value::as_str) == Some("ClusterNetworkPolicy") {
+            let parsed =
+                serde_json::from_value::<twill_model::k8s::ClusterNetworkPolicyJson>(value.clone())
+                    .map_err(|e| e.to_string())
+                    .and_then(|j| {
+                        twill_model::k8s::cnp_from_k8s(&j).map_err(|e| {
+                            e.iter()
+                                .map(ToString::to_string)
+                                .collect::<Vec<_>>()
+                                .join("; ")
+                        })
+                    });
+            match parsed {
+                Ok(p) => {
+                    self.cluster.cluster_policies.insert(p.name.clone(), p);
+                }
+                Err(e) => self.rejected.push(format!("{source}: {e}")),
+            }
+            return;
+        }
         match policy_from_json(source, value) {
             Ok(p) => self.cluster.upsert_policy(p),
             Err(r) => {
@@ -417,6 +440,10 @@ impl World {
         match action {
             Action::UpsertPolicy { policy } => {
                 self.upsert_policy(&format!("{file} scenario {scenario} {where_}"), policy)
+            }
+            // A cluster-scoped ClusterNetworkPolicy has no namespace.
+            Action::DeletePolicy { namespace, name } if namespace.is_empty() => {
+                self.cluster.cluster_policies.remove(name);
             }
             Action::DeletePolicy { namespace, name } => {
                 self.cluster.delete_policy(&ObjectKey::new(namespace, name))
