@@ -172,15 +172,7 @@ pub fn cluster_from_manifests(
             _ => {}
         }
     }
-    for (node, addr) in extra_node_addresses {
-        let n = c.nodes.entry(node.clone()).or_insert_with(|| NodeInfo {
-            name: node.clone(),
-            ..Default::default()
-        });
-        if !n.addresses.contains(addr) {
-            n.addresses.push(*addr);
-        }
-    }
+    c.add_node_addresses(extra_node_addresses);
     for p in &load.problems {
         if p.severity == Severity::Error {
             problems.push(p.to_string());

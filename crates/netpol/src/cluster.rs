@@ -143,15 +143,7 @@ impl Cluster {
             c.upsert_policy(p.clone());
         }
         c.cluster_policies = state.cluster_network_policies.clone();
-        for (node, addr) in extra_node_addresses {
-            let n = c.nodes.entry(node.clone()).or_insert_with(|| NodeInfo {
-                name: node.clone(),
-                ..Default::default()
-            });
-            if !n.addresses.contains(addr) {
-                n.addresses.push(*addr);
-            }
-        }
+        c.add_node_addresses(extra_node_addresses);
         for (key, reason) in rejected {
             c.upsert_broken(BrokenPolicy {
                 key: key.clone(),
@@ -162,6 +154,20 @@ impl Cluster {
             });
         }
         c
+    }
+
+    /// Further addresses of nodes (a bridge gateway), for the rule that lets a node
+    /// always reach its own pods.
+    pub fn add_node_addresses(&mut self, extra: &[(String, IpAddr)]) {
+        for (node, addr) in extra {
+            let n = self.nodes.entry(node.clone()).or_insert_with(|| NodeInfo {
+                name: node.clone(),
+                ..Default::default()
+            });
+            if !n.addresses.contains(addr) {
+                n.addresses.push(*addr);
+            }
+        }
     }
 
     pub fn pod_by_ip(&self, ip: IpAddr) -> Option<&PolicyPod> {

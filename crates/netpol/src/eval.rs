@@ -69,32 +69,16 @@ pub fn ingress_allows(
     {
         return true;
     }
-    match tier_decision(
-        cluster,
-        CnpTier::Admin,
-        dst,
-        true,
-        src,
-        Some(dst),
+    let conn = Connection {
+        pod: dst,
+        ingress: true,
+        other: src,
+        dst: Some(dst),
         port,
         protocol,
-    ) {
-        Some((_, _, CnpAction::Accept)) => return true,
-        Some((_, _, CnpAction::Deny)) => return false,
-        Some((_, _, CnpAction::Pass)) | None => {}
-    }
-    if !cluster.isolated_for_ingress(dst) {
-        return tier_decision(
-            cluster,
-            CnpTier::Baseline,
-            dst,
-            true,
-            src,
-            Some(dst),
-            port,
-            protocol,
-        )
-        .is_none_or(|(_, _, a)| a != CnpAction::Deny);
+    };
+    if let Some(v) = tiers_around_network_policies(cluster, &conn) {
+        return v;
     }
     cluster
         .selecting(dst)
@@ -118,32 +102,16 @@ pub fn egress_allows(
         Peer::Pod(p) => Some(p),
         Peer::Ip(_) => None,
     };
-    match tier_decision(
-        cluster,
-        CnpTier::Admin,
-        src,
-        false,
-        dst,
-        dst_pod,
+    let conn = Connection {
+        pod: src,
+        ingress: false,
+        other: dst,
+        dst: dst_pod,
         port,
         protocol,
-    ) {
-        Some((_, _, CnpAction::Accept)) => return true,
-        Some((_, _, CnpAction::Deny)) => return false,
-        Some((_, _, CnpAction::Pass)) | None => {}
-    }
-    if !cluster.isolated_for_egress(src) {
-        return tier_decision(
-            cluster,
-            CnpTier::Baseline,
-            src,
-            false,
-            dst,
-            dst_pod,
-            port,
-            protocol,
-        )
-        .is_none_or(|(_, _, a)| a != CnpAction::Deny);
+    };
+    if let Some(v) = tiers_around_network_policies(cluster, &conn) {
+        return v;
     }
     cluster
         .selecting(src)
@@ -153,6 +121,41 @@ pub fn egress_allows(
             peers_match(cluster, policy, &rule.peers, dst)
                 && ports_match(&rule.ports, dst_pod, port, protocol)
         })
+}
+
+/// One connection as one pod's policies see it (`ingress`: `other` is the source).
+struct Connection<'a> {
+    pod: &'a PolicyPod,
+    ingress: bool,
+    other: Peer<'a>,
+    /// The destination pod, for named ports.
+    dst: Option<&'a PolicyPod>,
+    port: u16,
+    protocol: Protocol,
+}
+
+/// The ClusterNetworkPolicy tiers around the NetworkPolicy tier: `Some` when they decide
+/// (the Admin tier's Accept or Deny; the Baseline tier for a pod no NetworkPolicy
+/// isolates in this direction, allowed unless it denies), `None` when the
+/// NetworkPolicies decide.
+fn tiers_around_network_policies(cluster: &Cluster, c: &Connection<'_>) -> Option<bool> {
+    let ask = |tier| {
+        tier_decision(
+            cluster, tier, c.pod, c.ingress, c.other, c.dst, c.port, c.protocol,
+        )
+        .map(|(_, _, a)| a)
+    };
+    match ask(CnpTier::Admin) {
+        Some(CnpAction::Accept) => return Some(true),
+        Some(CnpAction::Deny) => return Some(false),
+        Some(CnpAction::Pass) | None => {}
+    }
+    let isolated = if c.ingress {
+        cluster.isolated_for_ingress(c.pod)
+    } else {
+        cluster.isolated_for_egress(c.pod)
+    };
+    (!isolated).then(|| ask(CnpTier::Baseline) != Some(CnpAction::Deny))
 }
 
 /// The first rule of the tier's ClusterNetworkPolicies (in priority order) that matches
