@@ -328,6 +328,25 @@ pub fn network_policies(state: &ClusterState, scope: &Scope<'_>, age: &str) -> S
     table(&rows)
 }
 
+/// The CRD's printer columns: NAME, TIER, PRIORITY, AGE (cluster-scoped).
+pub fn cluster_network_policies(state: &ClusterState, age: &str) -> String {
+    let mut rows = vec![vec![
+        "NAME".to_string(),
+        "TIER".into(),
+        "PRIORITY".into(),
+        "AGE".into(),
+    ]];
+    for p in state.cluster_network_policies.values() {
+        rows.push(vec![
+            p.name.clone(),
+            p.tier.as_str().into(),
+            p.priority.to_string(),
+            age.into(),
+        ]);
+    }
+    table(&rows)
+}
+
 /// `5s`, `3m12s`, `2h5m` like kubectl's AGE.
 pub fn age(secs: u64) -> String {
     match secs {

@@ -1932,6 +1932,11 @@ fn cluster_network_policies_decide_in_their_tiers() {
     ] {
         assert_eq!(reaches(from, ip), want, "{from} -> {ip}: {why}");
     }
+    let listed = text(&lab.run(&["get", "cnp"]));
+    assert!(
+        listed.starts_with("NAME") && listed.contains("guest-no-corp") && listed.contains("Admin"),
+        "{listed}"
+    );
     let drop = wait_for_flow(&lab, "dropped", "guest/client", "corp/web");
     assert_eq!(
         drop["policies"],

@@ -128,8 +128,9 @@ enum Command {
     Get {
         #[command(flatten)]
         lab: LabName,
-        /// nodes, pods, svc, endpointslices or networkpolicies (kubectl's short names
-        /// work, and `svc/NAME`), events, or `topology` (a picture: -o dot|mermaid).
+        /// nodes, pods, svc, endpointslices, networkpolicies or clusternetworkpolicies
+        /// (kubectl's short names work, and `svc/NAME`), events, or `topology` (a
+        /// picture: -o dot|mermaid).
         resource: String,
         /// Only this object.
         #[arg(value_name = "NAME")]
@@ -698,8 +699,11 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                     "networkpolicies" | "networkpolicy" | "netpol" => {
                         filtered.network_policies = state.network_policies
                     }
+                    "clusternetworkpolicies" | "clusternetworkpolicy" | "cnp" => {
+                        filtered.cluster_network_policies = state.cluster_network_policies
+                    }
                     r => bail!(
-                        "unknown resource {r:?} (nodes, pods, svc, endpointslices, networkpolicies, events)"
+                        "unknown resource {r:?} (nodes, pods, svc, endpointslices, networkpolicies, clusternetworkpolicies, events)"
                     ),
                 }
                 filtered.pods.retain(|k, _| scope_ok(&scope, &k.namespace));
@@ -742,8 +746,11 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                 "networkpolicies" | "networkpolicy" | "netpol" => {
                     kubectl::network_policies(&state, &scope, &age)
                 }
+                "clusternetworkpolicies" | "clusternetworkpolicy" | "cnp" => {
+                    kubectl::cluster_network_policies(&state, &age)
+                }
                 r => bail!(
-                    "unknown resource {r:?} (nodes, pods, svc, endpointslices, networkpolicies, events)"
+                    "unknown resource {r:?} (nodes, pods, svc, endpointslices, networkpolicies, clusternetworkpolicies, events)"
                 ),
             };
             print!("{text}");
@@ -1071,6 +1078,10 @@ fn only_named(state: &mut ClusterState, resource: &str, name: &str) -> bool {
         "networkpolicies" | "networkpolicy" | "netpol" => {
             state.network_policies.retain(|k, _| k.name == name);
             !state.network_policies.is_empty()
+        }
+        "clusternetworkpolicies" | "clusternetworkpolicy" | "cnp" => {
+            state.cluster_network_policies.retain(|k, _| k == name);
+            !state.cluster_network_policies.is_empty()
         }
         _ => true,
     }
