@@ -502,13 +502,21 @@ fn manifests_state_of_dns_recording(recording: &Value) -> ClusterState {
 }
 
 /// `iptables-save` of the nat and filter tables without comments and counters, then
-/// `ipset save`.
+/// `ipset save` (without the random hash seeds).
 fn saved_rules() -> String {
     let mut out = String::new();
     if let Ok(o) = Command::new("ipset").arg("save").output() {
+        // A set's hash seed (`initval`) is random per creation: not part of the state.
         let mut sets: Vec<String> = String::from_utf8_lossy(&o.stdout)
             .lines()
-            .map(str::to_string)
+            .map(|l| match l.find(" initval ") {
+                Some(i) => {
+                    let rest = &l[i + " initval ".len()..];
+                    let after = rest.find(' ').map_or("", |j| &rest[j..]);
+                    format!("{}{after}", &l[..i])
+                }
+                None => l.to_string(),
+            })
             .collect();
         sets.sort();
         for l in sets {
