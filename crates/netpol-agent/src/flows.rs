@@ -27,7 +27,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use twill_model::{ClusterState, Protocol};
-use twill_netpol::explain::{decide, pod_by_ip};
+use twill_netpol::Cluster;
+use twill_netpol::explain::{decide_in, pod_by_ip};
 use twill_netpol::render::flow_prefix;
 
 /// What the flow log keeps and how fast it takes it.
@@ -174,9 +175,12 @@ fn protocol(n: u8) -> (String, Option<Protocol>) {
 
 /// A logged packet in Kubernetes terms (pure): `allowed`/`ingress` come from the
 /// rule's prefix.
-/// `refused`: how the sentences word a refusal (`dropped`, `rejected`).
+/// `refused`: how the sentences word a refusal (`dropped`, `rejected`); `policies`: the
+/// policy view of `state` when already built (see [`decide_in`]).
+#[allow(clippy::too_many_arguments)]
 pub fn describe(
     state: &ClusterState,
+    policies: Option<&Cluster>,
     node: &str,
     h: &PacketHeaders,
     allowed: bool,
@@ -203,8 +207,9 @@ pub fn describe(
     let dir = if ingress { "ingress" } else { "egress" };
     let (policies, rule, reason) = match (pod_by_ip(state, pod_ip), proto) {
         (Some(pod), Some(proto)) => {
-            let d = decide(
+            let d = decide_in(
                 state,
+                policies,
                 pod,
                 ingress,
                 peer,
@@ -349,13 +354,21 @@ struct Ring {
     labelled: BTreeSet<FlowLabels>,
 }
 
+/// What records are described against: the agent's latest state, and its policy view
+/// when cluster policies need one (built once per state, not once per record).
+#[derive(Default)]
+struct View {
+    state: Arc<ClusterState>,
+    policies: Option<Cluster>,
+}
+
 /// The flow log of one node; cheap to clone (shared).
 #[derive(Clone)]
 pub struct FlowLog {
     node: String,
     options: FlowLogOptions,
     ring: Arc<Mutex<Ring>>,
-    state: Arc<RwLock<Arc<ClusterState>>>,
+    state: Arc<RwLock<Arc<View>>>,
     flows: Family<FlowLabels, Counter>,
     lost: Counter,
 }
@@ -415,7 +428,10 @@ impl FlowLog {
             self.flows.remove(&l);
             ring.labelled.remove(&l);
         }
-        *self.state.write().unwrap_or_else(|p| p.into_inner()) = state;
+        drop(ring);
+        let policies = (!state.cluster_network_policies.is_empty())
+            .then(|| Cluster::from_state(&state, &Default::default(), &[]));
+        *self.state.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(View { state, policies });
     }
 
     /// Take one logged packet; whether it was kept.
@@ -439,13 +455,21 @@ impl FlowLog {
             }
             ring.window = Some((start, n + 1));
         }
-        let state = self.state.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let view = self.state.read().unwrap_or_else(|p| p.into_inner()).clone();
         let refused = if self.options.rejects {
             "rejected"
         } else {
             "dropped"
         };
-        let mut flow = describe(&state, &self.node, &h, allowed, ingress, refused);
+        let mut flow = describe(
+            &view.state,
+            view.policies.as_ref(),
+            &self.node,
+            &h,
+            allowed,
+            ingress,
+            refused,
+        );
         flow.time = jiff::Timestamp::try_from(SystemTime::now())
             .map(|t| t.to_string())
             .unwrap_or_default();
@@ -710,7 +734,7 @@ spec:
     fn a_drop_names_the_policy_and_its_closest_rule() {
         let s = state(CLUSTER);
         let h = parse_headers(&syn([10, 244, 1, 8], [10, 244, 2, 5], 40000, 5432)).unwrap();
-        let f = describe(&s, "n2", &h, false, true, "dropped");
+        let f = describe(&s, None, "n2", &h, false, true, "dropped");
         assert_eq!(f.verdict, Verdict::Dropped);
         assert_eq!(f.src.pod.as_deref(), Some("shop/client"));
         assert_eq!(f.dst.pod.as_deref(), Some("shop/db"));
@@ -725,10 +749,10 @@ spec:
             f.reason
         );
         let h = parse_headers(&syn([10, 244, 1, 7], [10, 244, 2, 5], 40001, 5432)).unwrap();
-        let f = describe(&s, "n2", &h, true, true, "dropped");
+        let f = describe(&s, None, "n2", &h, true, true, "dropped");
         assert_eq!(f.rule.as_deref(), Some("shop/db-ingress#1"));
         // The kernel and the agent's state disagree (the state moved on): said so.
-        let f = describe(&s, "n2", &h, false, true, "rejected");
+        let f = describe(&s, None, "n2", &h, false, true, "rejected");
         assert!(
             f.reason.starts_with("rejected by the rules in the kernel"),
             "{}",

@@ -263,13 +263,37 @@ pub fn decide(
     proto: Protocol,
     fate: &str,
 ) -> Decision {
+    decide_in(state, None, pod, ingress, peer, port, proto, fate)
+}
+
+/// [`decide`] with the policy view of `state` already built (`Cluster::from_state`), for
+/// callers that decide many connections against one state (the flow log); `None`
+/// builds it here when the state has cluster policies.
+#[allow(clippy::too_many_arguments)]
+pub fn decide_in(
+    state: &ClusterState,
+    view: Option<&Cluster>,
+    pod: &Pod,
+    ingress: bool,
+    peer: IpAddr,
+    port: u16,
+    proto: Protocol,
+    fate: &str,
+) -> Decision {
     let isolating_keys: Vec<String> = isolating(state, pod, ingress)
         .map(|p| p.key.to_string())
         .collect();
     if !state.cluster_network_policies.is_empty() {
         // The evaluator's own tier walk, over the policy view (built only when there
         // are cluster policies at all).
-        let cluster = Cluster::from_state(state, &Default::default(), &[]);
+        let built;
+        let cluster = match view {
+            Some(c) => c,
+            None => {
+                built = Cluster::from_state(state, &Default::default(), &[]);
+                &built
+            }
+        };
         if let Some(pp) = cluster.pods.get(&pod.key) {
             let other = cluster.pod_by_ip(peer).map_or(Peer::Ip(peer), Peer::Pod);
             let dst = if ingress {
@@ -285,7 +309,7 @@ pub fn decide(
                     break;
                 }
                 let Some((cnp, i, action)) =
-                    tier_decision(&cluster, tier, pp, ingress, other, dst, port, proto)
+                    tier_decision(cluster, tier, pp, ingress, other, dst, port, proto)
                 else {
                     continue;
                 };
